@@ -1,0 +1,3 @@
+from refplan.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""`refplan estimate`: the planner's face. Imports the standard library only (rich for tables)."""
+
+from __future__ import annotations
+
+from refplan.errors import PlanError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("estimate", help="peak memory per method x strategy for a model (pure arithmetic)",
+                       description="Estimate the per-device peak memory of preference training.")
+    p.add_argument("--model", required=True, help="hub id, local dir / config.json, or catalog name")
+    p.add_argument("--method", help="comma list of dpo,ipo,kto,orpo,simpo (default: all)")
+    p.add_argument("--strategy", help="comma list of separate,unwrap,ref-adapter,precompute,sync,none "
+                                      "(default: all applicable)")
+    p.add_argument("--finetune", default="full", help="full | lora | qlora (default full)")
+    p.add_argument("--lora-r", type=int, default=16, help="LoRA rank (default 16)")
+    p.add_argument("--lora-targets", default="all-linear", help="'all-linear' or module names, e.g. q_proj,v_proj")
+    p.add_argument("--dtype", default="bf16", help="policy load dtype: bf16 | fp16 | fp32 (default bf16)")
+    p.add_argument("--autocast", default=None, help="autocast compute dtype when weights are fp32 (bf16|fp16)")
+    p.add_argument("--ref-dtype", default=None, help="reference dtype (default: --dtype)")
+    p.add_argument("--ref-quant", default="none", help="none | 8bit | 4bit (separate reference)")
+    p.add_argument("--batch", type=int, default=1, help="per_device_train_batch_size (pairs; KTO: examples)")
+    p.add_argument("--seq", type=int, default=1024, help="padded tokens per sequence (prompt+completion)")
+    p.add_argument("--precompute-batch", type=int, default=None, help="precompute_ref_batch_size")
+    p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
+    p.add_argument("--optim", default="adamw", help="adamw | adamw-8bit | paged-adamw | sgd | adafactor")
+    p.add_argument("--attn", default="sdpa", help="sdpa | eager | flash")
+    p.add_argument("--gpus", type=int, default=1, help="data-parallel ranks")
+    p.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage 0-3")
+    p.add_argument("--fsdp", action="store_true", help="FSDP full sharding")
+    p.add_argument("--gpu", default=None, help="GPU name for fits / does-not-fit (e.g. H100-80GB, A10G)")
+    p.add_argument("--device", default="cuda", help="cuda | cpu (cpu drops CUDA-only terms)")
+    p.add_argument("--format", default="table", help="table | json | csv")
+    p.add_argument("--offline", action="store_true", help="never touch the network for --model")
+    p.set_defaults(run=run)
+
+
+def settings_from_args(args) -> dict:
+    return {k: getattr(args, k) for k in ("finetune", "lora_r", "lora_targets", "dtype", "autocast", "ref_dtype",
+                                          "ref_quant", "batch", "seq", "precompute_batch", "grad_ckpt", "optim",
+                                          "attn", "gpus", "zero", "fsdp", "gpu", "device")}
+
+
+def run(args) -> int:
+    from refplan.cli.common import split_list
+    from refplan.gpus import get_gpu
+    from refplan.methods import Finetune, Method, Strategy, applicable_strategies, parse_enum
+    from refplan.planner import estimate_matrix
+    from refplan.render import render_estimates
+    from refplan.resolve import resolve_model
+    from refplan.spec import TrainSpec
+
+    if args.format not in ("table", "json", "csv"):
+        raise PlanError("--format", f"unknown format {args.format!r}; choose table, json or csv")
+    finetune = parse_enum(Finetune, args.finetune, "--finetune")
+    methods = split_list(args.method, Method, "--method")
+    strategies = split_list(args.strategy, Strategy, "--strategy")
+    gpu = get_gpu(args.gpu) if args.gpu else None
+    model = resolve_model(args.model, offline=True if args.offline else None)
+    # validate the shared settings once (method/strategy are placeholders that always combine)
+    base = TrainSpec(
+        method=Method.DPO, strategy=Strategy.PRECOMPUTE, finetune=finetune, dtype=args.dtype,
+        autocast=args.autocast, ref_dtype=args.ref_dtype, ref_quant=args.ref_quant, lora_r=args.lora_r,
+        lora_targets=args.lora_targets, batch=args.batch, seq=args.seq, precompute_batch=args.precompute_batch,
+        grad_ckpt=args.grad_ckpt, optim=args.optim, attn=args.attn, gpus=args.gpus, zero=args.zero,
+        fsdp=args.fsdp, device=args.device,
+    )
+    if methods and strategies:
+        # explicit combinations: refuse the impossible ones with the reason
+        from refplan.methods import check_combination
+        ok = [(m, s) for m in methods for s in strategies if s in applicable_strategies(m, finetune)]
+        if not ok:
+            check_combination(methods[0], strategies[0], finetune, args.ref_quant)
+    if methods and Method.KTO in methods and args.batch < 2:
+        raise PlanError("--batch", "KTO needs a per-device batch of at least 2")
+    rows = estimate_matrix(model, base, methods, strategies, gpu)
+    if not rows:
+        raise PlanError("--strategy", "no applicable method x strategy for these flags")
+    render_estimates(model, rows, args.format, settings_from_args(args))
+    return 0

@@ -1,0 +1,270 @@
+"""refplan.families against transformers' own modules.
+
+Every catalog entry and a set of odd-shaped tiny configs are built with
+``AutoModelForCausalLM.from_config`` on the meta device (no weights allocated); the spec's total
+and per-layer parameter counts must equal transformers' exactly, and the linears the spec marks as
+LoRA targets must be the modules PEFT's ``"all-linear"`` picks.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from refplan.errors import PlanError
+from refplan.families import spec_from_config
+from refplan.model import ModelSpec
+
+CATALOG = json.loads((Path(__file__).parents[1] / "refplan" / "catalog" / "models.json").read_text())
+
+_LAYER_RE = re.compile(r"\.(?:layers|h)\.(\d+)\.")
+
+
+def _meta_model(config: dict):
+    """The transformers causal LM for ``config`` on the meta device (gemma3: its text decoder)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    cfg = dict(config)
+    if cfg["model_type"] == "gemma3":
+        cfg = dict(cfg["text_config"])  # Gemma3ForCausalLM from the text config
+    model_type = cfg.pop("model_type")
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg))
+
+
+def _param_counts(model) -> tuple[int, dict[int, int]]:
+    total, per_layer = 0, collections.Counter()
+    for name, p in model.named_parameters():  # tied parameters are yielded once
+        total += p.numel()
+        m = _LAYER_RE.search(name)
+        if m:
+            per_layer[int(m.group(1))] += p.numel()
+    return total, dict(per_layer)
+
+
+def _assert_matches_transformers(spec: ModelSpec, config: dict) -> None:
+    model = _meta_model(config)
+    total, per_layer = _param_counts(model)
+    assert spec.params == total
+    assert {i: layer.params for i, layer in enumerate(spec.layers)} == per_layer
+    assert spec.tie_word_embeddings == (spec.lm_head is None)
+
+
+@pytest.mark.parametrize("entry", CATALOG, ids=[e["model_id"] for e in CATALOG])
+def test_catalog_entry_param_count_equals_transformers(entry):
+    spec = spec_from_config(entry["config"], entry["model_id"], "catalog")
+    assert not spec.generic_fallback
+    _assert_matches_transformers(spec, entry["config"])
+
+
+def test_catalog_entries_carry_provenance():
+    assert len(CATALOG) == 28
+    assert len({e["model_id"] for e in CATALOG}) == 28
+    for entry in CATALOG:
+        assert entry["source"] and entry["verification"] and "config" in entry
+
+
+# -- tiny configs of every family, odd shapes -----------------------------------------------------
+
+_ODD = dict(hidden_size=72, num_attention_heads=6, num_key_value_heads=2, head_dim=20,
+            intermediate_size=100, vocab_size=101, num_hidden_layers=2)
+
+TINY = {
+    "llama-bias": dict(model_type="llama", **_ODD, attention_bias=True, mlp_bias=True),
+    "llama-tied-nohd": dict(model_type="llama", **{**_ODD, "head_dim": None}, tie_word_embeddings=True),
+    "mistral": dict(model_type="mistral", **_ODD, sliding_window=16),
+    "mixtral": dict(model_type="mixtral", **_ODD, num_local_experts=3, num_experts_per_tok=2),
+    "qwen2": dict(model_type="qwen2", **{k: v for k, v in _ODD.items() if k != "head_dim"}),
+    "qwen2-headdim-sliding": dict(model_type="qwen2", **_ODD, use_sliding_window=True, sliding_window=8,
+                                  max_window_layers=1),
+    "qwen3": dict(model_type="qwen3", **_ODD, attention_bias=True),
+    "qwen3_moe": dict(model_type="qwen3_moe", **{**_ODD, "num_hidden_layers": 4}, num_experts=4,
+                      num_experts_per_tok=2, moe_intermediate_size=24, mlp_only_layers=[1],
+                      decoder_sparse_step=1),
+    "qwen3_moe-step2": dict(model_type="qwen3_moe", **{**_ODD, "num_hidden_layers": 4}, num_experts=3,
+                            num_experts_per_tok=1, moe_intermediate_size=24, decoder_sparse_step=2),
+    "gemma": dict(model_type="gemma", **_ODD),
+    "gemma2": dict(model_type="gemma2", **_ODD, tie_word_embeddings=False),
+    "gemma3_text": dict(model_type="gemma3_text", **{**_ODD, "num_hidden_layers": 7}),
+    "gemma3-sparse-text-config": dict(model_type="gemma3", text_config=dict(
+        model_type="gemma3_text", hidden_size=64, intermediate_size=96, num_hidden_layers=2)),
+    "phi3": dict(model_type="phi3", **_ODD, pad_token_id=None, bos_token_id=None, eos_token_id=None),
+    "olmo2": dict(model_type="olmo2", **_ODD, attention_bias=True, pad_token_id=None),
+    "gpt2": dict(model_type="gpt2", n_embd=72, n_head=6, n_layer=2, n_inner=100, n_positions=50, vocab_size=101),
+    "gpt2-default-inner": dict(model_type="gpt2", n_embd=72, n_head=6, n_layer=2, n_positions=50, vocab_size=101),
+    "gpt_neox": dict(model_type="gpt_neox", **{k: v for k, v in _ODD.items() if k not in ("head_dim", "num_key_value_heads")}),
+    "gpt_neox-nobias-tied": dict(model_type="gpt_neox", hidden_size=72, num_attention_heads=6, intermediate_size=100,
+                                 vocab_size=101, num_hidden_layers=2, attention_bias=False, tie_word_embeddings=True),
+    "falcon-multi-query": dict(model_type="falcon", hidden_size=72, num_attention_heads=6, num_hidden_layers=2,
+                               vocab_size=101, multi_query=True, parallel_attn=True),
+    "falcon-new-decoder": dict(model_type="falcon", hidden_size=72, num_attention_heads=6, num_kv_heads=2,
+                               num_hidden_layers=2, vocab_size=101, new_decoder_architecture=True, bias=True,
+                               ffn_hidden_size=100),
+    "falcon-new-decoder-1ln": dict(model_type="falcon", hidden_size=72, num_attention_heads=6, num_kv_heads=3,
+                                   num_hidden_layers=2, vocab_size=101, new_decoder_architecture=True,
+                                   num_ln_in_parallel_attn=1, tie_word_embeddings=False),
+    "falcon-mha-sequential": dict(model_type="falcon", hidden_size=72, num_attention_heads=6, num_hidden_layers=2,
+                                  vocab_size=101, multi_query=False, parallel_attn=False, bias=True),
+    "deepseek_v2-q-lora": dict(model_type="deepseek_v2", hidden_size=72, num_attention_heads=6, num_hidden_layers=3,
+                               intermediate_size=100, vocab_size=101, q_lora_rank=12, kv_lora_rank=10,
+                               qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5, n_routed_experts=3,
+                               num_experts_per_tok=2, moe_intermediate_size=14, n_shared_experts=2,
+                               first_k_dense_replace=1, attention_bias=True, mlp_bias=True),
+    "deepseek_v2-no-q-lora": dict(model_type="deepseek_v2", hidden_size=72, num_attention_heads=6, num_hidden_layers=2,
+                                  intermediate_size=100, vocab_size=101, q_lora_rank=None, kv_lora_rank=10,
+                                  qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5, n_routed_experts=4,
+                                  num_experts_per_tok=2, moe_intermediate_size=14, n_shared_experts=1,
+                                  first_k_dense_replace=0, n_group=2, topk_group=1),
+}
+
+
+@pytest.mark.parametrize("name", list(TINY))
+def test_tiny_config_param_count_equals_transformers(name):
+    config = TINY[name]
+    spec = spec_from_config(config, name, "test")
+    _assert_matches_transformers(spec, config)
+
+
+@pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral",
+                                  "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text"])
+def test_lora_targets_are_what_peft_all_linear_wraps(name):
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
+
+    config = TINY[name]
+    spec = spec_from_config(config, name, "test")
+    model = _meta_model(config)
+    chosen = _maybe_include_all_linear_layers(LoraConfig(target_modules="all-linear"), model).target_modules
+    peft_leaves = collections.Counter(n.rsplit(".", 1)[-1] for n in chosen)
+    spec_leaves = collections.Counter(lin.name for lin in spec.lora_linears())
+    assert spec_leaves == peft_leaves
+    modules = dict(model.named_modules())
+    for full in chosen:  # shapes too: in/out features of every wrapped module
+        mod = modules[full]
+        w = mod.weight
+        shape = (w.shape[1], w.shape[0]) if type(mod).__name__ != "Conv1D" else (w.shape[0], w.shape[1])
+        layer = spec.layers[int(_LAYER_RE.search(full).group(1))]
+        assert any((l.in_features, l.out_features) == shape for l in layer.linears if l.name == full.rsplit(".", 1)[-1])
+
+
+# -- hand-derived and behavioural checks ---------------------------------------------------------
+
+
+def test_llama_count_by_hand():
+    # hidden 64, 4 heads of 16, 2 KV heads, MLP 96, vocab 100, 2 layers, untied, no biases
+    spec = spec_from_config(
+        dict(model_type="llama", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+             intermediate_size=96, vocab_size=100, num_hidden_layers=2), "tiny", "test")
+    attn = 64 * 64 + 64 * 32 + 64 * 32 + 64 * 64  # q, k (2*16), v, o
+    mlp = 3 * 64 * 96  # gate, up, down
+    norms = 2 * 64  # input + post-attention RMSNorm weights
+    per_layer = attn + mlp + norms  # 12288 + 18432 + 128 = 30848
+    embed = 100 * 64
+    total = embed + 2 * per_layer + 64 + 100 * 64  # + final norm + lm_head
+    assert per_layer == 30848
+    assert total == 74560
+    assert spec.params == total
+    assert (spec.head_dim, spec.kv_dim, spec.q_dim) == (16, 32, 64)
+
+
+def test_generic_fallback_equals_llama_of_same_shape():
+    shape = dict(hidden_size=72, num_attention_heads=6, num_key_value_heads=2, intermediate_size=100,
+                 vocab_size=101, num_hidden_layers=3)
+    generic = spec_from_config(dict(model_type="brand_new_lm", **shape), "x", "test")
+    llama = spec_from_config(dict(model_type="llama", **shape), "x", "test")
+    assert generic.generic_fallback and not llama.generic_fallback
+    assert generic.family == "brand_new_lm"
+    assert generic.params == llama.params
+    assert generic.layers == llama.layers
+
+
+def test_unknown_family_without_standard_keys_is_refused():
+    with pytest.raises(PlanError, match="unsupported model_type 'mamba'.*'intermediate_size'") as err:
+        spec_from_config(dict(model_type="mamba", hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                              vocab_size=10), "x", "/tmp/config.json")
+    assert err.value.where == "/tmp/config.json"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"hidden_size": None}, "missing key 'hidden_size'"),
+    ({"hidden_size": "4096"}, "key 'hidden_size' must be a positive integer"),
+    ({"num_key_value_heads": 4}, "not a multiple of num_key_value_heads 4"),
+    ({"num_hidden_layers": 0}, "key 'num_hidden_layers' must be a positive integer"),
+    ({"tie_word_embeddings": "yes"}, "key 'tie_word_embeddings' must be true or false"),
+])
+def test_bad_fields_raise_plan_error_naming_the_key(bad, message):
+    cfg = dict(model_type="llama", hidden_size=72, num_attention_heads=6, num_key_value_heads=2,
+               intermediate_size=100, vocab_size=101, num_hidden_layers=2)
+    cfg.update(bad)
+    cfg = {k: v for k, v in cfg.items() if v is not None}
+    with pytest.raises(PlanError, match=message) as err:
+        spec_from_config(cfg, "x", "config.json")
+    assert err.value.where == "config.json"
+
+
+def test_falcon_refinedweb_key_names():
+    canonical = dict(model_type="falcon", hidden_size=72, num_attention_heads=6, num_hidden_layers=2,
+                     vocab_size=101, multi_query=True, parallel_attn=True)
+    old = dict(model_type="RefinedWebModel", n_embed=72, n_head=6, n_layer=2, vocab_size=101,
+               multi_query=True, parallel_attn=True)
+    assert spec_from_config(old, "x", "t").layers == spec_from_config(canonical, "x", "t").layers
+    old40 = dict(model_type="RefinedWeb", hidden_size=72, n_head=6, n_head_kv=2, n_layer=2, vocab_size=101)
+    spec = spec_from_config(old40, "x", "t")
+    assert spec.family == "falcon" and spec.num_kv_heads == 2
+    assert [n.name for n in spec.layers[0].norms] == ["ln_attn", "ln_mlp"]
+
+
+def test_family_quirks():
+    q = {name: spec_from_config(cfg, name, "t") for name, cfg in TINY.items()}
+    assert q["phi3"].quirk("fused_qkv") and q["phi3"].quirk("fused_gate_up")
+    assert q["gemma2"].quirk("sandwich_norm") and q["gemma2"].quirk("final_logit_softcapping") == 30.0
+    assert q["gemma2"].quirk("attn_logit_softcapping") == 50.0
+    assert q["gemma2"].quirk("layer_types")[:2] == ("sliding_attention", "full_attention")
+    assert q["gemma3_text"].quirk("qk_norm") and q["gemma3_text"].quirk("final_logit_softcapping") is None
+    assert q["gemma3_text"].quirk("layer_types")[5] == "full_attention"
+    assert q["gemma"].quirk("embed_scale") == pytest.approx(72**0.5)
+    assert q["mistral"].quirk("sliding_window") == 16
+    assert q["qwen2-headdim-sliding"].quirk("layer_types") == ("full_attention", "sliding_attention")
+    assert q["qwen2"].quirk("sliding_window") is None
+    assert q["gpt_neox"].quirk("rotary_pct") == 0.25 and q["gpt_neox"].parallel_residual
+    assert q["falcon-multi-query"].num_kv_heads == 1 and q["falcon-multi-query"].parallel_residual
+    mla = q["deepseek_v2-q-lora"].quirk("mla")
+    assert mla["q_lora_rank"] == 12 and mla["cache_dim_per_token"] == 14
+    ds = q["deepseek_v2-q-lora"]
+    assert (ds.head_dim, ds.v_head_dim) == (10, 5)
+    assert ds.layers[0].moe is None and ds.layers[1].moe.shared_intermediate == 28
+    assert q["qwen3_moe"].layers[1].moe is None and q["qwen3_moe"].layers[0].moe.num_experts == 4
+    assert q["gemma3-sparse-text-config"].quirk("multimodal")["wrapper"] == "Gemma3ForConditionalGeneration"
+    assert q["gemma3-sparse-text-config"].vocab_size == 262208  # Gemma3TextConfig default
+
+
+def test_catalog_specs_have_expected_shapes():
+    by_id = {e["model_id"]: spec_from_config(e["config"], e["model_id"], "catalog") for e in CATALOG}
+    falcon = by_id["tiiuae/falcon-7b"]
+    assert (falcon.num_kv_heads, falcon.head_dim, falcon.intermediate_size) == (1, 64, 18176)
+    gemma3 = by_id["google/gemma-3-4b-pt"]
+    assert (gemma3.num_heads, gemma3.num_kv_heads, gemma3.head_dim, gemma3.vocab_size) == (8, 4, 256, 262208)
+    assert gemma3.quirk("sliding_window") == 1024
+    assert by_id["Qwen/Qwen3-30B-A3B"].q_dim == 4096
+    assert by_id["gpt2"].embed_params == 50257 * 768 + 1024 * 768
+    assert by_id["Qwen/Qwen2.5-7B"].layers[0].linears[0].bias  # QKV bias without an attention_bias key
+
+
+def test_importing_the_planner_modules_pulls_no_heavy_stack():
+    code = (
+        "import sys, refplan.families, refplan.resolve\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'trl', 'numpy') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == ""
