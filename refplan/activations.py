@@ -42,85 +42,200 @@ def act_mode(train: TrainSpec) -> ActMode:
     return ActMode(a=a, weights_frozen=train.finetune.peft, upcast_norm=a != FP32)
 
 
-def _norm_saved(h: int, m: ActMode, input_requires_grad: bool = True) -> int:
-    """RMSNorm (transformers LlamaRMSNorm): ``x32 = x.to(f32); var = x32.pow(2).mean(-1);
-    y = x32 * rsqrt(var + eps); out = weight * y.to(dtype)``.
+def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: bool = True,
+                rows_per_token: int = 1) -> int:
+    """Bytes one normalization saves per token (its output is counted by whoever consumes it).
 
-    Saved: x32 by pow and mul (the residual itself when already fp32; an fp32 copy otherwise),
-    rsqrt (1 fp32 per token), y.to(dtype) by the weight multiply when the weight is trainable.
-    The output is saved by the next linear (counted there). Per token bytes.
+    - RMSNorm, llama style (``LlamaRMSNorm``: ``x32 = x.to(f32); y = x32 * rsqrt(mean(x32^2) + eps);
+      weight * y.to(dtype)``): x32 (the input itself when already fp32, an fp32 copy otherwise),
+      rsqrt (fp32, one per normalized row), and ``y.to(dtype)`` for the weight's gradient when the
+      weight is trainable.
+    - RMSNorm, gemma style (``Gemma*RMSNorm``: ``y = norm(x.float()) * (1 + weight.float())``):
+      x32, rsqrt, and y in fp32 when the weight is trainable.
+    - LayerNorm (``native_layer_norm``): its input, mean and rstd (fp32 per row).
+    ``rows_per_token`` > 1 for per-head q/k norms (Qwen3, Gemma3).
     """
     if not input_requires_grad:
         return 0
-    saved = h * FP32 + FP32  # x32 and rsqrt
+    if model.norm_kind == "layer":
+        return width * m.a + 2 * FP32 * rows_per_token
+    saved = width * FP32 + FP32 * rows_per_token
     if not m.weights_frozen:
-        saved += h * m.a  # y.to(dtype), kept for the weight's gradient
+        saved += width * (FP32 if model.family.startswith("gemma") else m.a)
     return saved
 
 
-def _layernorm_saved(h: int, m: ActMode, input_requires_grad: bool = True) -> int:
-    """nn.LayerNorm: native_layer_norm saves its input, mean and rstd (fp32 per token)."""
-    if not input_requires_grad:
-        return 0
-    return h * m.a + 2 * FP32
+def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
+                         groups: dict[str, int]) -> int:
+    """Inputs kept for the weight gradients of the layer's linears, per token.
 
-
-def _linear_input_saved(in_features: int, m: ActMode, lora: bool) -> int:
-    """A linear saves its input for the weight gradient; a frozen base linear saves nothing, but
-    its LoRA A saves the same input (PEFT lora/layer.py Linear.forward) -- so the input is saved in
-    both cases. Shared inputs are counted once by the caller."""
-    return in_features * m.a
-
-
-def _lora_mid_saved(m: ActMode, train: TrainSpec, n_wrapped: int) -> int:
-    """LoRA B saves A's output (r per token) for each wrapped linear; fp32 adapters."""
+    ``groups`` maps each input tensor (by the names of the linears that consume it) to its width.
+    Full fine-tune: one saved copy per distinct input. PEFT: the frozen base saves nothing, each
+    wrapped linear's LoRA A saves its input -- the shared tensor when adapters and activations
+    share a dtype, else an fp32 copy per wrapped linear (``_cast_input_dtype``, peft
+    lora/layer.py) -- and LoRA B saves A's output (r fp32 per token)."""
     if not train.finetune.peft:
-        return 0
-    return n_wrapped * train.lora_r * FP32
+        return sum(width * m.a for width in groups.values())
+    wrapped = {l.name for l in model.lora_linears(_targets(train))}
+    total = 0
+    for names, width in groups.items():
+        n = sum(1 for nm in names.split("|") if nm in wrapped)
+        if n == 0:
+            continue
+        total += width * m.a if m.a == FP32 else n * width * FP32
+        total += n * train.lora_r * FP32
+    return total
+
+
+def _targets(train: TrainSpec):
+    return "all-linear" if train.lora_targets == "all-linear" else tuple(
+        t.strip() for t in train.lora_targets.split(","))
+
+
+def attention_masked(model: ModelSpec, train: TrainSpec, layer_idx: int | None = None) -> bool:
+    """True when the model builds an explicit mask for this layer: padding in the batch, or a
+    sliding window shorter than the sequence on a sliding-attention layer (transformers
+    masking_utils; without a mask SDPA runs causal and, on recent torch, with native GQA)."""
+    if train.padded:
+        return True
+    window = model.quirk("sliding_window")
+    if window is None or window >= train.seq:
+        return False
+    types = model.quirk("layer_types")
+    if types is None or layer_idx is None:
+        return True if types is None else "sliding_attention" in types
+    return types[layer_idx] == "sliding_attention"
+
+
+def _mask_kinds(model: ModelSpec, train: TrainSpec) -> int:
+    """How many distinct [rows, 1, S, S] masks one forward builds (full and sliding)."""
+    if train.padded:
+        types = model.quirk("layer_types")
+        window = model.quirk("sliding_window")
+        if types and window is not None and window < train.seq and "full_attention" in types:
+            return 2
+        return 1
+    return 1 if attention_masked(model, train) else 0
+
+
+def attention_impl(model: ModelSpec, train: TrainSpec) -> str:
+    """Gemma 2 supports only eager attention in transformers 5.x (soft-capped scores); falcon with
+    alibi runs its own math attention."""
+    if model.family == "gemma2" or model.quirk("attn_logit_softcapping"):
+        return "eager"
+    if model.family == "falcon":
+        return "falcon"
+    return train.attn
+
+
+def _attention_saved(model: ModelSpec, train: TrainSpec, m: ActMode, layer_idx: int | None = None) -> int:
+    """What attention itself keeps, per token (projections' inputs excluded)."""
+    q, kv, heads, s = model.q_dim, model.kv_dim, model.num_heads, train.seq
+    impl = attention_impl(model, train)
+    if impl in ("eager", "falcon"):
+        # eager_attention_forward: matmul copies of q and of k, v expanded to all heads, the
+        # softmax output (fp32 upcast, then cast back), soft-capped scores where capped
+        total = 3 * q * m.a + heads * s * FP32
+        if m.a != FP32:
+            total += heads * s * m.a
+        if model.quirk("attn_logit_softcapping"):
+            total += heads * s * m.a
+        return total + q * m.a  # output reshaped for o_proj (a copy)
+    masked = attention_masked(model, train, layer_idx)
+    expand = masked and model.num_kv_heads < model.num_heads  # repeat_kv copies k and v
+    k_saved = q if expand else kv
+    if expand:
+        v_saved = q
+    elif model.quirk("fused_qkv"):
+        v_saved = q + 2 * kv  # v is a view of the fused projection: its whole output stays alive
+    else:
+        v_saved = kv
+    total = (q + k_saved + v_saved) * m.a  # rotated q and k, v
+    total += q * m.a + heads * FP32  # SDPA output + logsumexp
+    if model.quirk("fused_qkv"):
+        # q sliced from a fused projection: the SDPA output comes back head-major, so
+        # sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox)
+        total += q * m.a
+    return total
 
 
 def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec,
-                                input_requires_grad: bool = True) -> int:
+                                input_requires_grad: bool = True, layer_idx: int | None = None) -> int:
     """Bytes autograd keeps for one decoder layer, per token, without checkpointing.
 
-    Llama-style block (transformers modeling_llama.py, SDPA on CPU uses the flash kernel that
-    saves its output and a logsumexp per head):
-      norm1 (+ residual input), q/k/v input (norm output), rotated q and k, v, SDPA output and
-      logsumexp, residual sum, norm2, MLP: gate, act(gate), up, act*up (down_proj's input).
+    Derived from the installed transformers modeling code and checked with
+    ``bench/layer_inventory.py`` (saved-tensor inventory under refplan's live-bytes tracker).
     """
     m = act_mode(train)
     h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
-    heads = model.num_heads
-    lora = train.finetune.peft
-    norm = _layernorm_saved if model.norm_kind == "layer" else _norm_saved
+    fam = model.family
     total = 0
+    if fam == "gpt2":
+        return _gpt2_layer(model, layer, train, m, input_requires_grad)
+    post_norm = bool(model.quirk("post_norm"))
+    sandwich = bool(model.quirk("sandwich_norm"))
     # ---- attention block
-    total += norm(h, m, input_requires_grad)
-    total += h * m.a  # norm output: input of q/k/v projections
-    total += (q + kv) * m.a  # q and k after RoPE, saved by SDPA
-    total += kv * m.a  # v
-    if train.attn == "eager":
-        # eager: softmax output (fp32 upcast then cast back) saved per head x S x S -- see
-        # attention_transient; stored per token as heads*seq elements
-        s = train.seq
-        total += heads * s * m.a * 2 + heads * s * m.a  # attn weights (softmax out + dropout-free matmul input)
-        total += q * m.a
+    if not post_norm:
+        total += _norm_saved(model, h, m, input_requires_grad)
+    attn_names = "|".join(l.name for l in layer.linears if l.name in
+                          ("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "q_a_proj",
+                           "kv_a_proj_with_mqa"))
+    groups = {attn_names: h}
+    if model.quirk("qk_norm"):
+        per_head = fam in ("qwen3", "qwen3_moe", "gemma3_text", "gemma3")
+        total += _norm_saved(model, q, m, True, model.num_heads if per_head else 1)
+        total += _norm_saved(model, kv, m, True, model.num_kv_heads if per_head else 1)
+    total += _attention_saved(model, train, m, layer_idx)
+    o_name = next((l.name for l in layer.linears if l.name in ("o_proj", "dense")), None)
+    if o_name and train.finetune.peft:
+        groups[o_name] = q  # LoRA A on o_proj saves the SDPA output (already counted when fp32)
+        if m.a == FP32:
+            groups[o_name] = 0
+    # ---- between attention and MLP
+    if sandwich:
+        total += _norm_saved(model, h, m)  # post_attention_layernorm on o_proj's output
+        total += _norm_saved(model, h, m)  # pre_feedforward_layernorm on the residual sum
+    elif post_norm:
+        total += _norm_saved(model, h, m)  # post_attention_layernorm on o_proj's output
+    elif model.parallel_residual:
+        if model.norm_kind == "layer" and len(layer.norms) >= 2:
+            total += 2 * FP32  # second LayerNorm shares the layer input; its mean/rstd only
     else:
-        total += q * m.a + heads * FP32  # SDPA output (also o_proj's input) + logsumexp
-    total += norm(h, m, True)  # norm2 input: residual sum (requires grad after attention)
-    total += h * m.a  # norm2 output: MLP input
+        total += _norm_saved(model, h, m)  # post_attention_layernorm on the residual sum
     # ---- MLP
+    mlp_in = [l.name for l in layer.linears if l.name in ("gate_proj", "up_proj", "gate_up_proj",
+                                                          "dense_h_to_4h", "c_fc")]
     if layer.moe is not None:
         total += _moe_saved(model, layer, train, m)
     elif model.mlp_kind == "gated":
-        i = layer.mlp_intermediate
-        total += 4 * i * m.a  # gate, act(gate), up, act*up
+        total += 3 * layer.mlp_intermediate * m.a  # gate (act input), act(gate), up
+        groups["down_proj"] = layer.mlp_intermediate  # act*up, down_proj's input
     else:
-        i = layer.mlp_intermediate
-        total += 2 * i * m.a  # fc_in output (act input), act output (fc_out input)
-    n_wrapped = len([l for l in layer.linears if l.lora_target]) if lora else 0
-    total += _lora_mid_saved(m, train, n_wrapped)
+        total += layer.mlp_intermediate * m.a  # fc_in output (GELU input)
+        groups["dense_4h_to_h|c_proj"] = layer.mlp_intermediate  # GELU output
+    if model.parallel_residual and len(layer.norms) < 2:
+        groups[attn_names + "|" + "|".join(mlp_in)] = groups.pop(attn_names)  # one LN feeds both
+    elif mlp_in:
+        groups["|".join(mlp_in)] = h
+    if sandwich:
+        total += _norm_saved(model, h, m)  # post_feedforward_layernorm
+    elif post_norm:
+        total += _norm_saved(model, h, m)  # post_feedforward_layernorm
+    total += _linear_inputs_saved(model, layer, train, m, groups)
     return total
+
+
+def _gpt2_layer(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode, irg: bool) -> int:
+    """GPT-2 block (modeling_gpt2.py): LayerNorms, Conv1D c_attn whose q/k/v split keeps the
+    fused output alive through k's view, and ``gelu_new`` written in Python (tanh approximation:
+    four intermediates of the MLP width saved)."""
+    h, i, heads = model.hidden_size, layer.mlp_intermediate, model.num_heads
+    total = 2 * _norm_saved(model, h, m, irg)
+    total += 3 * h * m.a  # fused c_attn output, kept alive by the q/k/v views SDPA saves
+    total += h * m.a + heads * FP32  # SDPA output (o_proj input) + logsumexp
+    total += 4 * i * m.a  # gelu_new intermediates
+    groups = {"c_attn": h, "c_fc": h, "c_proj": i}
+    return total + _linear_inputs_saved(model, layer, train, m, groups)
 
 
 def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
@@ -135,16 +250,43 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
 
 
 def embedding_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Embedding backward keeps the token ids (int64), when the embedding is trainable."""
+    """Embedding backward keeps the token ids (int64) when the embedding is trainable; GPT-2's
+    learned position embedding keeps its [1, S] position ids."""
     if train.finetune.peft:
         return 0
-    return rows * train.seq * 8
+    out = rows * train.seq * 8
+    if model.family == "gpt2":
+        out += train.seq * 8
+    return out
 
 
 def final_norm_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    m = act_mode(train)
-    norm = _layernorm_saved if model.norm_kind == "layer" else _norm_saved
-    return rows * train.seq * norm(model.hidden_size, m)
+    return rows * train.seq * _norm_saved(model, model.hidden_size, act_mode(train))
+
+
+def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    """The explicit attention mask [rows, 1, S, S] built once per forward and saved by every
+    layer's SDPA (activation dtype), when one is built (:func:`attention_masked`)."""
+    if attention_impl(model, train) != "sdpa":
+        return 0
+    return _mask_kinds(model, train) * rows * train.seq * train.seq * act_mode(train).a
+
+
+def backbone_output_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    """The backbone's last hidden state (final norm output), alive until the head consumes it."""
+    return rows * train.seq * model.hidden_size * act_mode(train).a
+
+
+def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    """cos and sin tables [1, S, rotary_dim] computed once per forward and saved by every
+    layer's RoPE multiply (transformers ``*RotaryEmbedding``), in the activation dtype."""
+    if model.family in ("gpt2",) or model.quirk("alibi"):
+        return 0
+    rot = model.head_dim
+    pct = model.quirk("rotary_pct")
+    if pct:
+        rot = int(model.head_dim * pct)
+    return 2 * train.seq * rot * act_mode(train).a
 
 
 def checkpoint_saved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
@@ -162,7 +304,7 @@ def decoder_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     for idx, layer in enumerate(model.layers):
         # with a frozen embedding (PEFT), the first layer's input does not require grad
         irg = not (train.finetune.peft and idx == 0)
-        total += tokens * layer_saved_bytes_per_token(model, layer, train, irg)
+        total += tokens * layer_saved_bytes_per_token(model, layer, train, irg, idx)
     return total
 
 

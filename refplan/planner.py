@@ -162,7 +162,8 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
     tokens = rows * train.seq
     per_layer_saved = ([tokens * act.checkpoint_saved_bytes_per_token(model, train)] * model.num_layers
                        if train.grad_ckpt else
-                       [tokens * act.layer_saved_bytes_per_token(model, l, train) for l in model.layers])
+                       [tokens * act.layer_saved_bytes_per_token(model, l, train, not (train.finetune.peft and i == 0), i)
+                        for i, l in enumerate(model.layers)])
     recompute = act.recompute_bytes(model, train, rows)
     nonlayer_grads = max(grads - sum(layer_grads), 0)
     head_grad = nonlayer_grads if model.lm_head is None else nonlayer_grads // 2

@@ -58,6 +58,9 @@ class TrainSpec:
     grad_ckpt: bool = False
     optim: str = "adamw"
     attn: str = "sdpa"
+    #: the batch holds padding (real data: chosen/rejected of different lengths), so the model
+    #: builds an explicit attention mask; False for exact-length synthetic data
+    padded: bool = True
     gpus: int = 1
     zero: int = 0
     fsdp: bool = False
