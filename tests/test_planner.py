@@ -37,7 +37,8 @@ def llama8b():
 
 
 def spec(**kw):
-    base = dict(method=Method.DPO, strategy=Strategy.SEPARATE, dtype="fp32", batch=2, seq=128, device="cpu")
+    base = dict(method=Method.DPO, strategy=Strategy.SEPARATE, dtype="fp32", batch=2, seq=128, device="cpu",
+                padded=False)
     base.update(kw)
     return TrainSpec(**base)
 
@@ -178,8 +179,9 @@ def test_sharding_reduces_per_rank_memory(llama8b):
     for z in (1, 2, 3):
         cur = estimate(llama8b, TrainSpec(Method.DPO, Strategy.PRECOMPUTE, batch=1, seq=1024, gpus=8,
                                           zero=z)).peak_bytes
-        assert cur < prev
+        assert cur <= prev  # equal when the peak sits where the sharded state does not matter
         prev = cur
+    assert prev < one
     fsdp = estimate(llama8b, TrainSpec(Method.DPO, Strategy.PRECOMPUTE, batch=1, seq=1024, gpus=8, fsdp=True))
     assert fsdp.peak_bytes < one / 2
 
