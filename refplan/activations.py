@@ -207,6 +207,7 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
                                                           "dense_h_to_4h", "c_fc")]
     if layer.moe is not None:
         total += _moe_saved(model, layer, train, m)
+        groups["gate"] = h  # the router's input: the post-attention norm output
     elif model.mlp_kind == "gated":
         total += 3 * layer.mlp_intermediate * m.a  # gate (act input), act(gate), up
         groups["down_proj"] = layer.mlp_intermediate  # act*up, down_proj's input
@@ -239,13 +240,20 @@ def _gpt2_layer(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode, ir
 
 
 def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
-    """Routed MoE: router logits (E fp32), top-k weights; each token's hidden is gathered k times
-    and runs a gated expert MLP (4 x expert width), plus shared experts as a dense gated MLP."""
+    """Routed MoE as transformers 5.x runs it (``grouped_mm_experts_forward``, experts stored as
+    3-D parameters), per token, k = experts per token:
+      router softmax (E fp32), top-k indices (k int64) and normalized weights (k fp32 + a sum),
+      the sort / floor_divide / index / scatter bookkeeping (int64 and int32, ~36 bytes per k),
+      the token rows gathered per expert (k x h), grouped gate_up output (k x 2i), act(gate) and
+      act*up (k x i each) and the down projection output (k x h) kept for the routing-weight
+      multiply; shared experts (DeepSeek-V2) as a dense gated MLP.
+    Checked against bench/layer_inventory.py (Mixtral, Qwen3-MoE)."""
     moe = layer.moe
-    per = moe.num_experts * FP32 + moe.top_k * (FP32 + 8)  # router logits, routing weights, indices
-    per += moe.top_k * (model.hidden_size * m.a + 4 * moe.expert_intermediate * m.a)
+    k, h, i = moe.top_k, model.hidden_size, moe.expert_intermediate
+    per = moe.num_experts * FP32 + FP32 + k * (FP32 + 36)
+    per += k * (2 * h + 4 * i) * m.a
     if moe.shared_intermediate:
-        per += 4 * moe.shared_intermediate * m.a
+        per += 4 * moe.shared_intermediate * m.a + h * m.a  # gated shared MLP + its input
     return per
 
 
