@@ -366,20 +366,29 @@ def fused_head_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows
 
 
 def full_logits_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """ORPO / CPO materialize ``outputs.logits`` [rows, S, V] in compute dtype and keep it for
-    backward, plus ORPO's chosen NLL (cross-entropy's log_softmax output over [B, S-1, V])."""
-    s, v = train.seq, model.vocab_size
-    a = act_mode(train).a
-    saved = rows * s * v * a
+    """ORPO / CPO (orpo_trainer.py / cpo_trainer.py ``concatenated_forward``) keep for backward:
+    the LM head's input [rows, S, h], the full ``outputs.logits`` [rows, S, V] in compute dtype,
+    ORPO's chosen NLL (cross-entropy's log-softmax output over [B, S-1, V], fp32), and, when the
+    logits are not fp32, ``selective_log_softmax``'s per-row log-softmax outputs [rows, S-1, V]."""
+    s, v, a = train.seq, model.vocab_size, act_mode(train).a
+    saved = rows * s * (v + model.hidden_size) * a
     if train.method.value == "orpo":
         saved += (rows // 2) * (s - 1) * v * FP32
+    if a != FP32:
+        saved += rows * (s - 1) * v * a
     return saved
 
 
 def full_logits_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Transient on top of the saved logits while the losses are formed: one [rows, S-1, V]
-    fp32 shifted copy (``logits[:, :-1].contiguous()`` / log-softmax)."""
+    """Forward: one [rows, S-1, V] fp32 shifted copy while the losses are formed."""
     return rows * (train.seq - 1) * model.vocab_size * FP32
+
+
+def full_logits_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    """Backward peak of the log-prob path: in ``selective_log_softmax``'s gather backward three
+    [rows, S-1, V] fp32 tensors are alive at once -- the stacked logsumexp gradient, gather's
+    ``new_zeros`` and its ``scatter_add`` result (measured: peak op aten.scatter_add)."""
+    return 3 * rows * (train.seq - 1) * model.vocab_size * FP32
 
 
 def reference_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:

@@ -125,14 +125,15 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
     else:
         head_saved = act.full_logits_saved_bytes(model, train, rows)
         head_fwd = act.full_logits_transient_bytes(model, train, rows)
-        head_bwd = rows * train.seq * model.vocab_size * act.FP32 + model.vocab_size * model.hidden_size * (
-            0 if train.finetune.peft else dtype_bytes(train.dtype))
+        head_bwd = act.full_logits_backward_transient_bytes(model, train, rows)
 
     phases: list[Phase] = []
 
     if s is Strategy.PRECOMPUTE:
         pre_rows = (train.precompute_batch or train.batch) * (2 if m.caps.concatenates_pair else 1)
-        pre_ref = 0 if train.finetune.peft else terms.weight_bytes(model, train.reference_dtype, train.ref_quant)
+        # dpo_trainer.py ~909: without FSDP no reference is loaded -- at construction the policy
+        # *is* the reference (PEFT: adapters disabled); under FSDP one is loaded and freed after.
+        pre_ref = terms.weight_bytes(model, train.reference_dtype, train.ref_quant) if train.fsdp else 0
         pre_ref = _div(pre_ref, param_shards)
         phases.append(_phase("precompute", {
             "policy weights": policy_w,
