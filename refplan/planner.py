@@ -118,6 +118,7 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
     rows = train.sequences_per_forward
     saved = act.decoder_saved_bytes(model, train, rows) + act.embedding_saved_bytes(model, train, rows)
     saved += act.final_norm_saved_bytes(model, train, rows)
+    saved += act.rope_table_bytes(model, train, rows) + act.mask_bytes(model, train, rows)
     if m.caps.fused_logprob_head:
         head_saved = act.fused_head_saved_bytes(model, train, rows)
         head_fwd = act.fused_head_forward_transient_bytes(model, train, rows)
