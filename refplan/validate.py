@@ -60,7 +60,7 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
     heads = rng.choice([2, 3, 4, 6])
     kv = rng.choice([d for d in (1, 2, 3, 6) if heads % d == 0 and d <= heads])
     head_dim = rng.choice([8, 12, 16, 20, 24, 32])
-    hidden = rng.choice([48, 64, 72, 96, 120, 144, 160, 200])
+    hidden = heads * rng.choice([8, 12, 16, 20, 24, 32])  # configs validate hidden % heads == 0
     if family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2") and rng.random() < 0.5:
         head_dim = None  # the default hidden // heads (needs divisibility)
         hidden = heads * rng.choice([12, 16, 20, 24, 32])

@@ -1,0 +1,36 @@
+"""`refplan validate`: the planner against a seeded random matrix of real CPU bursts."""
+
+from __future__ import annotations
+
+from refplan.errors import PlanError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("validate", help="check the planner against real TRL bursts (seeded random matrix, CPU)",
+                       description="Run a seeded random matrix of real TRL bursts on CPU and compare each "
+                                   "measured peak with the planner; writes accuracy.md/.csv/.png.")
+    p.add_argument("--n", type=int, default=160, help="scenarios (default 160)")
+    p.add_argument("--seed", type=int, default=0, help="matrix seed (default 0)")
+    p.add_argument("--out", default="reports", help="output directory (default reports/)")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per scenario")
+    p.add_argument("--fresh", action="store_true", help="re-run scenarios already in the run CSV")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from refplan.validate import run as run_validation
+
+    if args.n < 1 or args.n > 5000:
+        raise PlanError("--n", f"scenarios must be between 1 and 5000 (got {args.n})")
+    if args.timeout <= 0:
+        raise PlanError("--timeout", "must be positive")
+    summary = run_validation(n=args.n, seed=args.seed, out=Path(args.out), timeout_s=args.timeout,
+                             resume=not args.fresh, progress=not args.no_progress)
+    med, worst = summary["median_abs_error_pct"], summary["worst_abs_error_pct"]
+    print(f"{summary['measured']}/{summary['scenarios']} scenarios measured; median |error| "
+          f"{med:.3f} %, worst {worst:.3f} % -> {'PASS' if summary['passes'] else 'FAIL'} "
+          f"(targets 3 % / 8 %); report: {Path(args.out) / 'accuracy.md'}")
+    return 0 if summary["passes"] else 1
