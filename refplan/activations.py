@@ -99,7 +99,8 @@ def attention_masked(model: ModelSpec, train: TrainSpec, layer_idx: int | None =
     if train.padded:
         return True
     window = model.quirk("sliding_window")
-    if window is None or window >= train.seq:
+    # masking_utils._ignore_causal_mask_sdpa skips the mask only when kv_length < window
+    if window is None or window > train.seq:
         return False
     types = model.quirk("layer_types")
     if types is None or layer_idx is None:
@@ -112,7 +113,7 @@ def _mask_kinds(model: ModelSpec, train: TrainSpec) -> int:
     if train.padded:
         types = model.quirk("layer_types")
         window = model.quirk("sliding_window")
-        if types and window is not None and window < train.seq and "full_attention" in types:
+        if types and window is not None and window <= train.seq and "full_attention" in types:
             return 2
         return 1
     return 1 if attention_masked(model, train) else 0
@@ -361,7 +362,9 @@ def fused_head_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows
     if not train.finetune.peft:
         out += model.vocab_size * model.hidden_size * FP32
     if train.device == "cpu":
-        out += 7 * tok * cols * FP32 + tok * cols  # 7 fp32 tiles + 1 bool tile
+        # final logit soft-capping (Gemma 2/3) keeps tanh's output as one more tile
+        tiles = 7 + (1 if model.quirk("final_logit_softcapping") else 0)
+        out += tiles * tok * cols * FP32 + tok * cols  # fp32 tiles + 1 bool tile
     return out
 
 
