@@ -304,17 +304,27 @@ def checkpoint_saved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
     return model.hidden_size * act_mode(train).a
 
 
-def decoder_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """All decoder layers' saved activations for one forward of ``rows`` sequences."""
+def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list[int]:
+    """Saved activations of each decoder layer for one forward of ``rows`` sequences (identical
+    layers are computed once)."""
     tokens = rows * train.seq
     if train.grad_ckpt:
-        return tokens * checkpoint_saved_bytes_per_token(model, train) * model.num_layers
-    total = 0
+        return [tokens * checkpoint_saved_bytes_per_token(model, train)] * model.num_layers
+    memo: dict = {}
+    out = []
     for idx, layer in enumerate(model.layers):
         # with a frozen embedding (PEFT), the first layer's input does not require grad
         irg = not (train.finetune.peft and idx == 0)
-        total += tokens * layer_saved_bytes_per_token(model, layer, train, irg, idx)
-    return total
+        key = (model.layer_groups[idx], irg, attention_masked(model, train, idx))
+        if key not in memo:
+            memo[key] = tokens * layer_saved_bytes_per_token(model, layer, train, irg, idx)
+        out.append(memo[key])
+    return out
+
+
+def decoder_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    """All decoder layers' saved activations for one forward of ``rows`` sequences."""
+    return sum(per_layer_saved_bytes(model, train, rows))
 
 
 def recompute_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
@@ -322,7 +332,12 @@ def recompute_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     if not train.grad_ckpt:
         return 0
     tokens = rows * train.seq
-    return max(tokens * layer_saved_bytes_per_token(model, layer, train) for layer in model.layers)
+    memo: dict = {}
+    for idx, layer in enumerate(model.layers):
+        key = (model.layer_groups[idx], attention_masked(model, train, idx))
+        if key not in memo:
+            memo[key] = tokens * layer_saved_bytes_per_token(model, layer, train, True, idx)
+    return max(memo.values())
 
 
 # ---------------------------------------------------------------- log-prob path

@@ -8,6 +8,7 @@ model built from the same config (tests/test_families.py checks every catalog en
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Layer:
     moe: MoE | None = None
     extra_params: int = 0  # parameters that are neither Linear nor Norm (e.g. an expert-bias vector)
 
-    @property
+    @cached_property
     def params(self) -> int:
         return sum(l.params for l in self.linears) + sum(n.params for n in self.norms) + self.extra_params
 
@@ -98,14 +99,24 @@ class ModelSpec:
     generic_fallback: bool = False  # True when the family was unknown and a generic decoder was assumed
     config: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
-    @property
+    @cached_property
     def params(self) -> int:
         """Total parameters, counted once (tied embeddings are not double counted)."""
         head = self.lm_head.params if self.lm_head is not None else 0
         return self.embed_params + sum(l.params for l in self.layers) + self.final_norm.params + head
 
+    @cached_property
+    def layer_groups(self) -> tuple[int, ...]:
+        """For each layer, the index of the first layer equal to it (identical layers share work)."""
+        first: dict[Layer, int] = {}
+        return tuple(first.setdefault(layer, i) for i, layer in enumerate(self.layers))
+
+    @cached_property
+    def _quirks(self) -> dict:
+        return dict(self.quirks)
+
     def quirk(self, key: str, default=None):
-        return dict(self.quirks).get(key, default)
+        return self._quirks.get(key, default)
 
     @property
     def kv_dim(self) -> int:

@@ -116,7 +116,8 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
     }
 
     rows = train.sequences_per_forward
-    saved = act.decoder_saved_bytes(model, train, rows) + act.embedding_saved_bytes(model, train, rows)
+    layer_saved = act.per_layer_saved_bytes(model, train, rows)
+    saved = sum(layer_saved) + act.embedding_saved_bytes(model, train, rows)
     saved += act.final_norm_saved_bytes(model, train, rows)
     saved += act.rope_table_bytes(model, train, rows) + act.mask_bytes(model, train, rows)
     if m.caps.fused_logprob_head:
@@ -162,10 +163,7 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
     # backward: walk the layers from the top, freeing activations while gradients accumulate
     layer_grads = [_div(b, grad_shards) for b in _layer_param_bytes(model, train)]
     tokens = rows * train.seq
-    per_layer_saved = ([tokens * act.checkpoint_saved_bytes_per_token(model, train)] * model.num_layers
-                       if train.grad_ckpt else
-                       [tokens * act.layer_saved_bytes_per_token(model, l, train, not (train.finetune.peft and i == 0), i)
-                        for i, l in enumerate(model.layers)])
+    per_layer_saved = layer_saved
     recompute = act.recompute_bytes(model, train, rows)
     nonlayer_grads = max(grads - sum(layer_grads), 0)
     head_grad = nonlayer_grads if model.lm_head is None else nonlayer_grads // 2

@@ -267,3 +267,11 @@ def test_estimate_path_imports_no_heavy_modules():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_cli_check_defaults_match_check_module():
+    # refplan/cli/check.py repeats the defaults so building the parser stays import-light
+    from refplan import check
+    from refplan.cli import check as cli_check
+
+    assert (cli_check.DEFAULT_BUDGETS, cli_check.DEFAULT_BASELINE) == (check.DEFAULT_BUDGETS, check.DEFAULT_BASELINE)
