@@ -143,7 +143,9 @@ def _attention_saved(model: ModelSpec, train: TrainSpec, m: ActMode, layer_idx: 
             total += heads * s * m.a
         return total + q * m.a  # output reshaped for o_proj (a copy)
     masked = attention_masked(model, train, layer_idx)
-    expand = masked and model.num_kv_heads < model.num_heads  # repeat_kv copies k and v
+    # repeat_kv copies k and v when a mask is passed -- except for MQA (one KV head), where the
+    # expand + reshape is a view
+    expand = masked and 1 < model.num_kv_heads < model.num_heads
     k_saved = q if expand else kv
     if expand:
         v_saved = q
@@ -390,6 +392,8 @@ def full_logits_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> in
     logits are not fp32, ``selective_log_softmax``'s per-row log-softmax outputs [rows, S-1, V]."""
     s, v, a = train.seq, model.vocab_size, act_mode(train).a
     saved = rows * s * (v + model.hidden_size) * a
+    if model.quirk("final_logit_softcapping"):
+        saved += rows * s * v * a  # Gemma's cap: tanh(logits / cap) is kept for backward
     if train.method.value == "orpo":
         saved += (rows // 2) * (s - 1) * v * FP32
     if a != FP32:

@@ -52,9 +52,19 @@ def optimizer_transient_bytes(model: ModelSpec, train: TrainSpec) -> int:
     ``torch._fused_adamw_`` updates in place, no temporaries, on CPU and CUDA. ``adamw-8bit`` and
     ``paged-adamw`` (bitsandbytes) update blockwise in place. Adafactor builds the update for one
     tensor at a time (about 2 x the largest tensor). SGD without momentum: none.
+
+    ``adamw-torch`` (``optim="adamw_torch"``): off CUDA the single-tensor path builds
+    ``exp_avg_sq.sqrt()`` and its quotient one tensor at a time (2 x the largest tensor); on CUDA
+    the foreach path builds ``_foreach_sqrt`` of every state at once (1 x the trainable bytes,
+    adam.py ``_multi_tensor_adamw``).
     """
     pbytes = dtype_bytes(terms.trainable_dtype(train))
     if train.optim == "adafactor":
+        return 2 * _largest_param_tensor(model, train) * pbytes
+    if train.optim == "adamw-torch":
+        if train.device == "cuda":
+            shards = train.shards if (train.zero >= 1 or train.fsdp) else 1
+            return _div(terms.trainable_params(model, train), shards) * pbytes
         return 2 * _largest_param_tensor(model, train) * pbytes
     return 0
 

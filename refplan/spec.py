@@ -12,7 +12,7 @@ from refplan.methods import Finetune, Method, Strategy, check_combination
 
 DTYPES = ("bf16", "fp16", "fp32")
 QUANTS = ("none", "8bit", "4bit")
-OPTIMS = ("adamw", "adamw-8bit", "paged-adamw", "sgd", "adafactor")
+OPTIMS = ("adamw", "adamw-torch", "adamw-8bit", "paged-adamw", "sgd", "adafactor")
 ATTN_IMPLS = ("sdpa", "eager", "flash")
 DEVICES = ("cuda", "cpu")
 

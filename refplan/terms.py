@@ -136,7 +136,7 @@ def optimizer_state_bytes(model: ModelSpec, train: TrainSpec) -> int:
     - adamw (the HF Trainer's default ``adamw_torch_fused`` since torch 2.8, training_args.py) /
       paged-adamw: exp_avg + exp_avg_sq in the parameter dtype (torch.optim.AdamW ``_init_group``:
       ``zeros_like(p)``) + a 4-byte fp32 ``step`` per tensor, on the parameter's device when
-      fused. paged-adamw keeps
+      fused (``adamw-torch``, the non-fused implementation, keeps the same state). paged-adamw keeps
       the same bytes in unified memory that can be evicted; counted in full (worst case).
     - adamw-8bit: bitsandbytes 8-bit blockwise states: 2 bytes per parameter + one fp32 absmax
       per 2048-block per state (Dettmers et al. 2021).
@@ -148,7 +148,7 @@ def optimizer_state_bytes(model: ModelSpec, train: TrainSpec) -> int:
     pbytes = dtype_bytes(trainable_dtype(train))
     ntens = lora_tensors(model, train.lora_targets) if train.finetune.peft else param_tensors(model)
     step_bytes = 4 * ntens
-    if train.optim in ("adamw", "paged-adamw"):
+    if train.optim in ("adamw", "adamw-torch", "paged-adamw"):
         return 2 * n * pbytes + step_bytes
     if train.optim == "adamw-8bit":
         return 2 * n + 2 * 4 * -(-n // 2048)

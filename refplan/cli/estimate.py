@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--seq", type=int, default=1024, help="padded tokens per sequence (prompt+completion)")
     p.add_argument("--precompute-batch", type=int, default=None, help="precompute_ref_batch_size")
     p.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing")
-    p.add_argument("--optim", default="adamw", help="adamw | adamw-8bit | paged-adamw | sgd | adafactor")
+    p.add_argument("--optim", default="adamw", help="adamw (HF default, fused) | adamw-torch | adamw-8bit | paged-adamw | sgd | adafactor")
     p.add_argument("--attn", default="sdpa", help="sdpa | eager | flash")
     p.add_argument("--gpus", type=int, default=1, help="data-parallel ranks")
     p.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage 0-3")
