@@ -278,7 +278,17 @@ def final_norm_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int
 def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """The explicit attention mask [rows, 1, S, S] built once per forward and saved by every
     layer's SDPA (activation dtype), when one is built (:func:`attention_masked`)."""
-    if attention_impl(model, train) != "sdpa":
+    impl = attention_impl(model, train)
+    if impl == "eager":
+        # eager attention always builds its masks (one per attention type: Gemma 2 has full and
+        # sliding); they are saved only as inputs of checkpointed layers (non-reentrant
+        # checkpoint keeps every tensor argument), else they die after the forward
+        if not train.grad_ckpt:
+            return 0
+        types = model.quirk("layer_types")
+        kinds = len(set(types)) if types else 1
+        return kinds * rows * train.seq * train.seq * act_mode(train).a
+    if impl != "sdpa":
         return 0
     return _mask_kinds(model, train) * rows * train.seq * train.seq * act_mode(train).a
 
@@ -387,11 +397,13 @@ def fused_head_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows
 
 def full_logits_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """ORPO / CPO (orpo_trainer.py / cpo_trainer.py ``concatenated_forward``) keep for backward:
-    the LM head's input [rows, S, h], the full ``outputs.logits`` [rows, S, V] in compute dtype,
+    the LM head's input [rows, S, h] (when the head is trainable), the full ``outputs.logits`` [rows, S, V] in compute dtype,
     ORPO's chosen NLL (cross-entropy's log-softmax output over [B, S-1, V], fp32), and, when the
     logits are not fp32, ``selective_log_softmax``'s per-row log-softmax outputs [rows, S-1, V]."""
     s, v, a = train.seq, model.vocab_size, act_mode(train).a
-    saved = rows * s * (v + model.hidden_size) * a
+    saved = rows * s * v * a
+    if not train.finetune.peft:
+        saved += rows * s * model.hidden_size * a  # a frozen LM head (PEFT) needs no input for backward
     if model.quirk("final_logit_softcapping"):
         saved += rows * s * v * a  # Gemma's cap: tanh(logits / cap) is kept for backward
     if train.method.value == "orpo":
