@@ -32,14 +32,22 @@ FUSED_STATS = 7
 class ActMode:
     """How activations are stored, derived once from the TrainSpec."""
 
-    a: int  # bytes per element of activations (compute dtype)
+    a: int  # bytes per element of matmul outputs and attention tensors (compute dtype)
     weights_frozen: bool  # PEFT: base weights and norms do not require grad
     upcast_norm: bool  # RMSNorm upcasts to fp32 (hidden.to(float32)) when activations are not fp32
+    #: bytes per element of the residual stream and norm outputs: the weights' dtype (fp32 under
+    #: autocast from fp32 weights -- norms and residual adds are not autocast ops)
+    w: int = 4
+    #: the forward runs under autocast to a lower precision (the Trainer's bf16/fp16 = True):
+    #: every matmul casts its fp32 inputs to its own copy, and weights not already in the compute
+    #: dtype are cast (and, when they require grad, cached) per forward
+    autocast: bool = False
 
 
 def act_mode(train: TrainSpec) -> ActMode:
     a = dtype_bytes(train.compute_dtype)
-    return ActMode(a=a, weights_frozen=train.finetune.peft, upcast_norm=a != FP32)
+    w = dtype_bytes(train.dtype)
+    return ActMode(a=a, weights_frozen=train.finetune.peft, upcast_norm=a != FP32, w=w, autocast=a != FP32)
 
 
 def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: bool = True,
@@ -58,10 +66,10 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
     if not input_requires_grad:
         return 0
     if model.norm_kind == "layer":
-        return width * m.a + 2 * FP32 * rows_per_token
+        return width * m.w + 2 * FP32 * rows_per_token
     saved = width * FP32 + FP32 * rows_per_token
     if not m.weights_frozen:
-        saved += width * (FP32 if model.family.startswith("gemma") else m.a)
+        saved += width * (FP32 if model.family.startswith("gemma") else m.w)
     return saved
 
 
@@ -75,16 +83,44 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
     share a dtype, else an fp32 copy per wrapped linear (``_cast_input_dtype``, peft
     lora/layer.py) -- and LoRA B saves A's output (r fp32 per token)."""
     if not train.finetune.peft:
-        return sum(width * m.a for width in groups.values())
+        total = 0
+        for names, width in groups.items():
+            if m.autocast and m.w != m.a and names in _fp32_input_groups(groups):
+                # autocast casts the fp32 norm output once per consuming matmul
+                total += len(names.split("|")) * width * m.a
+            else:
+                total += width * m.a
+        return total
     wrapped = {l.name for l in model.lora_linears(_targets(train))}
     total = 0
     for names, width in groups.items():
         n = sum(1 for nm in names.split("|") if nm in wrapped)
         if n == 0:
             continue
-        total += width * m.a if m.a == FP32 else n * width * FP32
-        total += n * train.lora_r * FP32
+        if not m.autocast:
+            total += width * FP32 + n * train.lora_r * FP32
+        else:
+            # PEFT casts the input to the fp32 adapter dtype, autocast casts it back for lora_A:
+            # each wrapped linear keeps its own compute-dtype copy, and B keeps A's output
+            total += n * (width + train.lora_r) * m.a
     return total
+
+
+def _fp32_input_groups(groups: dict[str, int]) -> set[str]:
+    """Input groups fed by a norm output (the residual dtype), as opposed to matmul outputs."""
+    return {names for names in groups if not any(nm in names.split("|") for nm in (
+        "o_proj", "dense", "down_proj", "dense_4h_to_h", "c_proj"))}
+
+
+def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """Compute-dtype copies of the layer's linear weights that autocast makes from fp32 weights and
+    the matmuls keep for backward (torch autocast's weight cache for leaves that require grad; a
+    frozen base weight is cast per op and kept too, since the input gradient needs it). Zero
+    unless the weights are fp32 and the forward is autocast to bf16/fp16."""
+    m = act_mode(train)
+    if not m.autocast or m.w == m.a:
+        return 0
+    return sum(l.count * l.in_features * l.out_features for l in layer.linears) * m.a
 
 
 def _targets(train: TrainSpec):
@@ -329,7 +365,8 @@ def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list
         irg = not (train.finetune.peft and idx == 0)
         key = (model.layer_groups[idx], irg, attention_masked(model, train, idx))
         if key not in memo:
-            memo[key] = tokens * layer_saved_bytes_per_token(model, layer, train, irg, idx)
+            memo[key] = (tokens * layer_saved_bytes_per_token(model, layer, train, irg, idx)
+                         + layer_weight_copies_bytes(model, layer, train))
         out.append(memo[key])
     return out
 
@@ -348,8 +385,21 @@ def recompute_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     for idx, layer in enumerate(model.layers):
         key = (model.layer_groups[idx], attention_masked(model, train, idx))
         if key not in memo:
-            memo[key] = tokens * layer_saved_bytes_per_token(model, layer, train, True, idx)
+            memo[key] = (tokens * layer_saved_bytes_per_token(model, layer, train, True, idx)
+                         + layer_weight_copies_bytes(model, layer, train))
     return max(memo.values())
+
+
+def autocast_weight_cache_bytes(model: ModelSpec, train: TrainSpec, requires_grad: bool,
+                                ref_dtype: str | None = None) -> int:
+    """All decoder linear weights' compute-dtype copies held by autocast's cache until the
+    forward's autocast context exits: the cache keeps casts of leaves that require grad -- TRL
+    leaves ``requires_grad=True`` on its reference, so a no-grad reference forward fills it too."""
+    m = act_mode(train)
+    wbytes = dtype_bytes(ref_dtype) if ref_dtype else m.w
+    if not m.autocast or wbytes == m.a or not requires_grad:
+        return 0
+    return sum(l.count * l.in_features * l.out_features for layer in model.layers for l in layer.linears) * m.a
 
 
 # ---------------------------------------------------------------- log-prob path

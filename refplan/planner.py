@@ -152,12 +152,17 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
             "lora weights": lora_w,
             "reference weights": pre_ref,
             "activations": act.reference_forward_transient_bytes(model, train, pre_rows),
+            "autocast weight copies": act.autocast_weight_cache_bytes(model, train, not train.finetune.peft),
         }, train))
 
     phases.append(_phase("policy forward", {
         **static,
         "activations": saved,
         "logprob path": head_saved + head_fwd,
+        # with checkpointing the layers keep no weight copies, but autocast's cache holds them
+        # until the forward returns
+        "autocast weight copies": (act.autocast_weight_cache_bytes(model, train, not train.finetune.peft)
+                                   if train.grad_ckpt else 0),
     }, train))
 
     if s.caps.reference_forward_per_step:
@@ -168,6 +173,8 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
             "logprob path": head_saved,
             "reference forward": act.reference_forward_transient_bytes(model, train, ref_rows // (
                 2 if m.caps.kl_forward else 1)),
+            "autocast weight copies": (act.autocast_weight_cache_bytes(model, train, True, train.reference_dtype)
+                                       if s.caps.holds_reference_copy and train.ref_quant == "none" else 0),
         }, train))
 
     # backward: walk the layers from the top, freeing activations while gradients accumulate
@@ -193,6 +200,14 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
             "activation grads": grad_flow,
         }, acc_grads))
         remaining -= per_layer_saved[idx]
+    if model.lm_head is None and not train.finetune.peft and act.act_mode(train).w == act.FP32:
+        # tied embeddings, fp32 weights: autograd sums the head's gradient (returned by TRL's
+        # autograd.Function) and embedding_dense_backward's out of place -- three [V, h] fp32
+        # tensors at once before the sum is accumulated into .grad
+        candidates.append(("embedding", {
+            "activations": remaining,
+            "activation grads": 2 * model.vocab_size * model.hidden_size * act.FP32,
+        }, acc_grads))
     for _, parts, g in candidates:
         total = sum(parts.values()) + g
         if total > best_total:
