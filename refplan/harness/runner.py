@@ -71,7 +71,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from refplan.errors import PlanError
@@ -455,7 +455,6 @@ class RunOptions:
     track: bool = True
     progress: bool = True
     report: bool = True
-    results: list = field(default_factory=list)
 
 
 def run_matrix(items: list[Scenario | Unsupported], opts: RunOptions) -> list[dict]:
@@ -494,6 +493,7 @@ def run_matrix(items: list[Scenario | Unsupported], opts: RunOptions) -> list[di
     finally:
         if runner is not None:
             runner.close()
+        (out / ".progress").unlink(missing_ok=True)
     if opts.report:
         from refplan.harness import report
 

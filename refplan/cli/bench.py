@@ -1,0 +1,219 @@
+"""`refplan bench`: run real TRL bursts and measure them (the harness's face).
+
+With no arguments it runs the default suite (bench/suites/default.toml) on a random-weight model
+built offline. ``--model`` (and/or --method/--strategy/--finetune) runs the matrix those flags name
+instead; shape flags (--batch, --seq, --steps, --dtype, ...) override either. Heavy modules are
+imported inside :func:`run` only, so ``refplan estimate`` never imports torch.
+
+Exit codes: 0 when every scenario ran (an OOM is a result), 1 when a scenario crashed, timed out,
+errored or failed parity, 2 on bad input (one line naming the flag).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from refplan.errors import PlanError
+
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure real TRL bursts (memory by phase, speed, loss parity)",
+                       description="Run preference-training bursts with TRL and measure them. With no "
+                                   "arguments: the default matrix on a random-weight model, offline.")
+    p.add_argument("--suite", default=None, help="suite name in bench/suites or a .toml path (default: default)")
+    p.add_argument("--model", default=None, help="directory, cached hub id, or random:<preset> "
+                                                 "(tiny, micro, llama-0.5b)")
+    p.add_argument("--dataset", default=None, help="synthetic (default), a .jsonl file, or a cached dataset name")
+    p.add_argument("--method", default=None, help="comma list of dpo,ipo,kto,orpo,simpo (default: all)")
+    p.add_argument("--strategy", default=None, help="comma list of separate,unwrap,ref-adapter,precompute,"
+                                                    "sync,none (default: every applicable one)")
+    p.add_argument("--finetune", default=None, help="comma list of full,lora (default: full,lora)")
+    p.add_argument("--ref-dtype", default=None, help="also run 'separate' with a reference in this dtype "
+                                                     "(e.g. bf16)")
+    p.add_argument("--batch", type=int, default=None, help="per_device_train_batch_size (pairs; KTO: examples)")
+    p.add_argument("--seq", type=int, default=None, help="padded tokens per sequence, after TRL's BOS/EOS")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per burst")
+    p.add_argument("--dtype", default=None, help="policy load dtype: fp32 | bf16 | fp16 "
+                                                 "(default: fp32 on cpu, bf16 on cuda)")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank")
+    p.add_argument("--grad-ckpt", default=None, choices=("on", "off"), help="activation checkpointing")
+    p.add_argument("--attn", default=None, help="sdpa | eager | flash")
+    p.add_argument("--seed", type=int, default=None, help="seed (weights of random models, data, LoRA init)")
+    p.add_argument("--device", default="auto", help="auto | cuda | cpu (default auto)")
+    p.add_argument("--out", default=None, help="output directory (default reports/bench-<suite>)")
+    p.add_argument("--resume", action="store_true", help="skip scenarios already in the output CSV")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per scenario (default 300 cpu, 600 cuda)")
+    p.add_argument("--isolation", default="auto", choices=("auto", "fork", "spawn"),
+                   help="process per scenario: fork of a pre-imported server (cpu default) or spawn (cuda)")
+    p.add_argument("--no-track", action="store_true", help="turn the CPU tensor tracker off (speed only)")
+    p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument("--list", action="store_true", help="print the scenarios and exit")
+    p.set_defaults(run=run)
+
+
+# --------------------------------------------------------------------------------------------------
+# input checks (no torch)
+# --------------------------------------------------------------------------------------------------
+
+def check_model(model: str) -> None:
+    """Refuse a model that cannot be found offline, naming --model."""
+    from refplan.harness.tiny import PRESETS, RANDOM_PREFIX
+
+    if model.startswith(RANDOM_PREFIX):
+        if model[len(RANDOM_PREFIX):] not in PRESETS:
+            raise PlanError("--model", f"unknown random preset {model!r}; choose from "
+                                       + ", ".join(RANDOM_PREFIX + p for p in PRESETS))
+        return
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise PlanError("--model", f"{model}: directory has no config.json")
+        return
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", model):
+        raise PlanError("--model", f"{model}: no such directory")
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(model, local_files_only=True)
+    except Exception:
+        raise PlanError("--model", f"{model!r} is not a directory nor in the local Hugging Face cache "
+                                   "(nothing is downloaded)") from None
+
+
+def check_dataset(dataset: str, methods) -> None:
+    """Refuse a missing dataset or one without the columns the methods need, naming --dataset."""
+    if dataset == "synthetic":
+        return
+    path = Path(dataset).expanduser()
+    if path.suffix in (".jsonl", ".json") or os.sep in dataset and not re.fullmatch(r"[\w.-]+/[\w.-]+", dataset):
+        if not path.is_file():
+            raise PlanError("--dataset", f"{dataset}: no such file")
+        with open(path) as f:
+            first = next((line for line in f if line.strip()), None)
+        if first is None:
+            raise PlanError("--dataset", f"{dataset}: empty")
+        try:
+            cols = set(json.loads(first))
+        except (ValueError, TypeError):
+            raise PlanError("--dataset", f"{dataset}: first line is not a JSON object") from None
+        paired = {"prompt", "chosen", "rejected"} <= cols
+        unpaired = {"prompt", "completion", "label"} <= cols
+        for m in methods:
+            if not (paired or (m.value == "kto" and unpaired)):
+                need = "prompt/chosen/rejected" + (" or prompt/completion/label" if m.value == "kto" else "")
+                raise PlanError("--dataset", f"{dataset}: {m.value} needs columns {need}; found "
+                                             f"{', '.join(sorted(cols)) or 'none'}")
+        return
+    try:
+        from huggingface_hub import snapshot_download
+
+        snapshot_download(dataset, repo_type="dataset", local_files_only=True)
+    except Exception:
+        raise PlanError("--dataset", f"{dataset!r} is neither 'synthetic', a .jsonl file, nor a dataset in "
+                                     "the local Hugging Face cache") from None
+
+
+def resolve_device(device: str) -> str:
+    if device not in DEVICES:
+        raise PlanError("--device", f"unknown device {device!r}; choose auto, cuda or cpu")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise PlanError("--device", "torch sees no CUDA device here; use --device cpu")
+    return "cuda" if has_cuda else "cpu"
+
+
+# --------------------------------------------------------------------------------------------------
+# run
+# --------------------------------------------------------------------------------------------------
+
+def _overrides(args, device: str) -> dict:
+    o = {"device": device}
+    for flag in ("model", "dataset", "batch", "seq", "steps", "dtype", "lora_r", "attn", "seed"):
+        v = getattr(args, flag)
+        if v is not None:
+            o[flag] = v
+    if args.grad_ckpt is not None:
+        o["grad_ckpt"] = args.grad_ckpt == "on"
+    if device == "cuda" and args.dtype is None:
+        o["dtype"] = "bf16"
+    return o
+
+
+def run(args) -> int:
+    from refplan.cli.common import split_list
+    from refplan.harness import runner
+    from refplan.methods import Finetune, Method, Strategy
+
+    methods = split_list(args.method, Method, "--method")
+    strategies = split_list(args.strategy, Strategy, "--strategy")
+    finetunes = split_list(args.finetune, Finetune, "--finetune")
+    if args.model is not None:
+        check_model(args.model)
+    if args.dataset is not None:
+        check_dataset(args.dataset, methods or list(Method))
+    device = resolve_device(args.device)
+    overrides = _overrides(args, device)
+
+    custom = args.model is not None or methods or strategies or finetunes
+    if args.suite is not None or not custom:
+        suite = runner.load_suite(args.suite or "default")
+        if device == "cuda" and args.suite is None:
+            suite = runner.load_suite("gpu")
+        items = runner.expand(suite, overrides)
+        if methods or strategies or finetunes:
+            items = [it for it in items if _selected(it, methods, strategies, finetunes)]
+        name = suite["name"]
+    else:
+        defaults = {**runner.load_suite("default").get("defaults", {}), **overrides}
+        if device == "cuda":
+            defaults.update({k: v for k, v in runner.load_suite("gpu").get("defaults", {}).items()
+                             if k not in overrides and k != "model"})
+        explicit = [n for n, v in (("method", methods), ("strategy", strategies), ("finetune", finetunes)) if v]
+        items = runner.scenarios_from_flags(methods or list(Method), strategies,
+                                            finetunes or [Finetune.FULL, Finetune.LORA], defaults, explicit)
+        if args.ref_dtype:
+            from dataclasses import replace
+
+            items += [replace(it, ref_dtype=args.ref_dtype) for it in items
+                      if it.strategy is Strategy.SEPARATE and it.ref_dtype is None]
+        name = "custom"
+    if not items:
+        raise PlanError("--strategy", "no scenario matches these flags")
+    if args.list:
+        for it in items:
+            print(it.key + (f"  (unsupported: {it.reason})" if isinstance(it, runner.Unsupported) else ""))
+        return 0
+
+    out = Path(args.out or Path("reports") / f"bench-{name}")
+    timeout = args.timeout or (600.0 if device == "cuda" else 300.0)
+    opts = runner.RunOptions(out_dir=out, suite=name, timeout_s=timeout, resume=args.resume,
+                             isolation=args.isolation, track=not args.no_track, progress=not args.no_progress)
+    rows = runner.run_matrix(items, opts)
+
+    from refplan.harness.report import print_summary
+
+    print_summary(rows, out)
+    bad = [r for r in rows if r.get("status") in ("error", "crash", "timeout") or r.get("parity_ok") == "fail"]
+    return 1 if bad else 0
+
+
+def _selected(item, methods, strategies, finetunes) -> bool:
+    from refplan.harness.runner import Unsupported
+
+    if isinstance(item, Unsupported):
+        s = item.scenario
+        m, st, ft = s.get("method"), s.get("strategy"), s.get("finetune", "full")
+    else:
+        m, st, ft = item.method.value, item.strategy.value, item.finetune.value
+    return ((not methods or m in [x.value for x in methods])
+            and (not strategies or st in [x.value for x in strategies])
+            and (not finetunes or ft in [x.value for x in finetunes]))

@@ -1,0 +1,68 @@
+"""Run one bench request in this process and write its result JSON (the scenario's sidecar).
+
+Used by the fork server (one forked child per scenario) and, for CUDA, as a fresh interpreter:
+``python -m refplan.harness.child REQUEST_JSON``. The request names the scenario, the output
+directory, the result path and a progress file the runner polls ("step total").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def run_request(req: dict) -> int:
+    from refplan.harness.burst import planner_estimate, run_burst
+    from refplan.harness.gpu import environment
+    from refplan.harness.scenario import Scenario
+
+    sc = Scenario.from_dict(req["scenario"])
+    _inject_fault(sc.key)
+    progress_path = req.get("progress_path")
+
+    def progress(step: int, total: int) -> None:
+        if progress_path:
+            with open(progress_path, "w") as f:
+                f.write(f"{step} {total}\n")
+
+    rec = run_burst(sc, track=req.get("track", True), progress=progress)
+    rec["key"] = sc.key
+    rec["scenario"] = sc.as_dict()
+    rec["est_peak_bytes"] = planner_estimate(sc, rec.get("model_dir"))
+    try:
+        rec["env"] = environment(sc.device)
+    except Exception as e:  # the row matters more than the environment record
+        rec["env"] = {"error": repr(e)}
+    path = Path(req["result_path"])
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(rec, default=str))
+    os.replace(tmp, path)
+    return 0
+
+
+def _inject_fault(key: str) -> None:
+    """Fault injection for the runner's own tests: ``REFPLAN_BENCH_FAULT="<key prefix>=crash|hang"``
+    (comma-separated) kills this process with SIGSEGV or hangs it until the runner's timeout."""
+    for item in filter(None, os.environ.get("REFPLAN_BENCH_FAULT", "").split(",")):
+        prefix, _, fault = item.partition("=")
+        if key.startswith(prefix):
+            if fault == "crash":
+                import signal
+
+                os.kill(os.getpid(), signal.SIGSEGV)
+            elif fault == "hang":
+                import time
+
+                time.sleep(10**6)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    return run_request(json.loads(argv[0]))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,75 @@
+"""DPO and IPO with ``trl.DPOTrainer`` -- every reference strategy, the way a user writes it.
+
+Paper: Rafailov et al. 2023, "Direct Preference Optimization" (arXiv:2305.18290); IPO: Azar et al.
+2023, "A General Theoretical Paradigm to Understand Learning from Human Preferences"
+(arXiv:2310.12036), ``loss_type=["ipo"]``.
+
+How each strategy maps onto TRL 1.16's own switches (dpo_trainer.py ``__init__``):
+
+- ``separate``: ``ref_model=None`` with full fine-tuning -> TRL reloads the reference from
+  ``config._name_or_path`` in the policy's dtype. With a LoRA policy, or a reference in another
+  dtype, we load the reference ourselves and pass ``ref_model``.
+- ``unwrap``: ``peft_config=LoraConfig(...)`` -> the reference forward runs with adapters disabled.
+- ``ref-adapter``: an already-wrapped ``PeftModel`` -> TRL copies the "default" adapter into a
+  frozen "ref" adapter.
+- ``precompute``: ``precompute_ref_log_probs=True`` -> reference log-probs are computed during
+  trainer construction (by the policy itself before any step when no reference is given) and stored
+  as dataset columns.
+- ``sync``: ``sync_ref_model=True`` (TR-DPO, Gorbatovski et al. 2024, arXiv:2404.09656) -> a
+  separate reference mixed toward the policy every ``ref_model_sync_steps``.
+"""
+
+from __future__ import annotations
+
+from peft import get_peft_model
+from transformers import set_seed
+from trl import DPOConfig, DPOTrainer
+
+from refplan.harness.recipes.common import load_model, lora_config, training_args
+from refplan.harness.scenario import Scenario
+from refplan.methods import Finetune, Method, Strategy
+
+BETA = 0.1
+
+
+def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, callbacks=()) -> DPOTrainer:
+    # 1. The policy, in the dtype the scenario names.
+    model = load_model(model_dir, sc.dtype, sc)
+
+    # 2. LoRA: TRL wraps it (unwrap, separate), or we wrap it first (ref-adapter: TRL then adds a
+    #    frozen "ref" copy of the adapter). Seed first, as TRL does, so the adapters start equal.
+    peft_config = None
+    if sc.finetune is Finetune.LORA:
+        if sc.strategy is Strategy.REF_ADAPTER:
+            set_seed(sc.seed)
+            model = get_peft_model(model, lora_config(sc))
+        else:
+            peft_config = lora_config(sc)
+
+    # 3. The reference: only 'separate' with a LoRA policy or another dtype needs our own copy;
+    #    everything else is TRL's (automatic reload, adapters off, 'ref' adapter, precompute).
+    ref_model = None
+    if sc.strategy is Strategy.SEPARATE and (sc.finetune is Finetune.LORA or sc.ref_dtype is not None):
+        ref_model = load_model(model_dir, sc.ref_dtype or sc.dtype, sc)
+
+    # 4. The config: explicit precision, checkpointing, and the strategy's switch.
+    args = DPOConfig(
+        **training_args(sc, out_dir, max_length=sc.seq),
+        beta=BETA,
+        loss_type=["ipo"] if sc.method is Method.IPO else ["sigmoid"],
+        precompute_ref_log_probs=sc.strategy is Strategy.PRECOMPUTE,
+        precompute_ref_batch_size=sc.batch,
+        sync_ref_model=sc.strategy is Strategy.SYNC,
+        ref_model_sync_steps=1,  # sync after every step, so a burst exercises the mixing
+        ref_model_mixup_alpha=0.6,
+    )
+
+    return DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+    )

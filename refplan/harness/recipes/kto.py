@@ -1,0 +1,63 @@
+"""KTO with ``trl.KTOTrainer`` -- every reference strategy, the way a user writes it.
+
+Paper: Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization"
+(arXiv:2402.01306). The dataset is unpaired (prompt / completion / label); a paired one is unpaired by
+TRL. Each step runs up to four forwards (kto_trainer.py ``_compute_loss``): the policy's KL pass on
+mismatched pairs (no grad), the policy, and -- unless precomputed -- the reference's KL pass and the
+reference. KTO needs a per-device batch of at least 2 (the KL pairs are built inside the batch).
+
+Strategies map onto TRL's switches exactly as in :mod:`refplan.harness.recipes.dpo`.
+"""
+
+from __future__ import annotations
+
+from peft import get_peft_model
+from transformers import set_seed
+from trl import KTOConfig, KTOTrainer
+
+from refplan.harness.recipes.common import load_model, lora_config, training_args
+from refplan.harness.scenario import Scenario
+from refplan.methods import Finetune, Strategy
+
+BETA = 0.1
+
+
+def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, callbacks=()) -> KTOTrainer:
+    # 1. The policy, in the dtype the scenario names.
+    model = load_model(model_dir, sc.dtype, sc)
+
+    # 2. LoRA: TRL wraps it, or (ref-adapter) we wrap first and TRL adds a frozen "ref" adapter.
+    peft_config = None
+    if sc.finetune is Finetune.LORA:
+        if sc.strategy is Strategy.REF_ADAPTER:
+            set_seed(sc.seed)
+            model = get_peft_model(model, lora_config(sc))
+        else:
+            peft_config = lora_config(sc)
+
+    # 3. Our own reference only for 'separate' with a LoRA policy or another dtype.
+    ref_model = None
+    if sc.strategy is Strategy.SEPARATE and (sc.finetune is Finetune.LORA or sc.ref_dtype is not None):
+        ref_model = load_model(model_dir, sc.ref_dtype or sc.dtype, sc)
+
+    # 4. The config: KTOConfig keeps train_sampling_strategy="sequential" (the KL pairs need it).
+    args = KTOConfig(
+        **training_args(sc, out_dir, max_length=sc.seq),
+        beta=BETA,
+        loss_type="kto",
+        precompute_ref_log_probs=sc.strategy is Strategy.PRECOMPUTE,
+        precompute_ref_batch_size=sc.batch,
+        sync_ref_model=sc.strategy is Strategy.SYNC,
+        ref_model_sync_steps=1,
+        ref_model_mixup_alpha=0.6,
+    )
+
+    return KTOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=args,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=list(callbacks),
+    )

@@ -1,0 +1,257 @@
+"""Live tensor bytes on CPU, exactly, by phase.
+
+:class:`LiveBytes` is a ``TorchDispatchMode`` that sees the output of every aten op, records each
+new untyped storage once (by ``nbytes``) and releases it when the storage dies (a ``weakref``
+callback on the storage, the mechanism of ``weakref.finalize`` at a third of its cost). Views share
+their base's storage and are not counted twice; in-place ops return a storage already seen. Storages that never pass through the dispatcher -- weights that ``from_pretrained``
+reads from safetensors -- are added with :meth:`LiveBytes.register_module` (the harness registers
+every model ``from_pretrained`` returns, TRL's own reference reload included, see
+:func:`register_loaded_models`).
+
+What is counted: tensor storage bytes on every device (the harness enables the tracker for CPU
+runs). Not counted: allocator slack and fragmentation, Python objects, storages created before the
+mode was entered and never registered, and memory owned by libraries outside torch tensors
+(oneDNN scratch, tokenizers).
+
+:class:`Phases` keeps per-phase peaks of the live count, of RSS (``VmHWM``, reset per phase through
+``/proc/self/clear_refs``) and, on CUDA, of ``torch.cuda.max_memory_allocated`` / ``reserved``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class LiveBytes(TorchDispatchMode):
+    """Count live tensor-storage bytes; ``peak`` is the high-water mark since the last :meth:`reset_peak`."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._sizes: dict[int, int] = {}  # StorageImpl address -> nbytes counted
+        self._refs: dict[int, weakref.ref] = {}  # keeps the release callbacks alive
+        self._inplace: dict = {}  # op -> True when every output is an input written in place
+
+    # -- counting -----------------------------------------------------------------------------------
+    # No lock: the GIL serializes these dict updates, and a release callback that runs inside
+    # add_storage (a storage freed by a GC pass) only touches other keys.
+
+    def _release(self, key: int) -> None:
+        self.live -= self._sizes.pop(key, 0)
+        self._refs.pop(key, None)
+
+    def add_storage(self, storage: torch.UntypedStorage) -> None:
+        key = storage._cdata
+        n = storage.nbytes()
+        old = self._sizes.get(key)
+        if old == n:
+            return
+        if old is None:
+            # weakref.ref with a callback is weakref.finalize's mechanism, at a third of its cost
+            self._refs[key] = weakref.ref(storage, lambda _ref, k=key: self._release(k))
+            old = 0
+        self._sizes[key] = n  # new, or resized in place (``out=`` variants, ``resize_``)
+        self.live += n - old
+        if self.live > self.peak:
+            self.peak = self.live
+
+    def add_tensor(self, t: torch.Tensor) -> None:
+        if t.is_meta:
+            return
+        try:
+            storage = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse tensors, subclasses without a storage
+            return
+        self.add_storage(storage)
+
+    def register_module(self, module: torch.nn.Module) -> None:
+        """Add a module's parameters and buffers (idempotent: a storage is counted once)."""
+        for p in module.parameters():
+            self.add_tensor(p.data)
+        for b in module.buffers():
+            self.add_tensor(b)
+
+    def reset_peak(self) -> None:
+        self.peak = self.live
+
+    # -- dispatch -----------------------------------------------------------------------------------
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps every __torch_dispatch__ call in a dynamo-disable frame unless a mode opts out;
+        # nothing in a burst is compiled, and the wrapper costs about as much as the bookkeeping.
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **kwargs) if kwargs else func(*args)
+        inplace = self._inplace.get(func)
+        if inplace is None:
+            inplace = self._inplace[func] = _writes_inputs_in_place(func)
+        if inplace:  # in-place ops return their input, already counted
+            return out
+        if type(out) is torch.Tensor:
+            self.add_tensor(out)
+        elif isinstance(out, (tuple, list)):
+            for o in out:
+                if isinstance(o, torch.Tensor):
+                    self.add_tensor(o)
+                elif isinstance(o, (tuple, list)):
+                    for oo in o:
+                        if isinstance(oo, torch.Tensor):
+                            self.add_tensor(oo)
+        elif isinstance(out, torch.Tensor):
+            self.add_tensor(out)
+        return out
+
+
+_RESIZING = {"resize_", "resize_as_", "set_"}
+
+
+def _writes_inputs_in_place(func) -> bool:
+    """True when every output of an aten op is an input written in place (``Tensor(a!)``) and the op
+    cannot grow that storage (``out=`` overloads and ``resize_``/``set_`` can). Views are still
+    looked at: ``lift_fresh`` (``torch.tensor(...)``) and views of tensors made outside the
+    dispatcher are the first time their storage is seen."""
+    try:
+        schema = func._schema
+    except AttributeError:
+        return False
+    if schema.overload_name == "out" or schema.name.split("::")[-1] in _RESIZING:
+        return False
+    returns = schema.returns
+    return bool(returns) and all(r.alias_info is not None and r.alias_info.is_write for r in returns)
+
+
+def module_state_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's parameters and buffers, each storage once."""
+    seen, total = set(), 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        st = t.untyped_storage()
+        if st._cdata not in seen:
+            seen.add(st._cdata)
+            total += st.nbytes()
+    return total
+
+
+@contextlib.contextmanager
+def register_loaded_models(tracker: LiveBytes | None, on_load=None):
+    """Register every model ``PreTrainedModel.from_pretrained`` returns (TRL's reference reload
+    included) with the tracker; ``on_load(start: bool)`` brackets each load (the harness's "load"
+    phase)."""
+    from transformers import PreTrainedModel
+
+    original = PreTrainedModel.__dict__["from_pretrained"]  # a classmethod object
+    depth = [0]
+
+    @functools.wraps(original.__func__)
+    def from_pretrained(cls, *args, **kwargs):
+        depth[0] += 1
+        if on_load and depth[0] == 1:
+            on_load(True)
+        try:
+            model = original.__func__(cls, *args, **kwargs)
+        finally:
+            depth[0] -= 1
+        if tracker is not None:
+            tracker.register_module(model)
+        if on_load and depth[0] == 0:
+            on_load(False)
+        return model
+
+    PreTrainedModel.from_pretrained = classmethod(from_pretrained)
+    try:
+        yield
+    finally:
+        PreTrainedModel.from_pretrained = original
+
+
+# --------------------------------------------------------------------------------------------------
+# phases
+# --------------------------------------------------------------------------------------------------
+
+def _vm_hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            m = re.search(r"VmHWM:\s+(\d+) kB", f.read())
+        return int(m.group(1)) * 1024 if m else None
+    except OSError:
+        return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class Phases:
+    """Per-phase peaks of every memory counter the run has.
+
+    A phase may be entered several times (setup -> precompute -> setup); its peaks are the maximum
+    over its visits. ``enter(name)`` closes the current phase and opens ``name``.
+    """
+
+    def __init__(self, tracker: LiveBytes | None = None, cuda: bool = False, nvml=None):
+        self.tracker = tracker
+        self.cuda = cuda
+        self.nvml = nvml  # refplan.harness.gpu.NvmlSampler or None
+        self.current: str | None = None
+        self.peaks: dict[str, dict[str, int]] = {}
+        self.live_at_start: dict[str, int] = {}
+
+    def _bump(self, name: str, counter: str, value: int | None) -> None:
+        if value is None:
+            return
+        d = self.peaks.setdefault(name, {})
+        d[counter] = max(d.get(counter, value), value)
+
+    def _close(self) -> None:
+        name = self.current
+        if name is None:
+            return
+        if self.tracker is not None:
+            self._bump(name, "live_bytes", self.tracker.peak)
+        self._bump(name, "rss_bytes", _vm_hwm_bytes())
+        if self.cuda:
+            torch.cuda.synchronize()
+            self._bump(name, "torch_allocated_bytes", torch.cuda.max_memory_allocated())
+            self._bump(name, "torch_reserved_bytes", torch.cuda.max_memory_reserved())
+        if self.nvml is not None:
+            self._bump(name, "nvml_bytes", self.nvml.take_peak())
+
+    def enter(self, name: str | None) -> None:
+        self._close()
+        self.current = name
+        if name is None:
+            return
+        if self.tracker is not None:
+            self.tracker.reset_peak()
+            self.live_at_start.setdefault(name, self.tracker.live)
+        _reset_hwm()
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        if self.nvml is not None:
+            self.nvml.take_peak()  # start the phase's NVML window now
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        previous = self.current
+        self.enter(name)
+        try:
+            yield
+        finally:
+            self.enter(previous)
+
+    def peak(self, phase: str, counter: str) -> int | None:
+        return self.peaks.get(phase, {}).get(counter)

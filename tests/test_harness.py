@@ -1,0 +1,262 @@
+"""The measuring half: real TRL bursts on a tiny offline model (no network), the tracker, the runner.
+
+Bursts use the "micro" preset (2 layers, hidden 64, vocab 512), 2 steps, fp32 on CPU, so parity is
+exact. Each burst runs in this process (``run_burst``); the runner tests go through the fork server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from refplan.harness.scenario import Scenario  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+MICRO = dict(model="random:micro", seq=32, batch=2, steps=2, lora_r=4, device="cpu", dtype="fp32")
+TOL = 1e-5
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_cache(tmp_path_factory):
+    """Build the micro model once, in a cache of the test session's own."""
+    cache = tmp_path_factory.mktemp("refplan-cache")
+    old = os.environ.get("REFPLAN_CACHE")
+    os.environ["REFPLAN_CACHE"] = str(cache)
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from refplan.harness.tiny import build_model
+
+    build_model("micro")
+    yield cache
+    if old is None:
+        os.environ.pop("REFPLAN_CACHE", None)
+    else:
+        os.environ["REFPLAN_CACHE"] = old
+
+
+_RESULTS: dict = {}
+
+
+def burst(method, strategy, finetune="full", ref_dtype=None, **kw):
+    """Run (once per session) and return the result record of a micro scenario."""
+    from refplan.harness.burst import run_burst
+
+    sc = Scenario(method=method, strategy=strategy, finetune=finetune, ref_dtype=ref_dtype, **{**MICRO, **kw})
+    if sc.key not in _RESULTS:
+        rec = run_burst(sc)
+        assert rec["status"] == "ok", rec.get("traceback")
+        _RESULTS[sc.key] = rec
+    return _RESULTS[sc.key]
+
+
+def max_diff(a, b):
+    return max(abs(x - y) for x, y in zip(a, b))
+
+
+def ref_diff(a, b):
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+# --------------------------------------------------------------------------------------------------
+# tracker
+# --------------------------------------------------------------------------------------------------
+
+def test_tracker_counts_a_known_tensor_exactly():
+    from refplan.harness.tracker import LiveBytes
+
+    tr = LiveBytes()
+    with tr:
+        a = torch.empty(1000, dtype=torch.float32)  # 4000 bytes
+        view = a[100:200]  # same storage: not counted again
+        b = a.to(torch.bfloat16)  # 2000 bytes
+        a.mul_(2)  # in place: nothing new
+        assert tr.live == 6000
+        del a
+        assert tr.live == 6000  # the view keeps the storage alive
+        del view
+        assert tr.live == 2000
+        del b
+        assert tr.live == 0
+    assert tr.peak == 6000
+
+
+def test_tracker_registers_weights_loaded_from_safetensors():
+    from refplan.harness.recipes.common import load_model
+    from refplan.harness.tiny import build_model
+    from refplan.harness.tracker import LiveBytes, module_state_bytes, register_loaded_models
+
+    sc = Scenario(method="orpo", strategy="none", **MICRO)
+    tr = LiveBytes()
+    with tr, register_loaded_models(tr):
+        model = load_model(build_model("micro"), "fp32", sc)
+        assert tr.live == module_state_bytes(model)
+        n_params = sum(p.numel() for p in model.parameters())
+        assert module_state_bytes(model) >= 4 * n_params
+
+
+# --------------------------------------------------------------------------------------------------
+# bursts: every method and strategy family, parity
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["dpo", "kto", "orpo", "simpo"])
+def test_every_method_sees_exactly_seq_tokens(method):
+    strategy = "none" if method in ("orpo", "simpo") else "separate"
+    rec = burst(method, strategy)
+    assert rec["seq_seen"] == MICRO["seq"]
+    rows = MICRO["batch"] * (1 if method == "kto" else 2)
+    assert rec["rows_seen"] == rows
+    assert len(rec["losses"]) == MICRO["steps"]
+    assert rec["peak_train_bytes"] > rec["loaded_bytes"] > 0
+
+
+@pytest.mark.parametrize("method", ["dpo", "ipo", "kto"])
+def test_precompute_matches_separate_and_saves_exactly_the_reference(method):
+    sep, pre = burst(method, "separate"), burst(method, "precompute")
+    assert max_diff(sep["losses"], pre["losses"]) <= TOL
+    assert ref_diff(sep["ref_logps"], pre["ref_logps"]) <= TOL
+    # Full fine-tune, same seed and data: the training peaks differ by exactly the reference's
+    # parameters + buffers, less the precomputed log-prob columns that precompute's live batches
+    # carry instead (two fp32 columns of `batch` values per batch; one batch is live at the peak on
+    # the last step, two before it, when the dataloader has prefetched the next one).
+    assert sep["ref_state_bytes"] > 0 and pre["ref_state_bytes"] == 0
+    column_bytes = 2 * MICRO["batch"] * 4
+    diff = sep["peak_train_bytes"] - pre["peak_train_bytes"]
+    assert diff in (sep["ref_state_bytes"] - column_bytes, sep["ref_state_bytes"] - 2 * column_bytes)
+    assert pre["peak_precompute_bytes"] is not None and sep["peak_precompute_bytes"] is None
+
+
+@pytest.mark.parametrize("method", ["dpo", "kto"])
+@pytest.mark.parametrize("strategy", ["unwrap", "ref-adapter", "precompute"])
+def test_lora_strategies_match_separate(method, strategy):
+    sep, other = burst(method, "separate", "lora"), burst(method, strategy, "lora")
+    assert max_diff(sep["losses"], other["losses"]) <= TOL
+    assert ref_diff(sep["ref_logps"], other["ref_logps"]) <= TOL
+    assert other["ref_state_bytes"] == 0  # no reference copy held
+
+
+def test_lora_unwrap_holds_no_reference_copy():
+    sep, unwrap, adapter = (burst("dpo", s, "lora") for s in ("separate", "unwrap", "ref-adapter"))
+    assert sep["loaded_bytes"] - unwrap["loaded_bytes"] == sep["ref_state_bytes"]
+    assert adapter["loaded_bytes"] > unwrap["loaded_bytes"]  # the frozen 'ref' adapter copy
+
+
+def test_sync_matches_separate_until_the_first_sync():
+    sep, sync = burst("dpo", "separate"), burst("dpo", "sync")
+    assert abs(sep["losses"][0] - sync["losses"][0]) <= TOL
+    assert sync["ref_state_bytes"] == sep["ref_state_bytes"]
+
+
+def test_lower_precision_reference_drifts_and_halves_the_copy():
+    sep, bf16 = burst("dpo", "separate"), burst("dpo", "separate", ref_dtype="bf16")
+    assert 0 < ref_diff(sep["ref_logps"], bf16["ref_logps"]) < 1.0
+    assert bf16["ref_state_bytes"] * 2 == pytest.approx(sep["ref_state_bytes"], rel=0.01)
+
+
+# --------------------------------------------------------------------------------------------------
+# runner: isolation, faults, resume
+# --------------------------------------------------------------------------------------------------
+
+def test_runner_turns_crash_and_timeout_into_rows_and_resumes(tmp_path, monkeypatch):
+    from refplan.harness import runner
+
+    ok1 = Scenario(method="orpo", strategy="none", **MICRO)
+    crash = Scenario(method="simpo", strategy="none", **MICRO)
+    hang = Scenario(method="simpo", strategy="none", **{**MICRO, "seed": 1})
+    ok2 = Scenario(method="dpo", strategy="separate", **MICRO)
+    unsupported = runner._make({**MICRO, "method": "dpo", "strategy": "sync", "finetune": "lora"})
+    assert isinstance(unsupported, runner.Unsupported)
+    monkeypatch.setenv("REFPLAN_BENCH_FAULT", f"{crash.key}=crash,{hang.key}=hang")
+    items = [ok1, crash, hang, ok2, unsupported]
+    opts = runner.RunOptions(out_dir=tmp_path, suite="test", timeout_s=12, progress=False, report=False)
+    runner.run_matrix(items, opts)
+
+    rows = runner.read_done(tmp_path / "bench.csv")
+    assert list(rows) == [it.key for it in items]
+    status = {k: r["status"] for k, r in rows.items()}
+    assert status[ok1.key] == status[ok2.key] == "ok"
+    assert status[crash.key] == "crash" and "SIGSEGV" in rows[crash.key]["error"]
+    assert status[hang.key] == "timeout"
+    assert status[unsupported.key] == "unsupported" and "PEFT" in rows[unsupported.key]["error"]
+    assert set(runner.COLUMNS) == set(next(iter(rows.values())))
+    assert json.loads((tmp_path / "losses" / f"{ok2.key}.json").read_text())["losses"]
+
+    # --resume: nothing left to run, the CSV keeps one row per scenario
+    monkeypatch.setenv("REFPLAN_BENCH_FAULT", f"{ok1.key}=crash")
+    runner.run_matrix(items, runner.RunOptions(out_dir=tmp_path, suite="test", resume=True, progress=False,
+                                               report=True))
+    again = runner.read_done(tmp_path / "bench.csv")
+    assert again == rows
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "charts" / "memory.png").exists()
+
+
+def test_suites_expand_without_torch_errors():
+    from refplan.harness import runner
+
+    for name in ("default", "ci", "gpu"):
+        items = runner.expand(runner.load_suite(name))
+        keys = [it.key for it in items]
+        assert len(keys) == len(set(keys))
+        baselines = {it.key: i for i, it in enumerate(items) if isinstance(it, Scenario) and it.baseline is None}
+        for i, it in enumerate(items):
+            if isinstance(it, Scenario) and it.baseline is not None:
+                assert baselines[it.baseline.key] < i
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI: bad input is one line and exit 2; the bench command does not import torch at parse time
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--model", "/nonexistent/model"], "--model"),
+    (["--method", "dpo", "--strategy", "unwrap", "--finetune", "full"], "--strategy"),
+    (["--method", "orpo", "--strategy", "separate"], "--strategy"),
+    (["--dataset", "/nonexistent.jsonl"], "--dataset"),
+    (["--method", "kto", "--batch", "1", "--list"], "--batch"),
+    (["--suite", "no-such-suite"], "--suite"),
+])
+def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
+    from refplan.cli import main
+
+    assert main(["bench", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0]
+
+
+def test_dataset_without_needed_columns_exits_2(tmp_path, capsys):
+    from refplan.cli import main
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"text": "hello"}) + "\n")
+    assert main(["bench", "--dataset", str(path), "--method", "dpo", "--list"]) == 2
+    assert "--dataset" in capsys.readouterr().err
+
+
+def test_bench_cli_module_does_not_import_torch():
+    code = "import sys, refplan.cli.bench, refplan.harness.scenario; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+# --------------------------------------------------------------------------------------------------
+# GPU
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_burst_reports_allocator_and_nvml_peaks():
+    from refplan.harness.burst import run_burst
+
+    sc = Scenario(method="dpo", strategy="precompute", **{**MICRO, "device": "cuda", "dtype": "bf16"})
+    rec = run_burst(sc)
+    assert rec["status"] == "ok", rec.get("traceback")
+    assert rec["memory_source"] == "cuda-allocator"
+    assert rec["torch_max_allocated_bytes"] >= rec["peak_train_bytes"] > 0
+    assert rec["torch_max_reserved_bytes"] >= rec["torch_max_allocated_bytes"]
