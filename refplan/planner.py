@@ -85,8 +85,10 @@ def _phase(name: str, parts: dict[str, int], train: TrainSpec) -> Phase:
     parts = {k: v for k, v in parts.items() if v}
     allocated = sum(parts.values())
     if train.device == "cuda":
-        parts["cuda context"] = terms.CUDA_CONTEXT_BYTES
+        parts["cublas workspace"] = terms.CUBLAS_WORKSPACE_BYTES
+        allocated += terms.CUBLAS_WORKSPACE_BYTES
         parts["allocator slack"] = allocated * terms.ALLOCATOR_SLACK_NUM // terms.ALLOCATOR_SLACK_DEN
+        parts["cuda context"] = terms.CUDA_CONTEXT_BYTES
     return Phase(name, tuple(parts.items()))
 
 

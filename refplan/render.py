@@ -19,7 +19,8 @@ from refplan.units import GIB
 COMPONENT_ORDER = (
     "policy weights", "lora weights", "reference weights", "master weights", "optimizer state",
     "gradients", "activations", "activation grads", "logprob path", "reference forward",
-    "optimizer transient", "batch", "gathered params", "cuda context", "allocator slack",
+    "optimizer transient", "autocast weight copies", "batch", "gathered params", "cublas workspace",
+    "cuda context", "allocator slack",
 )
 
 

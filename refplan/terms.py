@@ -18,14 +18,21 @@ NF4_NUM, NF4_DEN = 64 * 256 * 4 + 256 * 8 + 4 * 8, 64 * 256 * 8  # bytes*8 per w
 #: bitsandbytes LLM.int8 (Dettmers et al. 2022): int8 weights + one fp32 scale per output row.
 INT8_BYTES_PER_WEIGHT = 1
 
-#: CUDA context + cuBLAS/cuDNN workspaces created on first use, per process. Measured values are
-#: ~300-600 MiB on recent drivers (PyTorch docs, "CUDA semantics: memory management"; NVML
-#: readings in reports/gpu). We use 512 MiB; the GPU calibration script (bench/gpu) re-measures it.
-CUDA_CONTEXT_BYTES = 512 * MIB
-#: The caching allocator rounds requests to 512-byte blocks and carves 2 MiB / 20 MiB segments;
-#: reserved exceeds allocated by fragmentation. We add 5 % of the allocated peak as slack
-#: (PyTorch CUDACachingAllocator.cpp: kMinBlockSize=512, kSmallBuffer=2 MiB, kLargeBuffer=20 MiB).
-ALLOCATOR_SLACK_NUM, ALLOCATOR_SLACK_DEN = 5, 100
+#: Device memory a CUDA training process uses outside torch's caching allocator, as NVML sees it:
+#: the CUDA context with its cuBLAS/cuDNN handles (726,466,560 B measured: NVML used after CUDA init,
+#: a bf16 matmul and an SDPA call, minus used before init, minus torch's reserved bytes) plus the
+#: driver's own reservation on an otherwise idle GPU (644,939,776 B used before init). Measured with
+#: bench/gpu/calibrate.py on an NVIDIA H200, driver 580.159.04, torch 2.11.0+cu130
+#: (reports/gpu/cuda_terms.csv); the bench's NVML peaks minus reserved peaks agree (1.35 GiB).
+CUDA_CONTEXT_BYTES = 726_466_560 + 644_939_776
+#: cuBLAS's workspace, allocated through the caching allocator on first use (32 MiB: the 1-byte
+#: probe of bench/gpu/calibrate.py found 33,554,944 B allocated).
+CUBLAS_WORKSPACE_BYTES = 32 * MIB
+#: Reserved exceeds allocated by the caching allocator's rounding (512 B blocks, 2 MiB / 20 MiB
+#: segments, CUDACachingAllocator.cpp) and fragmentation: max_reserved / max_allocated had a median
+#: of 1.069 over the GPU bench matrix (reports/bench-gpu/bench.csv, DPO/KTO 1.04-1.08, ORPO/SimPO
+#: with their fp32 full-vocabulary tensors 1.25-1.31). We add 7 %.
+ALLOCATOR_SLACK_NUM, ALLOCATOR_SLACK_DEN = 7, 100
 
 
 def _quantizable_params(model: ModelSpec) -> int:

@@ -186,3 +186,20 @@ def test_peak_inventory_names_what_is_live():
     inv = dict(T.peak_inventory(spec, train(), "backward", 2))
     assert inv["policy weights"] > 0 and inv["reference weights"] > 0
     assert any(label.startswith("policy forward / layer") for label in inv)
+
+
+@pytest.mark.slow
+def test_cli_engine_trace_runs_and_agrees_with_formula():
+    import json
+    import subprocess
+    import sys
+
+    args = ["estimate", "--model", "HuggingFaceTB/SmolLM2-135M", "--method", "dpo", "--strategy", "separate",
+            "--device", "cpu", "--seq", "256", "--format", "json", "--offline"]
+    traced = subprocess.run([sys.executable, "-m", "refplan", *args, "--engine", "trace"], capture_output=True,
+                            text=True)
+    formula = subprocess.run([sys.executable, "-m", "refplan", *args], capture_output=True, text=True)
+    assert traced.returncode == 0, traced.stderr
+    t = json.loads(traced.stdout)["rows"][0]["peak_bytes"]
+    f = json.loads(formula.stdout)["rows"][0]["peak_bytes"]
+    assert abs(f - t) / t < 0.03

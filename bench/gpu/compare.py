@@ -14,13 +14,15 @@ import csv
 import statistics
 from pathlib import Path
 
-CUDA_ONLY = ("cuda context", "allocator slack")
+CUDA_ONLY = ("cuda context", "allocator slack")  # not in max_memory_allocated
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("csv")
     p.add_argument("--out", default=None)
+    p.add_argument("--optim", default=None, help="override the optimizer of every row (e.g. adamw-torch for "
+                                                  "CSVs recorded when the bench's adamw meant adamw_torch)")
     a = p.parse_args(argv)
     from refplan.harness.scenario import Scenario
     from refplan.planner import estimate
@@ -39,6 +41,8 @@ def main(argv=None) -> int:
         for k in ("batch", "seq", "steps", "lora_r"):
             d[k] = int(r[k])
         d["grad_ckpt"] = r["grad_ckpt"] in ("True", "true", "1")
+        if a.optim:
+            d["optim"] = a.optim
         if r.get("ref_dtype"):
             d["ref_dtype"] = r["ref_dtype"]
         sc = Scenario.from_dict(d)

@@ -32,11 +32,14 @@ def register(sub) -> None:
     p.add_argument("--device", default="cuda", help="cuda | cpu (cpu drops CUDA-only terms)")
     p.add_argument("--format", default="table", help="table | json | csv")
     p.add_argument("--offline", action="store_true", help="never touch the network for --model")
+    p.add_argument("--engine", default="formula",
+                   help="formula (pure arithmetic, default) | trace (one real training step on fake tensors, "
+                        "CPU code paths; imports torch, seconds per row)")
     p.set_defaults(run=run)
 
 
 def settings_from_args(args) -> dict:
-    return {k: getattr(args, k) for k in ("finetune", "lora_r", "lora_targets", "dtype", "autocast", "ref_dtype",
+    return {k: getattr(args, k) for k in ("engine", "finetune", "lora_r", "lora_targets", "dtype", "autocast", "ref_dtype",
                                           "ref_quant", "batch", "seq", "precompute_batch", "grad_ckpt", "optim",
                                           "attn", "gpus", "zero", "fsdp", "gpu", "device")}
 
@@ -73,8 +76,34 @@ def run(args) -> int:
             check_combination(methods[0], strategies[0], finetune, args.ref_quant)
     if methods and Method.KTO in methods and args.batch < 2:
         raise PlanError("--batch", "KTO needs a per-device batch of at least 2")
+    if args.engine not in ("formula", "trace"):
+        raise PlanError("--engine", f"unknown engine {args.engine!r}; choose formula or trace")
     rows = estimate_matrix(model, base, methods, strategies, gpu)
+    if args.engine == "trace":
+        rows = _traced(model, rows, base, gpu)
     if not rows:
         raise PlanError("--strategy", "no applicable method x strategy for these flags")
     render_estimates(model, rows, args.format, settings_from_args(args))
     return 0
+
+
+def _traced(model, rows, base, gpu):
+    """Re-measure each formula row with the trace engine (same TrainSpec)."""
+    from dataclasses import replace
+
+    from refplan.methods import Finetune, Method, Strategy
+    from refplan.result import Estimate
+
+    if base.device != "cpu":
+        raise PlanError("--engine", "the trace engine runs the CPU code paths on fake tensors; add --device cpu")
+    from refplan.trace import trace_estimate
+
+    out = []
+    for r in rows:
+        train = replace(base, method=Method(r.method), strategy=Strategy(r.strategy), finetune=Finetune(r.finetune),
+                        ref_quant=base.ref_quant if r.strategy in ("separate", "precompute") else "none")
+        t = trace_estimate(model, train)
+        fits = None if gpu is None else t.peak_bytes <= gpu.memory_bytes
+        out.append(Estimate(t.method, t.strategy, t.finetune, t.phases, fits=fits,
+                            gpu=gpu.name if gpu else None, gpu_bytes=gpu.memory_bytes if gpu else None))
+    return out

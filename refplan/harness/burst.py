@@ -195,7 +195,8 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
         tokenizer = load_tokenizer(model_dir)
         dataset = load_dataset(sc, tokenizer)
 
-        tracker = trk.LiveBytes() if (track and not cuda) else None
+        # REFPLAN_TRACK_CUDA=1 also counts live tensor bytes on CUDA (diagnostics: bench/gpu/diagnose.py)
+        tracker = trk.LiveBytes() if (track and (not cuda or os.environ.get("REFPLAN_TRACK_CUDA") == "1")) else None
         nvml = gpu.start_sampler(0) if cuda else None
         phases = trk.Phases(tracker, cuda=cuda, nvml=nvml)
         recorder = _trainer_callback_cls()(cuda, progress)
