@@ -120,7 +120,8 @@ def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) 
     m = act_mode(train)
     if not m.autocast or m.w == m.a:
         return 0
-    return sum(l.count * l.in_features * l.out_features for l in layer.linears) * m.a
+    # routed experts run through grouped_mm, which autocast does not cover: no copies for them
+    return sum(l.in_features * l.out_features for l in layer.linears if l.count == 1) * m.a
 
 
 def _targets(train: TrainSpec):
@@ -399,7 +400,8 @@ def autocast_weight_cache_bytes(model: ModelSpec, train: TrainSpec, requires_gra
     wbytes = dtype_bytes(ref_dtype) if ref_dtype else m.w
     if not m.autocast or wbytes == m.a or not requires_grad:
         return 0
-    return sum(l.count * l.in_features * l.out_features for layer in model.layers for l in layer.linears) * m.a
+    return sum(l.in_features * l.out_features for layer in model.layers for l in layer.linears
+               if l.count == 1) * m.a
 
 
 # ---------------------------------------------------------------- log-prob path

@@ -274,7 +274,16 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
                                                  for r in failed]
     trace = out / "trace_check.md"
     if trace.exists():
-        lines += ["", "## Real shapes: formula vs trace engine", "", trace.read_text()]
+        lines += ["", "## Real shapes: formula vs trace engine", "",
+                  "`python bench/trace_check.py > reports/trace_check.md` (the trace engine runs one real "
+                  "training step on fake CPU tensors; extrapolated per layer segment):", "", trace.read_text()]
+    gpu = out / "gpu" / "compare.md"
+    if gpu.exists():
+        lines += ["", "## CUDA (NVIDIA H200): planner vs the GPU bench", "",
+                  "`python bench/gpu/compare.py reports/bench-gpu/bench.csv --optim adamw-torch` (that CSV was "
+                  "recorded while the bench's adamw meant transformers' adamw_torch). The CUDA-only terms come "
+                  "from `bench/gpu/calibrate.py` (reports/gpu/cuda_terms.csv); `bench/gpu/diagnose.py` lists "
+                  "what is live at a GPU peak (reports/gpu/diagnose.json).", "", gpu.read_text()]
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
 
 
