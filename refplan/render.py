@@ -24,6 +24,16 @@ COMPONENT_ORDER = (
 )
 
 
+#: short table headers (JSON and CSV keep the full names)
+SHORT = {
+    "policy weights": "policy", "lora weights": "lora", "reference weights": "ref", "master weights": "master",
+    "optimizer state": "optim", "gradients": "grads", "activations": "acts", "activation grads": "act grads",
+    "logprob path": "logprob", "reference forward": "ref fwd", "optimizer transient": "opt tmp",
+    "autocast weight copies": "autocast", "batch": "batch", "gathered params": "gathered",
+    "cublas workspace": "cublas", "cuda context": "ctx", "allocator slack": "slack",
+}
+
+
 def component_names(rows: list[Estimate]) -> list[str]:
     seen = {k for r in rows for k in r.components}
     ordered = [c for c in COMPONENT_ORDER if c in seen]
@@ -69,7 +79,8 @@ def row_record(r: Estimate, cheapest: bool = False) -> dict:
     }
 
 
-def render_estimates(model: ModelSpec, rows: list[Estimate], fmt: str, settings: dict, out=None) -> None:
+def render_estimates(model: ModelSpec, rows: list[Estimate], fmt: str, settings: dict, out=None,
+                     skipped_kto: bool = False) -> None:
     out = out or sys.stdout
     best = cheapest_per_method(rows)
     if fmt == "json":
@@ -97,12 +108,12 @@ def render_estimates(model: ModelSpec, rows: list[Estimate], fmt: str, settings:
     title = (f"{model.model_id} ({model.family}, {model.params / 1e9:.2f}B params) — peak memory per device, GiB"
              + (f" — on {gpu} ({rows[0].gpu_bytes / GIB:.1f} GiB)" if gpu else ""))
     t = Table(title=title, title_justify="left", show_lines=False)
-    t.add_column("method")
-    t.add_column("strategy")
-    t.add_column("peak GiB", justify="right", style="bold")
-    t.add_column("peak phase")
+    t.add_column("method", no_wrap=True)
+    t.add_column("strategy", no_wrap=True)
+    t.add_column("peak GiB", justify="right", style="bold", no_wrap=True)
+    t.add_column("peak phase", no_wrap=True)
     for c in comps:
-        t.add_column(c, justify="right")
+        t.add_column(SHORT.get(c, c), justify="right", no_wrap=True)
     if gpu:
         t.add_column("fits", justify="center")
     for i, r in enumerate(rows):
@@ -114,7 +125,7 @@ def render_estimates(model: ModelSpec, rows: list[Estimate], fmt: str, settings:
             head = r.headroom_bytes / GIB
             cells.append(f"[green]yes[/] ({head:+.1f})" if r.fits else f"[red]no[/] ({head:+.1f})")
         t.add_row(*cells)
-    con = Console(file=out, width=max(120, 40 + 11 * len(comps)))
+    con = Console(file=out, width=max(120, 62 + 10 * len(comps)))
     con.print(t)
     if model.generic_fallback:
         con.print(f"[yellow]note:[/] unknown family {model.family!r}: parameters counted as a generic "
@@ -123,5 +134,8 @@ def render_estimates(model: ModelSpec, rows: list[Estimate], fmt: str, settings:
         con.print("[yellow]note:[/] MoE + LoRA: PEFT 0.21's all-linear also wraps the fused 3-D experts and the "
                   "router, which refplan does not count yet -- expect the real peak to be higher "
                   "(12-41 % on Qwen3-30B-A3B, reports/accuracy.md)")
-    con.print("★ cheapest strategy per method. Components are the breakdown at each row's peak phase; "
-              "GiB = 2^30 bytes.")
+    if skipped_kto:
+        con.print("[yellow]note:[/] kto is not shown: TRL needs a per-device batch of at least 2 for KTO "
+                  "(add --batch 2)")
+    con.print("★ cheapest strategy per method. Components (GiB) are the breakdown at each row's peak phase: "
+              + ", ".join(f"{SHORT.get(c, c)} = {c}" for c in comps if SHORT.get(c, c) != c) + ". GiB = 2^30 bytes.")

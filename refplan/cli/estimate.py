@@ -83,7 +83,8 @@ def run(args) -> int:
         rows = _traced(model, rows, base, gpu)
     if not rows:
         raise PlanError("--strategy", "no applicable method x strategy for these flags")
-    render_estimates(model, rows, args.format, settings_from_args(args))
+    skipped_kto = (not methods or Method.KTO in methods) and args.batch < 2
+    render_estimates(model, rows, args.format, settings_from_args(args), skipped_kto=skipped_kto)
     return 0
 
 
