@@ -112,14 +112,32 @@ def _fp32_input_groups(groups: dict[str, int]) -> set[str]:
         "o_proj", "dense", "down_proj", "dense_4h_to_h", "c_proj"))}
 
 
+def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """PEFT's ParamWrapper (LoRA on bare parameters: MoE experts and router) adds ``B @ A`` to the
+    weight in every forward (``baddbmm`` over experts) and the merged [E, out, in] weight is what
+    the matmul keeps for backward: one weight-sized tensor per wrapped parameter, in the weight's
+    dtype (measured: bench/layer_inventory.py on Mixtral; trace on Qwen3-30B-A3B)."""
+    if not train.finetune.peft:
+        return 0
+    wrapped = {l.name for l in model.lora_linears(_targets(train))}
+    w = dtype_bytes(train.dtype)
+    return sum(l.count * l.in_features * l.out_features * w for l in layer.linears
+               if l.name in wrapped and (l.count > 1 or (layer.moe is not None and l.name == "gate")))
+
+
 def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
     """Compute-dtype copies of the layer's linear weights that autocast makes from fp32 weights and
     the matmuls keep for backward (torch autocast's weight cache for leaves that require grad; a
     frozen base weight is cast per op and kept too, since the input gradient needs it). Zero
     unless the weights are fp32 and the forward is autocast to bf16/fp16."""
     m = act_mode(train)
+    merged = lora_merged_weight_bytes(model, layer, train)
     if not m.autocast or m.w == m.a:
-        return 0
+        return merged
+    return merged + _autocast_copies(layer, m)
+
+
+def _autocast_copies(layer: Layer, m: ActMode) -> int:
     # routed experts run through grouped_mm, which autocast does not cover: no copies for them
     return sum(l.in_features * l.out_features for l in layer.linears if l.count == 1) * m.a
 

@@ -23,6 +23,8 @@ is an error. What the builders assume, beyond what the config says:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from refplan.errors import PlanError
 from refplan.model import Layer, Linear, ModelSpec, MoE, Norm
 
@@ -208,9 +210,11 @@ def _gated_mlp(h: int, inter: int, bias: bool) -> tuple[Linear, ...]:
 def _routed_experts(h: int, n: int, inter: int) -> tuple[Linear, ...]:
     """Router + experts as transformers 5.x stores them: bare parameters, not nn.Linear modules."""
     return (
-        Linear("gate", h, n, lora_target=False),
-        Linear("experts.gate_up_proj", h, 2 * inter, count=n, lora_target=False),
-        Linear("experts.down_proj", inter, h, count=n, lora_target=False),
+        # PEFT 0.21's "all-linear" wraps these too (ParamWrapper on the router's and the experts'
+        # parameters): r per expert, 2r on the fused gate_up
+        Linear("gate", h, n),
+        Linear("experts.gate_up_proj", h, 2 * inter, count=n, lora_rank_mult=2),
+        Linear("experts.down_proj", inter, h, count=n),
     )
 
 
@@ -644,6 +648,16 @@ def spec_from_config(config: dict, model_id: str, source: str) -> ModelSpec:
     h, vocab = fields["hidden_size"], fields["vocab_size"]
     lm_head = None if fields["tie_word_embeddings"] else Linear("lm_head", h, vocab, lora_target=False)
     fields["quirks"] = tuple(fields["quirks"]) + tuple(extra_quirks)
+    if ("experts_fused_3d", True) in fields["quirks"]:
+        # measured with peft 0.21 (tests/test_families.py::test_lora_parameter_count_equals_peft):
+        # on a model whose experts are fused 3-D parameters, get_peft_model(all-linear) wraps the
+        # attention projections, the router and the experts, but leaves the plain MLP linears
+        # (DeepSeek's dense layers and shared experts, Qwen3-MoE's mlp_only layers) unwrapped
+        fields["layers"] = tuple(
+            replace(layer, linears=tuple(replace(l, lora_target=False)
+                                         if l.name in ("gate_proj", "up_proj", "down_proj") else l
+                                         for l in layer.linears))
+            for layer in fields["layers"])
     return ModelSpec(
         model_id=model_id, family=family, source=source, lm_head=lm_head,
         generic_fallback=generic, config=dict(text), **fields,

@@ -23,6 +23,9 @@ class Linear:
     #: False for modules PEFT's "all-linear" does not wrap (MoE experts stored as 3-D parameters,
     #: routers) -- they still count as parameters.
     lora_target: bool = True
+    #: LoRA rank multiplier PEFT uses for this module (2 on fused 3-D gate_up experts, whose A and
+    #: B carry 2r per expert: peft ParamWrapper on transformers 5.x MoE)
+    lora_rank_mult: int = 1
 
     @property
     def params(self) -> int:

@@ -38,7 +38,8 @@ def _largest_param_tensor(model: ModelSpec, train: TrainSpec) -> int:
     if train.finetune.peft:
         names = "all-linear" if train.lora_targets == "all-linear" else tuple(train.lora_targets.split(","))
         lins = model.lora_linears(names)
-        return max((train.lora_r * max(l.in_features, l.out_features) for l in lins), default=0)
+        return max((l.count * l.lora_rank_mult * train.lora_r * max(l.in_features, l.out_features) for l in lins),
+                   default=0)
     cands = [model.vocab_size * model.hidden_size]
     for layer in model.layers:
         cands += [l.in_features * l.out_features * (l.count if not l.lora_target else 1) for l in layer.linears]
@@ -74,7 +75,7 @@ def _layer_param_bytes(model: ModelSpec, train: TrainSpec) -> list[int]:
     if train.finetune.peft:
         r = train.lora_r
         names = "all-linear" if train.lora_targets == "all-linear" else tuple(train.lora_targets.split(","))
-        return [sum(l.count * r * (l.in_features + l.out_features) for l in layer.linears
+        return [sum(l.count * l.lora_rank_mult * r * (l.in_features + l.out_features) for l in layer.linears
                     if l.lora_target and (names == "all-linear" or l.name in names)) * 4
                 for layer in model.layers]
     b = dtype_bytes(train.dtype)

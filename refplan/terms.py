@@ -65,7 +65,7 @@ def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none") -> int:
 def lora_params(model: ModelSpec, r: int, targets: str = "all-linear") -> int:
     """LoRA parameters: r*(in+out) per wrapped linear (A: r x in, B: out x r), PEFT LoraLayer."""
     names = "all-linear" if targets == "all-linear" else tuple(t.strip() for t in targets.split(","))
-    return sum(l.count * r * (l.in_features + l.out_features) for l in model.lora_linears(names))
+    return sum(l.count * l.lora_rank_mult * r * (l.in_features + l.out_features) for l in model.lora_linears(names))
 
 
 def lora_tensors(model: ModelSpec, targets: str = "all-linear") -> int:
