@@ -130,10 +130,6 @@ def render_estimates(model: ModelSpec, rows: list[Estimate], fmt: str, settings:
     if model.generic_fallback:
         con.print(f"[yellow]note:[/] unknown family {model.family!r}: parameters counted as a generic "
                   "llama-style decoder")
-    if any(l.moe for l in model.layers) and any(r.finetune != "full" for r in rows):
-        con.print("[yellow]note:[/] MoE + LoRA: PEFT 0.21's all-linear also wraps the fused 3-D experts and the "
-                  "router, which refplan does not count yet -- expect the real peak to be higher "
-                  "(12-41 % on Qwen3-30B-A3B, reports/accuracy.md)")
     if skipped_kto:
         con.print("[yellow]note:[/] kto is not shown: TRL needs a per-device batch of at least 2 for KTO "
                   "(add --batch 2)")
