@@ -471,6 +471,11 @@ def full_logits_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> in
     ORPO's chosen NLL (cross-entropy's log-softmax output over [B, S-1, V], fp32), and, when the
     logits are not fp32, ``selective_log_softmax``'s per-row log-softmax outputs [rows, S-1, V]."""
     s, v, a = train.seq, model.vocab_size, act_mode(train).a
+    if train.device == "cuda" and a != FP32:
+        # CUDA autocast runs log_softmax / cross_entropy in fp32 on casts of the logits; by the
+        # backward peak (see full_logits_backward_transient_bytes) those are freed -- measured on
+        # an H200 (reports/gpu/diagnose.json): only the head's input (when trainable) remains
+        return 0 if train.finetune.peft else rows * s * model.hidden_size * a
     saved = rows * s * v * a
     if not train.finetune.peft:
         saved += rows * s * model.hidden_size * a  # a frozen LM head (PEFT) needs no input for backward
@@ -492,6 +497,13 @@ def full_logits_backward_transient_bytes(model: ModelSpec, train: TrainSpec, row
     """Backward peak of the log-prob path: in ``selective_log_softmax``'s gather backward three
     [rows, S-1, V] fp32 tensors are alive at once -- the stacked logsumexp gradient, gather's
     ``new_zeros`` and its ``scatter_add`` result (measured: peak op aten.scatter_add)."""
+    if train.device == "cuda" and act_mode(train).a != FP32:
+        # CUDA + autocast (H200, reports/gpu/diagnose.json, ORPO LoRA peak at aten.add): the fp32
+        # gradients of the [rows, S, V] logits from each consumer's ``logits[:, :-1]`` slice
+        # (``slice_backward``) and their sum -- ORPO has two consumers (NLL and log-probs), so
+        # three tensors; SimPO/CPO without the NLL term has one slice and its upstream gradient
+        n = 3 if train.method.value == "orpo" else 2
+        return n * rows * train.seq * model.vocab_size * FP32
     return 3 * rows * (train.seq - 1) * model.vocab_size * FP32
 
 
