@@ -34,7 +34,6 @@ class ActMode:
 
     a: int  # bytes per element of matmul outputs and attention tensors (compute dtype)
     weights_frozen: bool  # PEFT: base weights and norms do not require grad
-    upcast_norm: bool  # RMSNorm upcasts to fp32 (hidden.to(float32)) when activations are not fp32
     #: bytes per element of the residual stream and norm outputs: the weights' dtype (fp32 under
     #: autocast from fp32 weights -- norms and residual adds are not autocast ops)
     w: int = 4
@@ -47,7 +46,7 @@ class ActMode:
 def act_mode(train: TrainSpec) -> ActMode:
     a = dtype_bytes(train.compute_dtype)
     w = dtype_bytes(train.dtype)
-    return ActMode(a=a, weights_frozen=train.finetune.peft, upcast_norm=a != FP32, w=w, autocast=a != FP32)
+    return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32)
 
 
 def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: bool = True,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from refplan import activations as act
 from refplan import terms
-from refplan.methods import Finetune, Method, Strategy, applicable_strategies
+from refplan.methods import Method, Strategy, applicable_strategies
 from refplan.model import ModelSpec
 from refplan.result import Estimate, Phase
 from refplan.spec import TrainSpec
@@ -247,4 +247,4 @@ def estimate_matrix(model: ModelSpec, base: TrainSpec, methods=None, strategies=
     return rows
 
 
-__all__ = ["estimate", "estimate_matrix", "PHASES", "Finetune"]
+__all__ = ["estimate", "estimate_matrix", "PHASES"]

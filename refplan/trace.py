@@ -897,7 +897,6 @@ class _StepRunner:
 
     def _dpo_loss(self, batch, phase):
         """dpo_trainer.py ``_compute_loss`` (sigmoid or IPO loss), without the ``.item()`` logging."""
-        import torch
         import torch.nn.functional as F
 
         train = self.train

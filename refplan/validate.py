@@ -22,7 +22,7 @@ import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from refplan.methods import Finetune, Method, Strategy, applicable_strategies
+from refplan.methods import Finetune, Method, applicable_strategies
 
 #: families of the validation matrix and why each is there
 FAMILIES = {

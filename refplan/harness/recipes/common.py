@@ -45,6 +45,35 @@ def lora_config(sc: Scenario):
                       task_type="CAUSAL_LM")
 
 
+def policy_and_reference(sc: Scenario, model_dir: str | Path):
+    """The policy, its ``peft_config`` and our own reference, for methods with a reference (DPO,
+    IPO, KTO): each strategy as TRL's own switch.
+
+    - LoRA: TRL wraps the policy from ``peft_config`` (unwrap, separate, precompute); for
+      ref-adapter we wrap it first and TRL adds a frozen "ref" copy of the adapter. Seed first, as
+      TRL does, so the adapters start equal.
+    - Our own reference only for 'separate' with a LoRA policy or another dtype; everything else is
+      TRL's (automatic reload, adapters off, 'ref' adapter, precompute, sync).
+    """
+    from peft import get_peft_model
+    from transformers import set_seed
+
+    from refplan.methods import Finetune, Strategy
+
+    model = load_model(model_dir, sc.dtype, sc)
+    peft_config = None
+    if sc.finetune is Finetune.LORA:
+        if sc.strategy is Strategy.REF_ADAPTER:
+            set_seed(sc.seed)
+            model = get_peft_model(model, lora_config(sc))
+        else:
+            peft_config = lora_config(sc)
+    ref_model = None
+    if sc.strategy is Strategy.SEPARATE and (sc.finetune is Finetune.LORA or sc.ref_dtype is not None):
+        ref_model = load_model(model_dir, sc.ref_dtype or sc.dtype, sc)
+    return model, peft_config, ref_model
+
+
 def training_args(sc: Scenario, out_dir: str | Path, max_length: int | None) -> dict:
     """Keyword arguments every TRL config of the bench gets."""
     return dict(

@@ -21,36 +21,19 @@ How each strategy maps onto TRL 1.16's own switches (dpo_trainer.py ``__init__``
 
 from __future__ import annotations
 
-from peft import get_peft_model
-from transformers import set_seed
 from trl import DPOConfig, DPOTrainer
 
-from refplan.harness.recipes.common import load_model, lora_config, training_args
+from refplan.harness.recipes.common import policy_and_reference, training_args
 from refplan.harness.scenario import Scenario
-from refplan.methods import Finetune, Method, Strategy
+from refplan.methods import Method, Strategy
 
 BETA = 0.1
 
 
 def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, callbacks=()) -> DPOTrainer:
-    # 1. The policy, in the dtype the scenario names.
-    model = load_model(model_dir, sc.dtype, sc)
-
-    # 2. LoRA: TRL wraps it (unwrap, separate), or we wrap it first (ref-adapter: TRL then adds a
-    #    frozen "ref" copy of the adapter). Seed first, as TRL does, so the adapters start equal.
-    peft_config = None
-    if sc.finetune is Finetune.LORA:
-        if sc.strategy is Strategy.REF_ADAPTER:
-            set_seed(sc.seed)
-            model = get_peft_model(model, lora_config(sc))
-        else:
-            peft_config = lora_config(sc)
-
-    # 3. The reference: only 'separate' with a LoRA policy or another dtype needs our own copy;
-    #    everything else is TRL's (automatic reload, adapters off, 'ref' adapter, precompute).
-    ref_model = None
-    if sc.strategy is Strategy.SEPARATE and (sc.finetune is Finetune.LORA or sc.ref_dtype is not None):
-        ref_model = load_model(model_dir, sc.ref_dtype or sc.dtype, sc)
+    # 1-3. The policy (LoRA wrapped by TRL, or by us for ref-adapter) and, for 'separate' with a
+    #      LoRA policy or another dtype, our own reference (common.policy_and_reference).
+    model, peft_config, ref_model = policy_and_reference(sc, model_dir)
 
     # 4. The config: explicit precision, checkpointing, and the strategy's switch.
     args = DPOConfig(

@@ -11,34 +11,18 @@ Strategies map onto TRL's switches exactly as in :mod:`refplan.harness.recipes.d
 
 from __future__ import annotations
 
-from peft import get_peft_model
-from transformers import set_seed
 from trl import KTOConfig, KTOTrainer
 
-from refplan.harness.recipes.common import load_model, lora_config, training_args
+from refplan.harness.recipes.common import policy_and_reference, training_args
 from refplan.harness.scenario import Scenario
-from refplan.methods import Finetune, Strategy
+from refplan.methods import Strategy
 
 BETA = 0.1
 
 
 def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, callbacks=()) -> KTOTrainer:
-    # 1. The policy, in the dtype the scenario names.
-    model = load_model(model_dir, sc.dtype, sc)
-
-    # 2. LoRA: TRL wraps it, or (ref-adapter) we wrap first and TRL adds a frozen "ref" adapter.
-    peft_config = None
-    if sc.finetune is Finetune.LORA:
-        if sc.strategy is Strategy.REF_ADAPTER:
-            set_seed(sc.seed)
-            model = get_peft_model(model, lora_config(sc))
-        else:
-            peft_config = lora_config(sc)
-
-    # 3. Our own reference only for 'separate' with a LoRA policy or another dtype.
-    ref_model = None
-    if sc.strategy is Strategy.SEPARATE and (sc.finetune is Finetune.LORA or sc.ref_dtype is not None):
-        ref_model = load_model(model_dir, sc.ref_dtype or sc.dtype, sc)
+    # 1-3. The policy, its LoRA config and our own reference where one is needed, as for DPO.
+    model, peft_config, ref_model = policy_and_reference(sc, model_dir)
 
     # 4. The config: KTOConfig keeps train_sampling_strategy="sequential" (the KL pairs need it).
     args = KTOConfig(
