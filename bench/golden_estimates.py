@@ -59,7 +59,11 @@ def make_spec(method: str, strategy: str, **kw):
 def _record(out: dict, key: str, model, train) -> None:
     from refplan.planner import estimate
 
-    est = estimate(model, train)
+    try:
+        est = estimate(model, train)
+    except PlanError as err:  # refused input is part of the behaviour too
+        out[key] = ["refused", err.where]
+        return
     out[key] = [est.peak_bytes, est.peak_phase.name, digest(est)]
 
 

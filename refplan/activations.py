@@ -14,20 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from refplan.model import Layer, ModelSpec
+from refplan.model import (AttentionKernel, Input, Layer, MlpStyle, ModelSpec, NormPlacement, NormStyle,
+                           Positions, QKNorm, Role)
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
 FP32 = 4
-#: TRL 1.16 trainer/utils.py: ``_CHUNKED_LOGPROB_CHUNK_SIZE = 32768`` vocabulary columns per tile;
-#: kernels/chunked_logprob.py: ``TOKEN_CHUNK_SIZE = 4096`` tokens per tile.
-FUSED_VOCAB_CHUNK = 32768
-FUSED_TOKEN_CHUNK = 4096
-#: per-token fp32 statistics the chunked log-prob forward keeps (running_max, sum_exp, x_sum_exp,
-#: sq_sum_exp, z_sum, max_before_target, target_logit), chunked_logprob.py ~340-346.
-FUSED_STATS = 7
-
-
 @dataclass(frozen=True)
 class ActMode:
     """How activations are stored, derived once from the TrainSpec."""
@@ -64,36 +56,55 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
     """
     if not input_requires_grad:
         return 0
-    if model.norm_kind == "layer":
+    style = model.structure.norm
+    if style is NormStyle.LAYER:
         return width * m.w + 2 * FP32 * rows_per_token
     saved = width * FP32 + FP32 * rows_per_token
     if not m.weights_frozen:
-        saved += width * (FP32 if model.family.startswith("gemma") else m.w)
+        saved += width * (FP32 if style is NormStyle.RMS_GEMMA else m.w)
     return saved
 
 
-def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
-                         groups: dict[str, int]) -> int:
+#: inputs fed by a norm output (the residual dtype), as opposed to a matmul output
+_NORM_FED = (Input.ATTN_IN, Input.MLP_IN, Input.ROUTER_IN)
+
+
+def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> list[tuple[tuple, int, bool]]:
+    """The tensors the layer's linears keep for their weight gradients, per token: ``(linears reading
+    it, width, fed by a norm)``. One group per distinct input tensor: the attention input, the
+    router's input, the MLP input (one shared norm output in a single-norm parallel block), the
+    MLP's hidden activation, and -- with PEFT, where the base saves nothing -- the attention output
+    that LoRA A on the output projection keeps (already counted by SDPA when fp32)."""
+    by_input: dict[Input, list] = {}
+    for lin in layer.linears:
+        by_input.setdefault(lin.role.input, []).append(lin)
+    widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size,
+              Input.ROUTER_IN: model.hidden_size, Input.MLP_HIDDEN: layer.mlp_intermediate,
+              Input.ATTN_OUT: 0 if m.a == FP32 else model.q_dim}
+    if layer.moe is not None:
+        by_input.pop(Input.MLP_HIDDEN, None)  # routed / shared experts keep their own (see _moe_saved)
+    if not train.finetune.peft:
+        by_input.pop(Input.ATTN_OUT, None)
+    if model.structure.shared_block_norm and Input.MLP_IN in by_input:
+        by_input[Input.ATTN_IN] = by_input.get(Input.ATTN_IN, []) + by_input.pop(Input.MLP_IN)
+    return [(tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
+
+
+def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
     """Inputs kept for the weight gradients of the layer's linears, per token.
 
-    ``groups`` maps each input tensor (by the names of the linears that consume it) to its width.
-    Full fine-tune: one saved copy per distinct input. PEFT: the frozen base saves nothing, each
+    Full fine-tune: one saved copy per distinct input -- under autocast from fp32 weights, a
+    norm-fed input is cast once per consuming matmul. PEFT: the frozen base saves nothing, each
     wrapped linear's LoRA A saves its input -- the shared tensor when adapters and activations
-    share a dtype, else an fp32 copy per wrapped linear (``_cast_input_dtype``, peft
-    lora/layer.py) -- and LoRA B saves A's output (r fp32 per token)."""
-    if not train.finetune.peft:
-        total = 0
-        for names, width in groups.items():
-            if m.autocast and m.w != m.a and names in _fp32_input_groups(groups):
-                # autocast casts the fp32 norm output once per consuming matmul
-                total += len(names.split("|")) * width * m.a
-            else:
-                total += width * m.a
-        return total
-    wrapped = {l.name for l in model.lora_linears(_targets(train))}
+    share a dtype, else a compute-dtype copy per wrapped linear (``_cast_input_dtype``, peft
+    lora/layer.py) -- and LoRA B saves A's output (r per token)."""
     total = 0
-    for names, width in groups.items():
-        n = sum(1 for nm in names.split("|") if nm in wrapped)
+    for lins, width, norm_fed in _input_groups(model, layer, train, m):
+        if not train.finetune.peft:
+            per_matmul = m.autocast and m.w != m.a and norm_fed
+            total += (len(lins) if per_matmul else 1) * width * m.a
+            continue
+        n = sum(1 for l in lins if model.wraps(l, train.lora_targets))
         if n == 0:
             continue
         if not m.autocast:
@@ -105,12 +116,6 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
     return total
 
 
-def _fp32_input_groups(groups: dict[str, int]) -> set[str]:
-    """Input groups fed by a norm output (the residual dtype), as opposed to matmul outputs."""
-    return {names for names in groups if not any(nm in names.split("|") for nm in (
-        "o_proj", "dense", "down_proj", "dense_4h_to_h", "c_proj"))}
-
-
 def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
     """PEFT's ParamWrapper (LoRA on bare parameters: MoE experts and router) adds ``B @ A`` to the
     weight in every forward (``baddbmm`` over experts) and the merged [E, out, in] weight is what
@@ -118,10 +123,9 @@ def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -
     dtype (measured: bench/layer_inventory.py on Mixtral; trace on Qwen3-30B-A3B)."""
     if not train.finetune.peft:
         return 0
-    wrapped = {l.name for l in model.lora_linears(_targets(train))}
     w = dtype_bytes(train.dtype)
     return sum(l.count * l.in_features * l.out_features * w for l in layer.linears
-               if l.name in wrapped and (l.count > 1 or (layer.moe is not None and l.name == "gate")))
+               if model.wraps(l, train.lora_targets) and (l.count > 1 or (layer.moe is not None and l.role is Role.ROUTER)))
 
 
 def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
@@ -141,22 +145,17 @@ def _autocast_copies(layer: Layer, m: ActMode) -> int:
     return sum(l.in_features * l.out_features for l in layer.linears if l.count == 1) * m.a
 
 
-def _targets(train: TrainSpec):
-    return "all-linear" if train.lora_targets == "all-linear" else tuple(
-        t.strip() for t in train.lora_targets.split(","))
-
-
 def attention_masked(model: ModelSpec, train: TrainSpec, layer_idx: int | None = None) -> bool:
     """True when the model builds an explicit mask for this layer: padding in the batch, or a
     sliding window shorter than the sequence on a sliding-attention layer (transformers
     masking_utils; without a mask SDPA runs causal and, on recent torch, with native GQA)."""
     if train.padded:
         return True
-    window = model.quirk("sliding_window")
+    window = model.structure.sliding_window
     # masking_utils._ignore_causal_mask_sdpa skips the mask only when kv_length < window
     if window is None or window > train.seq:
         return False
-    types = model.quirk("layer_types")
+    types = model.structure.layer_types
     if types is None or layer_idx is None:
         return True if types is None else "sliding_attention" in types
     return types[layer_idx] == "sliding_attention"
@@ -165,8 +164,8 @@ def attention_masked(model: ModelSpec, train: TrainSpec, layer_idx: int | None =
 def _mask_kinds(model: ModelSpec, train: TrainSpec) -> int:
     """How many distinct [rows, 1, S, S] masks one forward builds (full and sliding)."""
     if train.padded:
-        types = model.quirk("layer_types")
-        window = model.quirk("sliding_window")
+        types = model.structure.layer_types
+        window = model.structure.sliding_window
         if types and window is not None and window <= train.seq and "full_attention" in types:
             return 2
         return 1
@@ -174,16 +173,18 @@ def _mask_kinds(model: ModelSpec, train: TrainSpec) -> int:
 
 
 def attention_impl(model: ModelSpec, train: TrainSpec) -> str:
-    """Gemma 2 supports only eager attention in transformers 5.x (soft-capped scores); falcon with
-    alibi runs its own math attention."""
-    if model.family == "gemma2" or model.quirk("attn_logit_softcapping"):
+    """The attention code path that runs: Gemma 2 (soft-capped scores) supports only eager attention
+    in transformers 5.x; Falcon computes its own; otherwise what ``--attn`` asks."""
+    kernel = model.structure.attention
+    if kernel is AttentionKernel.EAGER_ONLY or model.structure.attn_softcap:
         return "eager"
-    if model.family == "falcon":
+    if kernel is AttentionKernel.OWN_MATH:
         return "falcon"
-    return train.attn
+    return train.attn.value
 
 
-def _attention_saved(model: ModelSpec, train: TrainSpec, m: ActMode, layer_idx: int | None = None) -> int:
+def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
+                     layer_idx: int | None = None) -> int:
     """What attention itself keeps, per token (projections' inputs excluded)."""
     q, kv, heads, s = model.q_dim, model.kv_dim, model.num_heads, train.seq
     impl = attention_impl(model, train)
@@ -193,9 +194,14 @@ def _attention_saved(model: ModelSpec, train: TrainSpec, m: ActMode, layer_idx: 
         total = 3 * q * m.a + heads * s * FP32
         if m.a != FP32:
             total += heads * s * m.a
-        if model.quirk("attn_logit_softcapping"):
+        if model.structure.attn_softcap:
             total += heads * s * m.a
         return total + q * m.a  # output reshaped for o_proj (a copy)
+    fused = layer.first(Role.QKV) is not None
+    if fused and model.structure.fused_view_qkv:
+        # no rotation: q, k and v are views of the fused output, which stays alive whole (GPT-2);
+        # + the SDPA output (o_proj's input) and its logsumexp
+        return (q + 2 * kv) * m.a + q * m.a + heads * FP32
     masked = attention_masked(model, train, layer_idx)
     # repeat_kv copies k and v when a mask is passed -- except for MQA (one KV head), where the
     # expand + reshape is a view
@@ -203,17 +209,54 @@ def _attention_saved(model: ModelSpec, train: TrainSpec, m: ActMode, layer_idx: 
     k_saved = q if expand else kv
     if expand:
         v_saved = q
-    elif model.quirk("fused_qkv"):
+    elif fused:
         v_saved = q + 2 * kv  # v is a view of the fused projection: its whole output stays alive
     else:
         v_saved = kv
     total = (q + k_saved + v_saved) * m.a  # rotated q and k, v
     total += q * m.a + heads * FP32  # SDPA output + logsumexp
-    if model.quirk("fused_qkv"):
+    if fused:
         # q sliced from a fused projection: the SDPA output comes back head-major, so
         # sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox)
         total += q * m.a
     return total
+
+
+def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:
+    qk = model.structure.qk_norm
+    if qk is QKNorm.NONE:
+        return 0
+    per_head = qk is QKNorm.PER_HEAD
+    return (_norm_saved(model, model.q_dim, m, True, model.num_heads if per_head else 1)
+            + _norm_saved(model, model.kv_dim, m, True, model.num_kv_heads if per_head else 1))
+
+
+def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) -> int:
+    """The norms around the sublayers, by placement: pre (before attention and before the MLP),
+    sandwich (pre and post of each), post (after each only); a parallel block's second LayerNorm
+    reads the layer input, so it adds only its mean and rstd."""
+    h, st = model.hidden_size, model.structure
+    if st.placement is NormPlacement.SANDWICH:
+        # input_layernorm, post_attention_layernorm (o_proj's output), pre_ and post_feedforward
+        return _norm_saved(model, h, m, irg) + 3 * _norm_saved(model, h, m)
+    if st.placement is NormPlacement.POST:
+        return 2 * _norm_saved(model, h, m)
+    total = _norm_saved(model, h, m, irg)
+    if not st.parallel_residual:
+        return total + _norm_saved(model, h, m)  # post_attention_layernorm on the residual sum
+    if st.norm is NormStyle.LAYER and len(layer.norms) >= 2:
+        total += 2 * FP32
+    return total
+
+
+def _mlp_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
+    """MLP intermediates per token: gated (gate = the activation's input, act(gate), up), plain
+    (fc_in's output, the activation's input), GPT-2's Python ``gelu_new`` (four intermediates)."""
+    if layer.moe is not None:
+        return _moe_saved(model, layer, train, m)
+    style = model.structure.mlp
+    per = {MlpStyle.GATED: 3, MlpStyle.PLAIN: 1, MlpStyle.PLAIN_PY_GELU: 4}[style]
+    return per * layer.mlp_intermediate * m.a
 
 
 def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec,
@@ -224,76 +267,11 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
     ``bench/layer_inventory.py`` (saved-tensor inventory under refplan's live-bytes tracker).
     """
     m = act_mode(train)
-    h, q, kv = model.hidden_size, model.q_dim, model.kv_dim
-    fam = model.family
-    total = 0
-    if fam == "gpt2":
-        return _gpt2_layer(model, layer, train, m, input_requires_grad)
-    post_norm = bool(model.quirk("post_norm"))
-    sandwich = bool(model.quirk("sandwich_norm"))
-    # ---- attention block
-    if not post_norm:
-        total += _norm_saved(model, h, m, input_requires_grad)
-    attn_names = "|".join(l.name for l in layer.linears if l.name in
-                          ("q_proj", "k_proj", "v_proj", "qkv_proj", "query_key_value", "q_a_proj",
-                           "kv_a_proj_with_mqa"))
-    groups = {attn_names: h}
-    if model.quirk("qk_norm"):
-        per_head = fam in ("qwen3", "qwen3_moe", "gemma3_text", "gemma3")
-        total += _norm_saved(model, q, m, True, model.num_heads if per_head else 1)
-        total += _norm_saved(model, kv, m, True, model.num_kv_heads if per_head else 1)
-    total += _attention_saved(model, train, m, layer_idx)
-    o_name = next((l.name for l in layer.linears if l.name in ("o_proj", "dense")), None)
-    if o_name and train.finetune.peft:
-        groups[o_name] = q  # LoRA A on o_proj saves the SDPA output (already counted when fp32)
-        if m.a == FP32:
-            groups[o_name] = 0
-    # ---- between attention and MLP
-    if sandwich:
-        total += _norm_saved(model, h, m)  # post_attention_layernorm on o_proj's output
-        total += _norm_saved(model, h, m)  # pre_feedforward_layernorm on the residual sum
-    elif post_norm:
-        total += _norm_saved(model, h, m)  # post_attention_layernorm on o_proj's output
-    elif model.parallel_residual:
-        if model.norm_kind == "layer" and len(layer.norms) >= 2:
-            total += 2 * FP32  # second LayerNorm shares the layer input; its mean/rstd only
-    else:
-        total += _norm_saved(model, h, m)  # post_attention_layernorm on the residual sum
-    # ---- MLP
-    mlp_in = [l.name for l in layer.linears if l.name in ("gate_proj", "up_proj", "gate_up_proj",
-                                                          "dense_h_to_4h", "c_fc")]
-    if layer.moe is not None:
-        total += _moe_saved(model, layer, train, m)
-        groups["gate"] = h  # the router's input: the post-attention norm output
-    elif model.mlp_kind == "gated":
-        total += 3 * layer.mlp_intermediate * m.a  # gate (act input), act(gate), up
-        groups["down_proj"] = layer.mlp_intermediate  # act*up, down_proj's input
-    else:
-        total += layer.mlp_intermediate * m.a  # fc_in output (GELU input)
-        groups["dense_4h_to_h|c_proj"] = layer.mlp_intermediate  # GELU output
-    if model.parallel_residual and len(layer.norms) < 2:
-        groups[attn_names + "|" + "|".join(mlp_in)] = groups.pop(attn_names)  # one LN feeds both
-    elif mlp_in:
-        groups["|".join(mlp_in)] = h
-    if sandwich:
-        total += _norm_saved(model, h, m)  # post_feedforward_layernorm
-    elif post_norm:
-        total += _norm_saved(model, h, m)  # post_feedforward_layernorm
-    total += _linear_inputs_saved(model, layer, train, m, groups)
-    return total
-
-
-def _gpt2_layer(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode, irg: bool) -> int:
-    """GPT-2 block (modeling_gpt2.py): LayerNorms, Conv1D c_attn whose q/k/v split keeps the
-    fused output alive through k's view, and ``gelu_new`` written in Python (tanh approximation:
-    four intermediates of the MLP width saved)."""
-    h, i, heads = model.hidden_size, layer.mlp_intermediate, model.num_heads
-    total = 2 * _norm_saved(model, h, m, irg)
-    total += 3 * h * m.a  # fused c_attn output, kept alive by the q/k/v views SDPA saves
-    total += h * m.a + heads * FP32  # SDPA output (o_proj input) + logsumexp
-    total += 4 * i * m.a  # gelu_new intermediates
-    groups = {"c_attn": h, "c_fc": h, "c_proj": i}
-    return total + _linear_inputs_saved(model, layer, train, m, groups)
+    total = _block_norms_saved(model, layer, m, input_requires_grad)
+    total += _qk_norms_saved(model, m)
+    total += _attention_saved(model, layer, train, m, layer_idx)
+    total += _mlp_saved(model, layer, train, m)
+    return total + _linear_inputs_saved(model, layer, train, m)
 
 
 def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
@@ -320,7 +298,7 @@ def embedding_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     if train.finetune.peft:
         return 0
     out = rows * train.seq * 8
-    if model.family == "gpt2":
+    if model.structure.learned_positions:
         out += train.seq * 8
     return out
 
@@ -339,7 +317,7 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
         # checkpoint keeps every tensor argument), else they die after the forward
         if not train.grad_ckpt:
             return 0
-        types = model.quirk("layer_types")
+        types = model.structure.layer_types
         kinds = len(set(types)) if types else 1
         return kinds * rows * train.seq * train.seq * act_mode(train).a
     if impl != "sdpa":
@@ -355,10 +333,10 @@ def backbone_output_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
 def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """cos and sin tables [1, S, rotary_dim] computed once per forward and saved by every
     layer's RoPE multiply (transformers ``*RotaryEmbedding``), in the activation dtype."""
-    if model.family in ("gpt2",) or model.quirk("alibi"):
+    if model.structure.positions is not Positions.ROPE:
         return 0
     rot = model.head_dim
-    pct = model.quirk("rotary_pct")
+    pct = model.structure.rotary_fraction
     if pct:
         rot = int(model.head_dim * pct)
     return 2 * train.seq * rot * act_mode(train).a
@@ -419,103 +397,3 @@ def autocast_weight_cache_bytes(model: ModelSpec, train: TrainSpec, requires_gra
         return 0
     return sum(l.in_features * l.out_features for layer in model.layers for l in layer.linears
                if l.count == 1) * m.a
-
-
-# ---------------------------------------------------------------- log-prob path
-
-def fused_head_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """TRL's fused head (DPO, KTO) saves for backward: the [N, h] hidden copy
-    (``hidden_states[:, :-1].reshape(-1, h)``), the targets (int64) and log_z (fp32), with
-    N = rows * (seq - 1) (all positions on CPU; completion positions only on Triton devices,
-    which we bound by all positions)."""
-    n = rows * (train.seq - 1)
-    return n * (model.hidden_size * act_mode(train).a + 8 + FP32)
-
-
-def fused_head_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Peak extra bytes inside ChunkedLogProbFunction.forward: the 7 fp32 statistics, the
-    ``mm_buf`` tile [min(N, 4096), 32768] in compute dtype, and, on CPU (torch fallback
-    ``_forward_tile``), fp32 copies of one tile while it is folded (transform, z - max, exp)."""
-    n = rows * (train.seq - 1)
-    tok = min(n, FUSED_TOKEN_CHUNK)
-    cols = min(model.vocab_size, FUSED_VOCAB_CHUNK)
-    a = act_mode(train).a
-    out = FUSED_STATS * n * FP32 + tok * FUSED_VOCAB_CHUNK * a
-    fold_tiles = 3 if train.device == "cpu" else 0
-    return out + fold_tiles * tok * cols * FP32
-
-
-def fused_head_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """ChunkedLogProbFunction.backward: fp32 grad_hidden [N, h], fp32 grad_weight [V, h] when the
-    head is trainable, the mm_buf tile, and on CPU the torch fallback ``_backward_tile``'s
-    temporaries of one tile: y, z, log_p, p, grad, is_target.float(), (is_target - p) alive at
-    once (7 fp32 tiles) plus the bool ``is_target`` tile."""
-    n = rows * (train.seq - 1)
-    tok = min(n, FUSED_TOKEN_CHUNK)
-    cols = min(model.vocab_size, FUSED_VOCAB_CHUNK)
-    a = act_mode(train).a
-    out = n * model.hidden_size * FP32 + tok * FUSED_VOCAB_CHUNK * a
-    if not train.finetune.peft:
-        out += model.vocab_size * model.hidden_size * FP32
-    if train.device == "cpu":
-        # final logit soft-capping (Gemma 2/3) keeps tanh's output as one more tile
-        tiles = 7 + (1 if model.quirk("final_logit_softcapping") else 0)
-        out += tiles * tok * cols * FP32 + tok * cols  # fp32 tiles + 1 bool tile
-    return out
-
-
-def full_logits_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """ORPO / CPO (orpo_trainer.py / cpo_trainer.py ``concatenated_forward``) keep for backward:
-    the LM head's input [rows, S, h] (when the head is trainable), the full ``outputs.logits`` [rows, S, V] in compute dtype,
-    ORPO's chosen NLL (cross-entropy's log-softmax output over [B, S-1, V], fp32), and, when the
-    logits are not fp32, ``selective_log_softmax``'s per-row log-softmax outputs [rows, S-1, V]."""
-    s, v, a = train.seq, model.vocab_size, act_mode(train).a
-    if train.device == "cuda" and a != FP32:
-        # CUDA autocast runs log_softmax / cross_entropy in fp32 on casts of the logits; by the
-        # backward peak (see full_logits_backward_transient_bytes) those are freed -- measured on
-        # an H200 (reports/gpu/diagnose.json): only the head's input (when trainable) remains
-        return 0 if train.finetune.peft else rows * s * model.hidden_size * a
-    saved = rows * s * v * a
-    if not train.finetune.peft:
-        saved += rows * s * model.hidden_size * a  # a frozen LM head (PEFT) needs no input for backward
-    if model.quirk("final_logit_softcapping"):
-        saved += rows * s * v * a  # Gemma's cap: tanh(logits / cap) is kept for backward
-    if train.method.value == "orpo":
-        saved += (rows // 2) * (s - 1) * v * FP32
-    if a != FP32:
-        saved += rows * (s - 1) * v * a
-    return saved
-
-
-def full_logits_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Forward: one [rows, S-1, V] fp32 shifted copy while the losses are formed."""
-    return rows * (train.seq - 1) * model.vocab_size * FP32
-
-
-def full_logits_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Backward peak of the log-prob path: in ``selective_log_softmax``'s gather backward three
-    [rows, S-1, V] fp32 tensors are alive at once -- the stacked logsumexp gradient, gather's
-    ``new_zeros`` and its ``scatter_add`` result (measured: peak op aten.scatter_add)."""
-    if train.device == "cuda" and act_mode(train).a != FP32:
-        # CUDA + autocast (H200, reports/gpu/diagnose.json, ORPO LoRA peak at aten.add): the fp32
-        # gradients of the [rows, S, V] logits from each consumer's ``logits[:, :-1]`` slice
-        # (``slice_backward``) and their sum -- ORPO has two consumers (NLL and log-probs), so
-        # three tensors; SimPO/CPO without the NLL term has one slice and its upstream gradient
-        n = 3 if train.method.value == "orpo" else 2
-        return n * rows * train.seq * model.vocab_size * FP32
-    return 3 * rows * (train.seq - 1) * model.vocab_size * FP32
-
-
-def reference_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """A no-grad forward keeps nothing, so its peak is the largest live set inside one layer
-    (residual + MLP intermediates) plus the fused head's forward transient."""
-    a = act_mode(train).a
-    tokens = rows * train.seq
-    width = max((l.mlp_intermediate or 0) for l in model.layers)
-    moe = next((l.moe for l in model.layers if l.moe), None)
-    if moe:
-        width = max(width, moe.top_k * moe.expert_intermediate)
-    layer_peak = tokens * (2 * model.hidden_size + 3 * width) * a
-    n = rows * (train.seq - 1)
-    head = n * model.hidden_size * a + fused_head_forward_transient_bytes(model, train, rows) + n * FP32
-    return max(layer_peak, head)

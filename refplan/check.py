@@ -247,7 +247,7 @@ def _train_and_bench(merged: dict, mode: str, where, offline: bool | None):
             raise PlanError(where(extra[0]), "applies to mode = \"measured\" only (a harness burst setting)")
         if "model" not in merged:
             raise PlanError(where("model"), "missing; set model = a catalog name, hub id or config.json path")
-        train = TrainSpec(method=method, strategy=strategy, finetune=finetune, **rest)
+        train = TrainSpec.parse(method=method, strategy=strategy, finetune=finetune, **rest)
         from refplan.resolve import resolve_model
 
         try:

@@ -1,27 +1,88 @@
-"""The architecture spec the planner reads: shapes only, no weights, no torch.
+"""The architecture spec the planner reads: typed shapes and structure, no weights, no torch.
 
-A :class:`ModelSpec` is built once from a config dict (``refplan.families``) and is frozen. Its
-parameter count is the sum over its modules and equals ``sum(p.numel())`` of the transformers
-model built from the same config (tests/test_families.py checks every catalog entry).
+A :class:`ModelSpec` is built once from a config dict (``refplan.families``) and is frozen. Each
+linear carries a :class:`Role` (what it computes and which tensor feeds it); the decoder's structure
+is named fields (:class:`Structure`: norm style and placement, q/k norms, fused projections,
+positions, attention kernel, MLP style, sliding windows, soft-capping), never a family name the
+memory terms would test. Its parameter count is the sum over its modules and equals
+``sum(p.numel())`` of the transformers model built from the same config (tests check every
+catalog entry).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from functools import cached_property
+
+
+class Input(str, enum.Enum):
+    """The tensor a linear reads, as the activation model groups them (one saved copy per tensor)."""
+
+    ATTN_IN = "attn-in"  # the pre-attention norm output
+    ATTN_OUT = "attn-out"  # the attention output (o_proj's input)
+    MLP_IN = "mlp-in"  # the pre-MLP norm output
+    ROUTER_IN = "router-in"  # the MoE router's input (the same norm output, kept by the router)
+    MLP_HIDDEN = "mlp-hidden"  # act(gate) * up, or act(fc_in): the down projection's input
+    INTERNAL = "internal"  # inside a block the activation model accounts for itself (MLA up-projections, experts)
+
+
+class Role(str, enum.Enum):
+    """What one linear computes. ``input`` says which tensor it reads."""
+
+    Q = "q"
+    K = "k"
+    V = "v"
+    QKV = "qkv"  # fused q, k and v
+    O = "o"
+    Q_A = "q-a"  # MLA: query down-projection
+    Q_B = "q-b"
+    KV_A = "kv-a"  # MLA: compressed KV (+ rope key)
+    KV_B = "kv-b"
+    MLP_GATE = "mlp-gate"
+    MLP_UP = "mlp-up"
+    MLP_GATE_UP = "mlp-gate-up"  # fused gate and up
+    MLP_IN = "mlp-in"  # plain MLP first projection
+    MLP_DOWN = "mlp-down"  # down / second projection
+    ROUTER = "router"
+    EXPERTS_GATE_UP = "experts-gate-up"
+    EXPERTS_DOWN = "experts-down"
+    SHARED_GATE = "shared-gate"  # shared experts (DeepSeek) as a dense gated MLP
+    SHARED_UP = "shared-up"
+    SHARED_DOWN = "shared-down"
+    LM_HEAD = "lm-head"
+
+    @property
+    def input(self) -> Input:
+        return _ROLE_INPUT.get(self, Input.INTERNAL)
+
+    @property
+    def dense_mlp(self) -> bool:
+        """A plain ``nn.Linear`` of a dense (or shared-expert) MLP."""
+        return self in (Role.MLP_GATE, Role.MLP_UP, Role.MLP_GATE_UP, Role.MLP_IN, Role.MLP_DOWN,
+                        Role.SHARED_GATE, Role.SHARED_UP, Role.SHARED_DOWN)
+
+
+_ROLE_INPUT = {
+    Role.Q: Input.ATTN_IN, Role.K: Input.ATTN_IN, Role.V: Input.ATTN_IN, Role.QKV: Input.ATTN_IN,
+    Role.Q_A: Input.ATTN_IN, Role.KV_A: Input.ATTN_IN, Role.O: Input.ATTN_OUT,
+    Role.MLP_GATE: Input.MLP_IN, Role.MLP_UP: Input.MLP_IN, Role.MLP_GATE_UP: Input.MLP_IN,
+    Role.MLP_IN: Input.MLP_IN, Role.SHARED_GATE: Input.MLP_IN, Role.SHARED_UP: Input.MLP_IN,
+    Role.ROUTER: Input.ROUTER_IN, Role.MLP_DOWN: Input.MLP_HIDDEN,
+}
 
 
 @dataclass(frozen=True)
 class Linear:
     """One nn.Linear (or ``count`` identical ones, e.g. MoE experts), as PEFT sees it."""
 
-    name: str  # module name as in transformers, e.g. "q_proj", "query_key_value", "gate_up_proj"
+    name: str  # module name as in transformers, e.g. "q_proj", "query_key_value", "c_proj"
+    role: Role
     in_features: int
     out_features: int
     bias: bool = False
     count: int = 1
-    #: False for modules PEFT's "all-linear" does not wrap (MoE experts stored as 3-D parameters,
-    #: routers) -- they still count as parameters.
+    #: False for modules PEFT's "all-linear" does not wrap -- they still count as parameters.
     lora_target: bool = True
     #: LoRA rank multiplier PEFT uses for this module (2 on fused 3-D gate_up experts, whose A and
     #: B carry 2r per expert: peft ParamWrapper on transformers 5.x MoE)
@@ -66,6 +127,89 @@ class Layer:
     def params(self) -> int:
         return sum(l.params for l in self.linears) + sum(n.params for n in self.norms) + self.extra_params
 
+    def first(self, *roles: Role) -> Linear | None:
+        return next((l for l in self.linears if l.role in roles), None)
+
+
+# -- structure -------------------------------------------------------------------------------------
+
+
+class NormStyle(str, enum.Enum):
+    #: ``LlamaRMSNorm``: ``weight * (x32 * rsqrt(mean(x32^2) + eps)).to(dtype)``
+    RMS = "rms"
+    #: ``Gemma*RMSNorm``: ``norm(x.float()) * (1 + weight.float())`` -- the output is fp32 until cast
+    RMS_GEMMA = "rms-gemma"
+    #: ``nn.LayerNorm`` (``native_layer_norm``): input, mean and rstd saved
+    LAYER = "layer"
+
+
+class NormPlacement(str, enum.Enum):
+    PRE = "pre"  # norm before each sublayer (Llama)
+    SANDWICH = "sandwich"  # norms before and after each sublayer (Gemma 2/3)
+    POST = "post"  # norms after each sublayer only (OLMo 2)
+
+
+class QKNorm(str, enum.Enum):
+    NONE = "none"
+    PER_HEAD = "per-head"  # over head_dim, per head (Qwen3, Gemma 3)
+    FULL_WIDTH = "full-width"  # over the whole projection (OLMo 2)
+
+
+class Positions(str, enum.Enum):
+    ROPE = "rope"  # rotary tables [S, rotary_dim] saved by every layer; q and k rotated copies
+    LEARNED = "learned"  # learned absolute position embeddings (GPT-2): q and k are views
+    ALIBI = "alibi"  # linear biases in the attention scores, no rotary tables
+
+
+class AttentionKernel(str, enum.Enum):
+    AS_CONFIGURED = "as-configured"  # ``attn_implementation`` as the user asks (sdpa, eager, flash)
+    EAGER_ONLY = "eager-only"  # transformers supports eager only (Gemma 2's soft-capped scores)
+    OWN_MATH = "own-math"  # the model computes attention itself (Falcon)
+
+
+class MlpStyle(str, enum.Enum):
+    GATED = "gated"  # act(gate) * up -> down: gate, act(gate) and up saved (3 x width)
+    PLAIN = "plain"  # act(fc_in) -> fc_out: fc_in's output saved (1 x width)
+    #: GPT-2's ``gelu_new`` written in Python (tanh approximation): four intermediates of the width
+    PLAIN_PY_GELU = "plain-py-gelu"
+
+
+@dataclass(frozen=True)
+class Structure:
+    """What the memory terms need to know about a decoder beyond its shapes."""
+
+    norm: NormStyle = NormStyle.RMS
+    placement: NormPlacement = NormPlacement.PRE
+    qk_norm: QKNorm = QKNorm.NONE
+    mlp: MlpStyle = MlpStyle.GATED
+    positions: Positions = Positions.ROPE
+    #: fraction of head_dim that is rotated (GPT-NeoX ``rotary_pct``); None: all of it
+    rotary_fraction: float | None = None
+    #: learned absolute positions (GPT-2 ``n_positions``): one more embedding tensor
+    learned_positions: int = 0
+    attention: AttentionKernel = AttentionKernel.AS_CONFIGURED
+    parallel_residual: bool = False
+    #: attention and MLP read one shared norm output in a parallel block (one LayerNorm per layer)
+    shared_block_norm: bool = False
+    embed_scale: float | None = None  # embeddings multiplied by sqrt(hidden_size) (Gemma)
+    attn_softcap: float | None = None
+    final_softcap: float | None = None
+    sliding_window: int | None = None
+    #: per-layer attention kinds when some layers slide and some do not (None: all alike)
+    layer_types: tuple[str, ...] | None = None
+    experts_fused_3d: bool = False  # MoE experts stored as 3-D parameters (transformers 5.x)
+    router_fp32: bool = False
+    #: MLA geometry (DeepSeek-V2), as a sorted tuple of (key, value)
+    mla: tuple[tuple[str, object], ...] | None = None
+    #: anything recorded for the reader but unused by the terms (multimodal wrapper, ignored keys)
+    notes: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def fused_view_qkv(self) -> bool:
+        """q, k and v are views of one fused projection output and no rotation copies them, so the
+        whole output stays alive (GPT-2)."""
+        return self.positions is not Positions.ROPE
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -90,15 +234,10 @@ class ModelSpec:
     embed_params: int  # token embeddings (+ learned position embeddings for gpt2)
     final_norm: Norm
     lm_head: Linear | None  # None when tied to the embeddings
+    structure: Structure = Structure()
     hidden_act: str = "silu"
-    norm_kind: str = "rms"  # "rms" | "layer"
-    mlp_kind: str = "gated"  # "gated" (gate/up/down) | "plain" (fc_in/fc_out)
     #: value-head dim where it differs from head_dim (MLA); query/key dim is head_dim
     v_head_dim: int | None = None
-    parallel_residual: bool = False
-    #: family knobs the activation model uses (e.g. {"qk_norm": True, "final_logit_softcapping": 30.0,
-    #: "sandwich_norm": True, "fused_qkv": True, "fused_gate_up": True, "mla": {...}})
-    quirks: tuple[tuple[str, object], ...] = ()
     generic_fallback: bool = False  # True when the family was unknown and a generic decoder was assumed
     config: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -115,11 +254,16 @@ class ModelSpec:
         return tuple(first.setdefault(layer, i) for i, layer in enumerate(self.layers))
 
     @cached_property
-    def _quirks(self) -> dict:
-        return dict(self.quirks)
-
-    def quirk(self, key: str, default=None):
-        return self._quirks.get(key, default)
+    def linear_names(self) -> tuple[str, ...]:
+        """Distinct module names of the decoder's linears, as ``--lora-targets`` may name them."""
+        names: dict[str, None] = {}
+        for layer in self.layers:
+            for lin in layer.linears:
+                names.setdefault(lin.name.rsplit(".", 1)[-1], None)
+                names.setdefault(lin.name, None)
+        if self.lm_head is not None:
+            names.setdefault(self.lm_head.name, None)
+        return tuple(names)
 
     @property
     def kv_dim(self) -> int:
@@ -129,13 +273,11 @@ class ModelSpec:
     def q_dim(self) -> int:
         return self.num_heads * self.head_dim
 
-    def lora_linears(self, targets: str | tuple[str, ...] = "all-linear") -> list[Linear]:
-        """The linears PEFT wraps, over all layers (``"all-linear"`` excludes the LM head, as PEFT does)."""
-        out = []
-        for layer in self.layers:
-            for lin in layer.linears:
-                if not lin.lora_target:
-                    continue
-                if targets == "all-linear" or lin.name in targets:
-                    out.append(lin)
-        return out
+    @staticmethod
+    def wraps(lin: Linear, targets: tuple[str, ...]) -> bool:
+        """True when PEFT wraps ``lin`` for these targets (``all-linear`` excludes the LM head)."""
+        return lin.lora_target and (targets == ("all-linear",) or lin.name in targets)
+
+    def lora_linears(self, targets: tuple[str, ...] = ("all-linear",)) -> list[Linear]:
+        """The linears PEFT wraps, over all layers."""
+        return [lin for layer in self.layers for lin in layer.linears if self.wraps(lin, targets)]

@@ -1,17 +1,10 @@
-"""One output sink for every command: table (rich), JSON or CSV, from the same typed records.
-
-rich is imported only when a table is rendered, so ``--format json`` stays at standard-library
-import cost.
-"""
+"""What ``refplan estimate`` shows: its :class:`~refplan.output.Output` built from typed
+:class:`~refplan.result.Estimate` records (rendered by the one output sink, :mod:`refplan.output`)."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import sys
-
 from refplan.model import ModelSpec
+from refplan.output import Column, Output
 from refplan.result import Estimate
 from refplan.units import GIB
 
@@ -79,59 +72,42 @@ def row_record(r: Estimate, cheapest: bool = False) -> dict:
     }
 
 
-def render_estimates(model: ModelSpec, rows: list[Estimate], fmt: str, settings: dict, out=None,
-                     skipped_kto: bool = False) -> None:
-    out = out or sys.stdout
+def estimate_output(model: ModelSpec, rows: list[Estimate], settings: dict, skipped_kto: bool = False) -> Output:
+    """The estimate table, JSON document and CSV rows, from the same :class:`Estimate` records."""
     best = cheapest_per_method(rows)
-    if fmt == "json":
-        doc = {"model": model_record(model), "settings": settings,
-               "rows": [row_record(r, i in best) for i, r in enumerate(rows)]}
-        json.dump(doc, out, indent=2)
-        out.write("\n")
-        return
     comps = component_names(rows)
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["model", "method", "strategy", "finetune", "peak_bytes", "peak_phase", "fits", "gpu"]
+    doc = {"model": model_record(model), "settings": settings,
+           "rows": [row_record(r, i in best) for i, r in enumerate(rows)]}
+    csv_columns = (["model", "method", "strategy", "finetune", "peak_bytes", "peak_phase", "fits", "gpu"]
                    + [f"{c.replace(' ', '_')}_bytes" for c in comps])
-        for r in rows:
-            cs = r.components
-            w.writerow([model.model_id, r.method, r.strategy, r.finetune, r.peak_bytes, r.peak_phase.name,
-                        "" if r.fits is None else r.fits, r.gpu or ""] + [cs.get(c, 0) for c in comps])
-        out.write(buf.getvalue())
-        return
-    from rich.console import Console
-    from rich.table import Table
-
+    csv_rows = [dict(zip(csv_columns, [model.model_id, r.method, r.strategy, r.finetune, r.peak_bytes,
+                                       r.peak_phase.name, "" if r.fits is None else r.fits, r.gpu or ""]
+                         + [r.components.get(c, 0) for c in comps])) for r in rows]
     gpu = rows[0].gpu if rows else None
     title = (f"{model.model_id} ({model.family}, {model.params / 1e9:.2f}B params) — peak memory per device, GiB"
              + (f" — on {gpu} ({rows[0].gpu_bytes / GIB:.1f} GiB)" if gpu else ""))
-    t = Table(title=title, title_justify="left", show_lines=False)
-    t.add_column("method", no_wrap=True)
-    t.add_column("strategy", no_wrap=True)
-    t.add_column("peak GiB", justify="right", style="bold", no_wrap=True)
-    t.add_column("peak phase", no_wrap=True)
-    for c in comps:
-        t.add_column(SHORT.get(c, c), justify="right", no_wrap=True)
+    columns = [Column("method"), Column("strategy"), Column("peak GiB", "right", "bold"), Column("peak phase")]
+    columns += [Column(SHORT.get(c, c), "right") for c in comps]
     if gpu:
-        t.add_column("fits", justify="center")
+        columns.append(Column("fits", "center", no_wrap=False))
+    cells = []
     for i, r in enumerate(rows):
         cs = r.components
-        mark = " ★" if i in best else ""
-        cells = [r.method, r.strategy + mark, f"{r.peak_bytes / GIB:.2f}", r.peak_phase.name]
-        cells += [f"{cs[c] / GIB:.2f}" if c in cs else "·" for c in comps]
+        row = [r.method, r.strategy + (" ★" if i in best else ""), f"{r.peak_bytes / GIB:.2f}", r.peak_phase.name]
+        row += [f"{cs[c] / GIB:.2f}" if c in cs else "·" for c in comps]
         if gpu:
             head = r.headroom_bytes / GIB
-            cells.append(f"[green]yes[/] ({head:+.1f})" if r.fits else f"[red]no[/] ({head:+.1f})")
-        t.add_row(*cells)
-    con = Console(file=out, width=max(120, 62 + 10 * len(comps)))
-    con.print(t)
+            row.append(f"[green]yes[/] ({head:+.1f})" if r.fits else f"[red]no[/] ({head:+.1f})")
+        cells.append(tuple(row))
+    notes = []
     if model.generic_fallback:
-        con.print(f"[yellow]note:[/] unknown family {model.family!r}: parameters counted as a generic "
-                  "llama-style decoder")
+        notes.append(f"[yellow]note:[/] unknown family {model.family!r}: parameters counted as a generic "
+                     "llama-style decoder")
     if skipped_kto:
-        con.print("[yellow]note:[/] kto is not shown: TRL needs a per-device batch of at least 2 for KTO "
-                  "(add --batch 2)")
-    con.print("★ cheapest strategy per method. Components (GiB) are the breakdown at each row's peak phase: "
-              + ", ".join(f"{SHORT.get(c, c)} = {c}" for c in comps if SHORT.get(c, c) != c) + ". GiB = 2^30 bytes.")
+        notes.append("[yellow]note:[/] kto is not shown: TRL needs a per-device batch of at least 2 for KTO "
+                     "(add --batch 2)")
+    notes.append("★ cheapest strategy per method. Components (GiB) are the breakdown at each row's peak phase: "
+                 + ", ".join(f"{SHORT.get(c, c)} = {c}" for c in comps if SHORT.get(c, c) != c)
+                 + ". GiB = 2^30 bytes.")
+    return Output(document=doc, title=title, columns=tuple(columns), cells=tuple(cells), notes=tuple(notes),
+                  csv_columns=tuple(csv_columns), csv_rows=tuple(csv_rows), width=max(120, 62 + 10 * len(comps)))

@@ -1,12 +1,214 @@
-"""Parse CLI-style string settings into a typed :class:`~refplan.spec.TrainSpec`, once."""
+"""Every training setting that is not a method or a strategy, as a typed value parsed once.
+
+Each enum is ``str``-valued (its CLI spelling), so it prints and serializes as the user wrote it. An
+optimizer and a sharding mode carry their capabilities: what the planner needs to know about them
+lives here, once, instead of in ``name in (...)`` checks spread over modules. LoRA targets are a
+validated tuple; :func:`check_lora_targets` refuses a name the model does not have.
+
+Pure standard library: the planner path imports this module.
+"""
 
 from __future__ import annotations
 
-from refplan.methods import Finetune, Method, Strategy, parse_enum
-from refplan.spec import TrainSpec
+import enum
+from dataclasses import dataclass
+
+from refplan.errors import PlanError
 
 
-def train_spec_from_strings(method: str, strategy: str, finetune: str = "full", **kw) -> TrainSpec:
-    return TrainSpec(method=parse_enum(Method, method, "--method"),
-                     strategy=parse_enum(Strategy, strategy, "--strategy"),
-                     finetune=parse_enum(Finetune, finetune, "--finetune"), **kw)
+class _Choice(str, enum.Enum):
+    """A ``str`` enum whose values are the CLI spellings; parsed with :meth:`parse`."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, value, flag: str):
+        """The member for ``value`` (a member or its spelling, case-insensitive), or PlanError naming ``flag``."""
+        if isinstance(value, cls):
+            return value
+        text = str(value).strip().lower()
+        for member in cls:
+            if text == member.value or text in member._aliases():
+                return member
+        choices = ", ".join(m.value for m in cls)
+        raise PlanError(flag, f"unknown value {value!r}; choose from {choices}")
+
+    def _aliases(self) -> tuple[str, ...]:
+        return ()
+
+
+class Dtype(_Choice):
+    """Floating-point dtypes a model is loaded or computed in (torch name in the comment)."""
+
+    BF16 = "bf16"  # torch.bfloat16
+    FP16 = "fp16"  # torch.float16
+    FP32 = "fp32"  # torch.float32
+
+    @property
+    def bytes(self) -> int:
+        return 4 if self is Dtype.FP32 else 2
+
+    def _aliases(self) -> tuple[str, ...]:
+        return {"bf16": ("bfloat16",), "fp16": ("float16", "half"), "fp32": ("float32", "float")}[self.value]
+
+
+class Quant(_Choice):
+    """k-bit loading of a model through bitsandbytes (``BitsAndBytesConfig``)."""
+
+    NONE = "none"
+    INT8 = "8bit"  # load_in_8bit: LLM.int8 (Linear8bitLt)
+    NF4 = "4bit"  # load_in_4bit: NF4 (Linear4bit)
+
+
+class Attn(_Choice):
+    """``attn_implementation`` asked for; a family may force another (see ``Structure.attention``)."""
+
+    SDPA = "sdpa"
+    EAGER = "eager"
+    FLASH = "flash"
+
+    def _aliases(self) -> tuple[str, ...]:
+        return ("flash_attention_2",) if self is Attn.FLASH else ()
+
+
+class Device(_Choice):
+    """Where the step runs. ``cpu`` drops the CUDA-only terms (context, workspace, allocator slack)."""
+
+    CUDA = "cuda"
+    CPU = "cpu"
+
+
+class StateRule(str, enum.Enum):
+    """How an optimizer's state scales with the trainable parameters (see ``terms.optimizer_state_bytes``)."""
+
+    ADAM = "adam"  # exp_avg + exp_avg_sq in the parameter dtype + a 4-byte step per tensor
+    ADAM_8BIT = "adam-8bit"  # bitsandbytes blockwise 8-bit states + fp32 absmax per 2048-block
+    NONE = "none"  # SGD without momentum
+    FACTORED = "factored"  # Adafactor: row + column factors per matrix
+
+
+class TransientRule(str, enum.Enum):
+    """Temporaries of one optimizer step (see ``planner.optimizer_transient_bytes``)."""
+
+    IN_PLACE = "in-place"  # fused / blockwise kernels update in place
+    LARGEST_TENSOR_X2 = "largest-x2"  # one tensor at a time: sqrt and quotient of the largest
+    FOREACH_ON_CUDA = "foreach-on-cuda"  # CUDA foreach path: sqrt of every state at once; else largest-x2
+
+
+@dataclass(frozen=True)
+class OptimCaps:
+    state: StateRule
+    transient: TransientRule
+    #: the Trainer's ``optim`` name (transformers ``OptimizerNames``)
+    trainer_name: str
+    #: the bench can run it on this machine's CPU (bitsandbytes optimizers need CUDA here)
+    runs_on_cpu: bool
+
+
+class Optim(_Choice):
+    ADAMW = "adamw"
+    ADAMW_TORCH = "adamw-torch"
+    ADAMW_8BIT = "adamw-8bit"
+    PAGED_ADAMW = "paged-adamw"
+    SGD = "sgd"
+    ADAFACTOR = "adafactor"
+
+    @property
+    def caps(self) -> OptimCaps:
+        return _OPTIM_CAPS[self]
+
+    def _aliases(self) -> tuple[str, ...]:
+        return (self.caps.trainer_name,)
+
+
+_OPTIM_CAPS = {
+    # the HF Trainer's default since torch 2.8 (training_args.py): torch._fused_adamw_
+    Optim.ADAMW: OptimCaps(StateRule.ADAM, TransientRule.IN_PLACE, "adamw_torch_fused", True),
+    Optim.ADAMW_TORCH: OptimCaps(StateRule.ADAM, TransientRule.FOREACH_ON_CUDA, "adamw_torch", True),
+    Optim.ADAMW_8BIT: OptimCaps(StateRule.ADAM_8BIT, TransientRule.IN_PLACE, "adamw_bnb_8bit", False),
+    # paged 32-bit AdamW: the same bytes in unified memory that can be evicted (counted in full)
+    Optim.PAGED_ADAMW: OptimCaps(StateRule.ADAM, TransientRule.IN_PLACE, "paged_adamw_32bit", False),
+    Optim.SGD: OptimCaps(StateRule.NONE, TransientRule.IN_PLACE, "sgd", True),
+    Optim.ADAFACTOR: OptimCaps(StateRule.FACTORED, TransientRule.LARGEST_TENSOR_X2, "adafactor", True),
+}
+
+
+@dataclass(frozen=True)
+class ShardingCaps:
+    params: bool  # parameters (and a prepared reference) sharded over the ranks
+    grads: bool
+    optimizer: bool
+    #: DeepSpeed keeps fp32 master weights of low-precision trainable weights
+    #: (bf16_optimizer / stage_1_and_2 ``single_partition_of_fp32_groups``)
+    master_weights: bool
+    zero_stage: int
+
+
+class Sharding(_Choice):
+    NONE = "none"
+    ZERO1 = "zero1"
+    ZERO2 = "zero2"
+    ZERO3 = "zero3"
+    FSDP = "fsdp"  # FULL_SHARD
+
+    @property
+    def caps(self) -> ShardingCaps:
+        return _SHARDING_CAPS[self]
+
+    @classmethod
+    def from_flags(cls, zero: int = 0, fsdp: bool = False) -> Sharding:
+        """The mode for the CLI's ``--zero N`` / ``--fsdp`` (and budget files' ``zero`` / ``fsdp`` keys)."""
+        if isinstance(zero, bool) or not isinstance(zero, int) or zero not in (0, 1, 2, 3):
+            raise PlanError("--zero", f"ZeRO stage must be 0, 1, 2 or 3 (got {zero!r})")
+        if fsdp and zero:
+            raise PlanError("--fsdp", "choose either --zero N or --fsdp, not both")
+        if fsdp:
+            return cls.FSDP
+        return (cls.NONE, cls.ZERO1, cls.ZERO2, cls.ZERO3)[zero]
+
+
+_SHARDING_CAPS = {
+    Sharding.NONE: ShardingCaps(False, False, False, False, 0),
+    Sharding.ZERO1: ShardingCaps(False, False, True, True, 1),
+    Sharding.ZERO2: ShardingCaps(False, True, True, True, 2),
+    Sharding.ZERO3: ShardingCaps(True, True, True, True, 3),
+    Sharding.FSDP: ShardingCaps(True, True, True, False, 0),
+}
+
+#: PEFT's ``target_modules="all-linear"``: every nn.Linear / Conv1D but the output layer
+ALL_LINEAR = "all-linear"
+
+
+def parse_lora_targets(value) -> tuple[str, ...]:
+    """``"all-linear"`` or a comma list of module names, as a tuple (``("all-linear",)`` for the former)."""
+    if isinstance(value, tuple):
+        items = value
+    elif isinstance(value, (list,)):
+        items = tuple(str(v) for v in value)
+    elif isinstance(value, str):
+        items = tuple(t.strip() for t in value.split(",") if t.strip())
+    else:
+        raise PlanError("--lora-targets", f"expected 'all-linear' or module names, got {value!r}")
+    if not items:
+        raise PlanError("--lora-targets", "expects 'all-linear' or a comma-separated list of module names")
+    if ALL_LINEAR in items and len(items) > 1:
+        raise PlanError("--lora-targets", "'all-linear' cannot be combined with module names")
+    return items
+
+
+def check_lora_targets(targets: tuple[str, ...], linear_names: tuple[str, ...]) -> None:
+    """Refuse a target module name the model does not have (PEFT would wrap nothing)."""
+    if targets == (ALL_LINEAR,):
+        return
+    unknown = [t for t in targets if t not in linear_names]
+    if unknown:
+        raise PlanError("--lora-targets", f"no linear named {', '.join(repr(t) for t in unknown)} in this model; "
+                                          f"its linears: {', '.join(linear_names)} (or all-linear)")
+
+
+def train_spec_from_strings(method, strategy, finetune="full", **kw):
+    """A :class:`~refplan.spec.TrainSpec` from CLI-style strings (budget files, scripts, tests)."""
+    from refplan.spec import TrainSpec
+
+    return TrainSpec.parse(method=method, strategy=strategy, finetune=finetune, **kw)

@@ -1,24 +1,29 @@
 """The training setup the planner estimates: one frozen record, validated once at construction.
 
-Every validation error names the CLI flag to change (``PlanError``).
+Every field is a typed value (:mod:`refplan.settings` enums, a LoRA target tuple); strings given to
+the constructor are parsed once, here, and every validation error names the CLI flag to change
+(``PlanError``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from refplan.errors import PlanError
 from refplan.methods import Finetune, Method, Strategy, check_combination
-
-DTYPES = ("bf16", "fp16", "fp32")
-QUANTS = ("none", "8bit", "4bit")
-OPTIMS = ("adamw", "adamw-torch", "adamw-8bit", "paged-adamw", "sgd", "adafactor")
-ATTN_IMPLS = ("sdpa", "eager", "flash")
-DEVICES = ("cuda", "cpu")
+from refplan.settings import ALL_LINEAR, Attn, Device, Dtype, Optim, Quant, Sharding, parse_lora_targets
 
 MAX_SEQ = 1 << 22  # 4M tokens: past this an input is a typo, not a plan
 MAX_BATCH = 1 << 16
 MAX_GPUS = 1 << 14
+
+#: field -> (parser, CLI flag); every enum-typed field is parsed from its spelling at construction
+_PARSED = {
+    "method": (Method, "--method"), "strategy": (Strategy, "--strategy"), "finetune": (Finetune, "--finetune"),
+    "dtype": (Dtype, "--dtype"), "autocast": (Dtype, "--autocast"), "ref_dtype": (Dtype, "--ref-dtype"),
+    "ref_quant": (Quant, "--ref-quant"), "optim": (Optim, "--optim"), "attn": (Attn, "--attn"),
+    "sharding": (Sharding, "--sharding"), "device": (Device, "--device"),
+}
 
 
 def _positive(name: str, value: int, flag: str, upper: int) -> None:
@@ -28,6 +33,16 @@ def _positive(name: str, value: int, flag: str, upper: int) -> None:
         raise PlanError(flag, f"{name} must be positive (got {value})")
     if value > upper:
         raise PlanError(flag, f"{name} {value} is absurdly large (max {upper})")
+
+
+def _parse_enum(cls, value, flag: str):
+    if isinstance(value, cls):
+        return value
+    if hasattr(cls, "parse"):
+        return cls.parse(value, flag)
+    from refplan.methods import parse_enum
+
+    return parse_enum(cls, str(value), flag)
 
 
 @dataclass(frozen=True)
@@ -41,74 +56,80 @@ class TrainSpec:
     - ``dtype`` is the dtype the policy is loaded in; ``autocast`` is the compute dtype of the
       forward when it differs (fp32 weights + bf16 autocast is TRL's default when a model is passed
       by name with ``bf16=True``); ``None`` means the forward runs in ``dtype``.
+    - ``sharding`` splits state over ``gpus`` ranks (ZeRO stage or FSDP); ``gpus`` > 1 without
+      sharding is plain data parallelism (every rank holds everything).
     """
 
     method: Method
     strategy: Strategy
     finetune: Finetune = Finetune.FULL
-    dtype: str = "bf16"
-    autocast: str | None = None
-    ref_dtype: str | None = None  # None: same as the policy's load dtype
-    ref_quant: str = "none"
+    dtype: Dtype = Dtype.BF16
+    autocast: Dtype | None = None
+    ref_dtype: Dtype | None = None  # None: same as the policy's load dtype
+    ref_quant: Quant = Quant.NONE
     lora_r: int = 16
-    lora_targets: str = "all-linear"  # or comma-separated module names, e.g. "q_proj,v_proj"
+    lora_targets: tuple[str, ...] = (ALL_LINEAR,)
     batch: int = 1
     seq: int = 1024
     precompute_batch: int | None = None  # precompute_ref_batch_size; None: same as batch
     grad_ckpt: bool = False
-    optim: str = "adamw"
-    attn: str = "sdpa"
+    optim: Optim = Optim.ADAMW
+    attn: Attn = Attn.SDPA
     #: the batch holds padding (real data: chosen/rejected of different lengths), so the model
     #: builds an explicit attention mask; False for exact-length synthetic data
     padded: bool = True
     gpus: int = 1
-    zero: int = 0
-    fsdp: bool = False
-    device: str = "cuda"
+    sharding: Sharding = Sharding.NONE
+    device: Device = Device.CUDA
 
     def __post_init__(self):
-        for name, val, choices, flag in (
-            ("dtype", self.dtype, DTYPES, "--dtype"),
-            ("ref_quant", self.ref_quant, QUANTS, "--ref-quant"),
-            ("optim", self.optim, OPTIMS, "--optim"),
-            ("attn", self.attn, ATTN_IMPLS, "--attn"),
-            ("device", self.device, DEVICES, "--device"),
-        ):
-            if val not in choices:
-                raise PlanError(flag, f"unknown {name} {val!r}; choose from {', '.join(choices)}")
-        if self.autocast is not None and self.autocast not in DTYPES:
-            raise PlanError("--autocast", f"unknown dtype {self.autocast!r}; choose from {', '.join(DTYPES)}")
-        if self.ref_dtype is not None and self.ref_dtype not in DTYPES:
-            raise PlanError("--ref-dtype", f"unknown dtype {self.ref_dtype!r}; choose from {', '.join(DTYPES)}")
+        for name, (cls, flag) in _PARSED.items():
+            value = getattr(self, name)
+            if value is not None or name not in ("autocast", "ref_dtype"):
+                object.__setattr__(self, name, _parse_enum(cls, value, flag))
+        object.__setattr__(self, "lora_targets", parse_lora_targets(self.lora_targets))
+        for name in ("grad_ckpt", "padded"):
+            if not isinstance(getattr(self, name), bool):
+                raise PlanError(f"--{name.replace('_', '-')}", f"must be true or false (got {getattr(self, name)!r})")
         _positive("batch", self.batch, "--batch", MAX_BATCH)
         _positive("seq", self.seq, "--seq", MAX_SEQ)
         _positive("lora rank", self.lora_r, "--lora-r", 1 << 16)
         _positive("gpus", self.gpus, "--gpus", MAX_GPUS)
         if self.precompute_batch is not None:
             _positive("precompute batch", self.precompute_batch, "--precompute-batch", MAX_BATCH)
-        if self.zero not in (0, 1, 2, 3):
-            raise PlanError("--zero", f"ZeRO stage must be 0, 1, 2 or 3 (got {self.zero})")
-        if self.fsdp and self.zero:
-            raise PlanError("--fsdp", "choose either --zero N or --fsdp, not both")
         if self.method is Method.KTO and self.batch < 2:
             # TRL 1.16 kto_trainer: "Actual (not effective) batch size must be > 1"
             raise PlanError("--batch", "KTO needs a per-device batch of at least 2 (TRL computes its KL "
                                        "term from mismatched pairs inside the batch)")
-        if self.finetune is Finetune.QLORA and self.device == "cpu":
+        if self.finetune is Finetune.QLORA and self.device is Device.CPU:
             raise PlanError("--finetune", "QLoRA needs bitsandbytes on CUDA; use --device cuda")
-        if self.ref_quant != "none" and self.device == "cpu":
+        if self.ref_quant is not Quant.NONE and self.device is Device.CPU:
             raise PlanError("--ref-quant", "8/4-bit references need bitsandbytes on CUDA; use --device cuda")
-        if self.device == "cpu" and (self.gpus > 1 or self.zero or self.fsdp):
+        if self.device is Device.CPU and (self.gpus > 1 or self.sharding is not Sharding.NONE):
             raise PlanError("--device", "sharding (--gpus/--zero/--fsdp) applies to --device cuda only")
         check_combination(self.method, self.strategy, self.finetune, self.ref_quant)
 
+    @classmethod
+    def parse(cls, *, zero: int | None = None, fsdp: bool | None = None, **kw) -> TrainSpec:
+        """Build from CLI-style values; ``zero`` / ``fsdp`` (the flags' and budget files' spelling) set
+        ``sharding``. Unknown keys are refused naming the key."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kw) - known)
+        if unknown:
+            raise PlanError(unknown[0], f"unknown setting {unknown[0]!r}")
+        if zero is not None or fsdp is not None:
+            if "sharding" in kw:
+                raise PlanError("--sharding", "give either sharding or --zero/--fsdp, not both")
+            kw["sharding"] = Sharding.from_flags(zero or 0, bool(fsdp))
+        return cls(**kw)
+
     @property
-    def compute_dtype(self) -> str:
+    def compute_dtype(self) -> Dtype:
         """dtype of activations in the forward (autocast wins over the load dtype)."""
         return self.autocast or self.dtype
 
     @property
-    def reference_dtype(self) -> str:
+    def reference_dtype(self) -> Dtype:
         return self.ref_dtype or self.dtype
 
     @property
@@ -123,4 +144,8 @@ class TrainSpec:
     @property
     def shards(self) -> int:
         """Ranks over which sharded state is split (1 when not sharded)."""
-        return self.gpus if (self.zero or self.fsdp) else 1
+        return self.gpus if self.sharding is not Sharding.NONE else 1
+
+    def shards_of(self, what: str) -> int:
+        """Ranks over which ``params`` / ``grads`` / ``optimizer`` state is split."""
+        return self.shards if getattr(self.sharding.caps, what) else 1

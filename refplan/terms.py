@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from refplan.model import ModelSpec
 from refplan.spec import TrainSpec
+from refplan.settings import ALL_LINEAR, Quant, Sharding, StateRule
 from refplan.units import MIB, dtype_bytes
 
 #: bitsandbytes NF4 (QLoRA, Dettmers et al. 2023, sec. 3 "Double Quantization"): 4-bit weights,
@@ -62,16 +63,14 @@ def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none") -> int:
     raise ValueError(f"unknown quantization {quant!r}")
 
 
-def lora_params(model: ModelSpec, r: int, targets: str = "all-linear") -> int:
+def lora_params(model: ModelSpec, r: int, targets: tuple[str, ...] = (ALL_LINEAR,)) -> int:
     """LoRA parameters: r*(in+out) per wrapped linear (A: r x in, B: out x r), PEFT LoraLayer."""
-    names = "all-linear" if targets == "all-linear" else tuple(t.strip() for t in targets.split(","))
-    return sum(l.count * l.lora_rank_mult * r * (l.in_features + l.out_features) for l in model.lora_linears(names))
+    return sum(l.count * l.lora_rank_mult * r * (l.in_features + l.out_features) for l in model.lora_linears(targets))
 
 
-def lora_tensors(model: ModelSpec, targets: str = "all-linear") -> int:
+def lora_tensors(model: ModelSpec, targets: tuple[str, ...] = (ALL_LINEAR,)) -> int:
     """Number of LoRA parameter tensors (two per wrapped linear)."""
-    names = "all-linear" if targets == "all-linear" else tuple(t.strip() for t in targets.split(","))
-    return 2 * len(model.lora_linears(names))
+    return 2 * len(model.lora_linears(targets))
 
 
 def param_tensors(model: ModelSpec) -> int:
@@ -83,7 +82,7 @@ def param_tensors(model: ModelSpec) -> int:
     n += 2 if model.final_norm.bias else 1
     if model.lm_head is not None:
         n += 2 if model.lm_head.bias else 1
-    if model.family == "gpt2":
+    if model.structure.learned_positions:
         n += 1  # learned position embeddings
     return n
 
@@ -155,22 +154,20 @@ def optimizer_state_bytes(model: ModelSpec, train: TrainSpec) -> int:
     pbytes = dtype_bytes(trainable_dtype(train))
     ntens = lora_tensors(model, train.lora_targets) if train.finetune.peft else param_tensors(model)
     step_bytes = 4 * ntens
-    if train.optim in ("adamw", "adamw-torch", "paged-adamw"):
+    rule = train.optim.caps.state
+    if rule is StateRule.ADAM:
         return 2 * n * pbytes + step_bytes
-    if train.optim == "adamw-8bit":
+    if rule is StateRule.ADAM_8BIT:
         return 2 * n + 2 * 4 * -(-n // 2048)
-    if train.optim == "sgd":
+    if rule is StateRule.NONE:
         return 0
-    if train.optim == "adafactor":
-        return _adafactor_elems(model, train) * 4
-    raise ValueError(train.optim)
+    return _adafactor_elems(model, train) * 4
 
 
 def _adafactor_elems(model: ModelSpec, train: TrainSpec) -> int:
     if train.finetune.peft:
         r = train.lora_r
-        names = "all-linear" if train.lora_targets == "all-linear" else tuple(train.lora_targets.split(","))
-        return sum(l.count * ((r + l.in_features) + (l.out_features + r)) for l in model.lora_linears(names))
+        return sum(l.count * ((r + l.in_features) + (l.out_features + r)) for l in model.lora_linears(train.lora_targets))
     total = 0
     for layer in model.layers:
         for l in layer.linears:
@@ -186,7 +183,7 @@ def master_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:
     """fp32 master weights: kept by DeepSpeed ZeRO (bf16/fp16 config) for low-precision trainable
     weights (DeepSpeed ``bf16_optimizer`` / ``stage_1_and_2``: ``single_partition_of_fp32_groups``).
     The plain HF Trainer keeps none: a bf16-loaded model trains in pure bf16."""
-    if train.zero and trainable_dtype(train) != "fp32":
+    if train.sharding.caps.master_weights and trainable_dtype(train) != "fp32":
         return trainable_params(model, train) * 4
     return 0
 

@@ -186,7 +186,7 @@ def layer_pattern(model: ModelSpec) -> tuple[int, int]:
     A layer's signature is its shape record (:class:`refplan.model.Layer`: dense or MoE, widths)
     and its attention type (``layer_types``: sliding or full). The smallest ``k + 2P`` wins.
     """
-    types = model.quirk("layer_types") or [None] * model.num_layers
+    types = model.structure.layer_types or [None] * model.num_layers
     sig = [(layer, types[i] if i < len(types) else None) for i, layer in enumerate(model.layers)]
     n = len(sig)
     best = None
@@ -216,7 +216,7 @@ def check_traceable(train: TrainSpec) -> None:
         raise PlanError("--attn", "the trace engine runs sdpa or eager attention (flash-attention 2 needs CUDA)")
     if train.optim not in ("adamw", "sgd"):
         raise PlanError("--optim", f"the trace engine runs adamw (torch fused) or sgd, not {train.optim!r}")
-    if train.gpus > 1 or train.zero or train.fsdp:
+    if train.gpus > 1 or train.sharding.value != "none":
         raise PlanError("--gpus", "the trace engine traces one unsharded device; drop --gpus/--zero/--fsdp")
     if train.device != "cpu":
         raise PlanError("--device", "the trace engine measures live tensor bytes on the fake CPU device; use "
@@ -456,8 +456,7 @@ def decoder_config(model: ModelSpec, layers: int):
 def _lora_config(train: TrainSpec):
     from peft import LoraConfig
 
-    targets = "all-linear" if train.lora_targets == "all-linear" else [
-        t.strip() for t in train.lora_targets.split(",") if t.strip()]
+    targets = "all-linear" if train.lora_targets == ("all-linear",) else list(train.lora_targets)
     return LoraConfig(r=train.lora_r, lora_alpha=2 * train.lora_r, lora_dropout=0.0, target_modules=targets,
                       task_type="CAUSAL_LM")
 

@@ -114,6 +114,9 @@ TINY = {
                                    num_ln_in_parallel_attn=1, tie_word_embeddings=False),
     "falcon-mha-sequential": dict(model_type="falcon", hidden_size=72, num_attention_heads=6, num_hidden_layers=2,
                                   vocab_size=101, multi_query=False, parallel_attn=False, bias=True),
+    "starcoder2": dict(model_type="starcoder2", **_ODD, sliding_window=16),
+    "starcoder2-nobias-untied": dict(model_type="starcoder2", **{**_ODD, "head_dim": None}, use_bias=False,
+                                     tie_word_embeddings=False),
     "deepseek_v2-q-lora": dict(model_type="deepseek_v2", hidden_size=72, num_attention_heads=6, num_hidden_layers=3,
                                intermediate_size=100, vocab_size=101, q_lora_rank=12, kv_lora_rank=10,
                                qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5, n_routed_experts=3,
@@ -134,7 +137,7 @@ def test_tiny_config_param_count_equals_transformers(name):
     _assert_matches_transformers(spec, config)
 
 
-@pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral",
+@pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral", "starcoder2",
                                   "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text"])
 def test_lora_targets_are_what_peft_all_linear_wraps(name):
     from peft import LoraConfig
@@ -147,7 +150,7 @@ def test_lora_targets_are_what_peft_all_linear_wraps(name):
     peft_leaves = collections.Counter(n.rsplit(".", 1)[-1] for n in chosen)
     # nn.Linear modules only: MoE routers and fused 3-D experts are wrapped through their parameters
     # (PEFT ParamWrapper), which _maybe_include_all_linear_layers does not list; counted below
-    if spec.quirk("experts_fused_3d"):
+    if spec.structure.experts_fused_3d:
         pytest.skip("MoE: PEFT wraps parameters, and not the plain MLP linears: see the parameter-count test")
     spec_leaves = collections.Counter(lin.name for lin in spec.lora_linears())
     assert spec_leaves == peft_leaves
@@ -229,28 +232,55 @@ def test_falcon_refinedweb_key_names():
     assert [n.name for n in spec.layers[0].norms] == ["ln_attn", "ln_mlp"]
 
 
-def test_family_quirks():
+def test_family_structure_is_typed():
+    from refplan.model import (AttentionKernel, MlpStyle, NormPlacement, NormStyle, Positions, QKNorm, Role)
+
     q = {name: spec_from_config(cfg, name, "t") for name, cfg in TINY.items()}
-    assert q["phi3"].quirk("fused_qkv") and q["phi3"].quirk("fused_gate_up")
-    assert q["gemma2"].quirk("sandwich_norm") and q["gemma2"].quirk("final_logit_softcapping") == 30.0
-    assert q["gemma2"].quirk("attn_logit_softcapping") == 50.0
-    assert q["gemma2"].quirk("layer_types")[:2] == ("sliding_attention", "full_attention")
-    assert q["gemma3_text"].quirk("qk_norm") and q["gemma3_text"].quirk("final_logit_softcapping") is None
-    assert q["gemma3_text"].quirk("layer_types")[5] == "full_attention"
-    assert q["gemma"].quirk("embed_scale") == pytest.approx(72**0.5)
-    assert q["mistral"].quirk("sliding_window") == 16
-    assert q["qwen2-headdim-sliding"].quirk("layer_types") == ("full_attention", "sliding_attention")
-    assert q["qwen2"].quirk("sliding_window") is None
-    assert q["gpt_neox"].quirk("rotary_pct") == 0.25 and q["gpt_neox"].parallel_residual
-    assert q["falcon-multi-query"].num_kv_heads == 1 and q["falcon-multi-query"].parallel_residual
-    mla = q["deepseek_v2-q-lora"].quirk("mla")
+    phi3 = q["phi3"].layers[0]
+    assert phi3.first(Role.QKV).name == "qkv_proj" and phi3.first(Role.MLP_GATE_UP).name == "gate_up_proj"
+    g2 = q["gemma2"].structure
+    assert g2.placement is NormPlacement.SANDWICH and g2.norm is NormStyle.RMS_GEMMA and g2.final_softcap == 30.0
+    assert g2.attn_softcap == 50.0 and g2.attention is AttentionKernel.EAGER_ONLY
+    assert g2.layer_types[:2] == ("sliding_attention", "full_attention")
+    g3 = q["gemma3_text"].structure
+    assert g3.qk_norm is QKNorm.PER_HEAD and g3.final_softcap is None
+    assert g3.layer_types[5] == "full_attention"
+    assert q["gemma"].structure.embed_scale == pytest.approx(72**0.5)
+    assert q["mistral"].structure.sliding_window == 16
+    assert q["qwen2-headdim-sliding"].structure.layer_types == ("full_attention", "sliding_attention")
+    assert q["qwen2"].structure.sliding_window is None
+    assert q["olmo2"].structure.placement is NormPlacement.POST and q["olmo2"].structure.qk_norm is QKNorm.FULL_WIDTH
+    neox = q["gpt_neox"].structure
+    assert neox.rotary_fraction == 0.25 and neox.parallel_residual and not neox.shared_block_norm
+    assert neox.norm is NormStyle.LAYER and neox.mlp is MlpStyle.PLAIN
+    falcon = q["falcon-multi-query"]
+    assert falcon.num_kv_heads == 1 and falcon.structure.parallel_residual and falcon.structure.shared_block_norm
+    assert falcon.structure.attention is AttentionKernel.OWN_MATH
+    gpt2 = q["gpt2"].structure
+    assert gpt2.positions is Positions.LEARNED and gpt2.mlp is MlpStyle.PLAIN_PY_GELU and gpt2.fused_view_qkv
+    assert [l.role for l in q["gpt2"].layers[0].linears] == [Role.QKV, Role.O, Role.MLP_IN, Role.MLP_DOWN]
+    mla = dict(q["deepseek_v2-q-lora"].structure.mla)
     assert mla["q_lora_rank"] == 12 and mla["cache_dim_per_token"] == 14
     ds = q["deepseek_v2-q-lora"]
-    assert (ds.head_dim, ds.v_head_dim) == (10, 5)
+    assert (ds.head_dim, ds.v_head_dim) == (10, 5) and ds.structure.router_fp32
     assert ds.layers[0].moe is None and ds.layers[1].moe.shared_intermediate == 28
     assert q["qwen3_moe"].layers[1].moe is None and q["qwen3_moe"].layers[0].moe.num_experts == 4
-    assert q["gemma3-sparse-text-config"].quirk("multimodal")["wrapper"] == "Gemma3ForConditionalGeneration"
+    notes = dict(q["gemma3-sparse-text-config"].structure.notes)
+    assert notes["multimodal"]["wrapper"] == "Gemma3ForConditionalGeneration"
     assert q["gemma3-sparse-text-config"].vocab_size == 262208  # Gemma3TextConfig default
+
+
+def test_every_linear_has_a_role_and_every_family_a_module():
+    from refplan.families import REGISTRY, SUPPORTED_FAMILIES
+
+    for name, cfg in TINY.items():
+        spec = spec_from_config(cfg, name, "t")
+        assert spec.family in REGISTRY and not spec.generic_fallback
+        for layer in spec.layers:
+            roles = [l.role for l in layer.linears]
+            assert len(roles) == len(layer.linears) and all(r.value for r in roles)
+    for module in REGISTRY.values():
+        assert set(module.MODEL_TYPES) <= set(SUPPORTED_FAMILIES) and callable(module.build)
 
 
 def test_catalog_specs_have_expected_shapes():
@@ -259,7 +289,7 @@ def test_catalog_specs_have_expected_shapes():
     assert (falcon.num_kv_heads, falcon.head_dim, falcon.intermediate_size) == (1, 64, 18176)
     gemma3 = by_id["google/gemma-3-4b-pt"]
     assert (gemma3.num_heads, gemma3.num_kv_heads, gemma3.head_dim, gemma3.vocab_size) == (8, 4, 256, 262208)
-    assert gemma3.quirk("sliding_window") == 1024
+    assert gemma3.structure.sliding_window == 1024
     assert by_id["Qwen/Qwen3-30B-A3B"].q_dim == 4096
     assert by_id["gpt2"].embed_params == 50257 * 768 + 1024 * 768
     assert by_id["Qwen/Qwen2.5-7B"].layers[0].linears[0].bias  # QKV bias without an attention_bias key

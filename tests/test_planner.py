@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from refplan import activations as act
+from refplan import logprob
 from refplan import terms
 from refplan.errors import PlanError
 from refplan.families import spec_from_config
@@ -40,7 +41,7 @@ def spec(**kw):
     base = dict(method=Method.DPO, strategy=Strategy.SEPARATE, dtype="fp32", batch=2, seq=128, device="cpu",
                 padded=False)
     base.update(kw)
-    return TrainSpec(**base)
+    return TrainSpec.parse(**base)
 
 
 # ---------------------------------------------------------------- tier 1: hand-derived terms
@@ -98,7 +99,7 @@ def test_fused_head_backward_transient_hand_derived(tiny):
     n = 4 * 127  # 2 pairs concatenated, seq-1 positions
     tile = n * 1024
     expected = n * 256 * 4 + n * 32768 * 4 + 1024 * 256 * 4 + 7 * tile * 4 + tile
-    assert act.fused_head_backward_transient_bytes(tiny, t, 4) == expected
+    assert logprob.fused_head_backward_transient_bytes(tiny, t, 4) == expected
 
 
 def test_tiny_dpo_separate_matches_measured_run(tiny):
@@ -177,12 +178,12 @@ def test_sharding_reduces_per_rank_memory(llama8b):
     one = estimate(llama8b, TrainSpec(Method.DPO, Strategy.PRECOMPUTE, batch=1, seq=1024)).peak_bytes
     prev = one
     for z in (1, 2, 3):
-        cur = estimate(llama8b, TrainSpec(Method.DPO, Strategy.PRECOMPUTE, batch=1, seq=1024, gpus=8,
+        cur = estimate(llama8b, TrainSpec.parse(method=Method.DPO, strategy=Strategy.PRECOMPUTE, batch=1, seq=1024, gpus=8,
                                           zero=z)).peak_bytes
         assert cur <= prev  # equal when the peak sits where the sharded state does not matter
         prev = cur
     assert prev < one
-    fsdp = estimate(llama8b, TrainSpec(Method.DPO, Strategy.PRECOMPUTE, batch=1, seq=1024, gpus=8, fsdp=True))
+    fsdp = estimate(llama8b, TrainSpec.parse(method=Method.DPO, strategy=Strategy.PRECOMPUTE, batch=1, seq=1024, gpus=8, fsdp=True))
     assert fsdp.peak_bytes < one / 2
 
 
@@ -275,3 +276,46 @@ def test_cli_check_defaults_match_check_module():
     from refplan.cli import check as cli_check
 
     assert (cli_check.DEFAULT_BUDGETS, cli_check.DEFAULT_BASELINE) == (check.DEFAULT_BUDGETS, check.DEFAULT_BASELINE)
+
+
+def test_unknown_lora_target_is_exit_2_naming_the_flag_and_the_linears():
+    r = subprocess.run([sys.executable, "-m", "refplan", "estimate", "--model", "gpt2", "--finetune", "lora",
+                        "--lora-targets", "q_proj,c_attn"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    line = r.stderr.strip()
+    assert "\n" not in line and "--lora-targets" in line and "'q_proj'" in line
+    assert "c_attn" in line and "c_fc" in line  # the model's own linear names
+
+
+def test_reference_plan_follows_strategy_capabilities():
+    from refplan.reference import RefKind, reference_plan
+
+    sep = reference_plan(spec(strategy=Strategy.SEPARATE, ref_dtype="bf16"))
+    assert sep.kind is RefKind.FULL_COPY and sep.holds_copy and sep.own_model and sep.forward_per_step
+    assert not sep.precompute_pass and not sep.sync
+    same = reference_plan(spec(strategy=Strategy.SEPARATE))
+    assert not same.own_model  # TRL reloads it from config._name_or_path
+    assert reference_plan(spec(strategy=Strategy.SYNC)).sync
+    pre = reference_plan(spec(strategy=Strategy.PRECOMPUTE))
+    assert pre.kind is RefKind.PRECOMPUTED and pre.precompute_pass and not pre.forward_per_step
+    unwrap = reference_plan(spec(strategy=Strategy.UNWRAP, finetune=Finetune.LORA))
+    assert unwrap.kind is RefKind.ADAPTERS_OFF and not unwrap.holds_copy
+    assert reference_plan(spec(strategy=Strategy.REF_ADAPTER, finetune=Finetune.LORA)).wrap_policy_before_trainer
+    none = reference_plan(spec(method=Method.ORPO, strategy=Strategy.NONE))
+    assert none.kind is RefKind.NONE and not none.forward_per_step
+    sharded = reference_plan(TrainSpec.parse(method=Method.DPO, strategy=Strategy.SEPARATE, gpus=4, zero=3))
+    assert sharded.sharded and not reference_plan(TrainSpec.parse(method=Method.DPO, strategy=Strategy.SEPARATE,
+                                                                  gpus=4, zero=2)).sharded
+
+
+def test_settings_parse_once_into_enums():
+    from refplan.settings import Dtype, Optim, Sharding, StateRule
+
+    t = TrainSpec.parse(method="dpo", strategy="separate", dtype="bfloat16", optim="adamw_torch_fused", gpus=2, zero=3,
+                        lora_targets="q_proj, v_proj")
+    assert t.dtype is Dtype.BF16 and t.optim is Optim.ADAMW and t.sharding is Sharding.ZERO3
+    assert t.lora_targets == ("q_proj", "v_proj") and t.optim.caps.state is StateRule.ADAM
+    assert Optim.ADAMW_8BIT.caps.trainer_name == "adamw_bnb_8bit"
+    with pytest.raises(PlanError) as e:
+        TrainSpec.parse(method="dpo", strategy="separate", zero=2, fsdp=True)
+    assert e.value.where == "--fsdp"

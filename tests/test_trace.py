@@ -145,7 +145,7 @@ def test_cut_configs_keep_the_layer_pattern():
         n = T.extrapolation_depths(spec)[1]
         cut = spec_from_config(T.decoder_config(spec, n).to_dict(), "cut", "test")
         assert cut.layers == spec.layers[:n]
-        assert (cut.quirk("layer_types") or None) == ((spec.quirk("layer_types") or [])[:n] or None)
+        assert (cut.structure.layer_types or None) == ((spec.structure.layer_types or ())[:n] or None)
 
 
 # -- real shapes -------------------------------------------------------------------------------------

@@ -49,19 +49,19 @@ def run(args) -> int:
     from refplan.gpus import get_gpu
     from refplan.methods import Finetune, Method, Strategy, applicable_strategies, parse_enum
     from refplan.planner import estimate_matrix
-    from refplan.render import render_estimates
+    from refplan.output import emit, parse_format
+    from refplan.render import estimate_output
     from refplan.resolve import resolve_model
     from refplan.spec import TrainSpec
 
-    if args.format not in ("table", "json", "csv"):
-        raise PlanError("--format", f"unknown format {args.format!r}; choose table, json or csv")
+    parse_format(args.format)
     finetune = parse_enum(Finetune, args.finetune, "--finetune")
     methods = split_list(args.method, Method, "--method")
     strategies = split_list(args.strategy, Strategy, "--strategy")
     gpu = get_gpu(args.gpu) if args.gpu else None
     model = resolve_model(args.model, offline=True if args.offline else None)
     # validate the shared settings once (method/strategy are placeholders that always combine)
-    base = TrainSpec(
+    base = TrainSpec.parse(
         method=Method.DPO, strategy=Strategy.PRECOMPUTE, finetune=finetune, dtype=args.dtype,
         autocast=args.autocast, ref_dtype=args.ref_dtype, ref_quant=args.ref_quant, lora_r=args.lora_r,
         lora_targets=args.lora_targets, batch=args.batch, seq=args.seq, precompute_batch=args.precompute_batch,
@@ -84,7 +84,7 @@ def run(args) -> int:
     if not rows:
         raise PlanError("--strategy", "no applicable method x strategy for these flags")
     skipped_kto = (not methods or Method.KTO in methods) and args.batch < 2
-    render_estimates(model, rows, args.format, settings_from_args(args), skipped_kto=skipped_kto)
+    emit(estimate_output(model, rows, settings_from_args(args), skipped_kto=skipped_kto), args.format)
     return 0
 
 

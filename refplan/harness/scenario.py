@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from refplan.errors import PlanError
 from refplan.methods import Finetune, Method, Strategy, check_combination
-from refplan.spec import DTYPES, TrainSpec
+from refplan.settings import Dtype, Optim
+from refplan.spec import TrainSpec
 
 DEFAULT_MODEL = "random:tiny"
 DEFAULT_DATASET = "synthetic"
-#: refplan optimizer name -> transformers ``optim``. "adamw" is the Trainer's default
-#: (``adamw_torch_fused`` since torch 2.8); "adamw-torch" the non-fused implementation.
-OPTIMS = {"adamw": "adamw_torch_fused", "adamw-torch": "adamw_torch", "sgd": "sgd", "adafactor": "adafactor"}
+#: refplan optimizer name -> transformers ``optim`` (``Optim.caps.trainer_name``), for the optimizers
+#: the bench can run on this machine's CPU
+OPTIMS = {o.value: o.caps.trainer_name for o in Optim if o.caps.runs_on_cpu}
 
 
 @dataclass(frozen=True)
@@ -58,8 +59,7 @@ class Scenario:
                 except ValueError:
                     choices = ", ".join(m.value for m in enum_cls)
                     raise PlanError(f"--{name}", f"unknown value {val!r}; choose from {choices}") from None
-        if self.dtype not in DTYPES:
-            raise PlanError("--dtype", f"unknown dtype {self.dtype!r}; choose from {', '.join(DTYPES)}")
+        Dtype.parse(self.dtype, "--dtype")
         if self.optim not in OPTIMS:
             raise PlanError("--optim", f"the bench runs {', '.join(OPTIMS)} only (got {self.optim!r})")
         if self.steps < 1:
