@@ -29,8 +29,9 @@ Each check compares the peak with the budget (``now > budget`` fails) and, when 
 baseline (``now - baseline > tolerance`` fails). Sizes are integer bytes inside; GiB is 2^30.
 
 One concern per module: :mod:`.sizes`, :mod:`.keys`, :mod:`.budgets`, :mod:`.measure`,
-:mod:`.baseline`, :mod:`.verdicts`, :mod:`.junit`. They import the standard library and the
-planner's spec modules only; the harness is imported when a measured scenario is loaded or run.
+:mod:`.baseline`, :mod:`.verdicts`, :mod:`.junit`, :mod:`.report`. They import the standard library
+and the planner's spec modules only; the harness is imported when a measured scenario is loaded or
+run, rich when a table is rendered.
 """
 
 from refplan.check.baseline import DEFAULT_BASELINE, BaselineEntry, read_baseline, updated_baseline, write_baseline
@@ -46,14 +47,15 @@ from refplan.check.measure import (
     measurements_from_csv,
     read_csv_rows,
 )
+from refplan.check.report import FORMATS, document, parse_format, render
 from refplan.check.sizes import Tolerance, fmt_size, parse_size
 from refplan.check.verdicts import CheckRow, check, exit_code, row_record
 
 __all__ = [
-    "ALL_KEYS", "BENCH_ONLY_KEYS", "CHECK_KEYS", "DEFAULTS_TABLE", "DEFAULT_BASELINE", "DEFAULT_BUDGETS",
+    "ALL_KEYS", "BENCH_ONLY_KEYS", "CHECK_KEYS", "DEFAULTS_TABLE", "DEFAULT_BASELINE", "DEFAULT_BUDGETS", "FORMATS",
     "MODES", "NOT_BUDGET_KEYS", "TRAIN_KEYS", "UNMATCHED_FIELDS", "BaselineEntry", "BudgetScenario", "CheckRow",
-    "Measurement", "Tolerance", "check", "estimate_peak", "exit_code", "fmt_size", "junit_xml",
-    "load_budgets", "match_rows", "measure", "measurements_from_csv", "parse_size", "read_baseline",
-    "read_csv_rows", "row_record", "select", "train_kwargs", "updated_baseline", "write_baseline",
+    "Measurement", "Tolerance", "check", "document", "estimate_peak", "exit_code", "fmt_size", "junit_xml",
+    "load_budgets", "match_rows", "measure", "measurements_from_csv", "parse_format", "parse_size", "read_baseline",
+    "read_csv_rows", "render", "row_record", "select", "train_kwargs", "updated_baseline", "write_baseline",
     "write_junit",
 ]
