@@ -7,6 +7,8 @@ run real TRL bursts on the harness's tiny model are marked slow.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import enum
 import json
 import os
 import subprocess
@@ -20,6 +22,8 @@ import pytest
 from refplan import check as chk
 from refplan.cli import main
 from refplan.errors import PlanError
+from refplan.methods import Method, Strategy
+from refplan.spec import TrainSpec
 from refplan.units import GIB, MIB
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,6 +157,43 @@ def test_a_longer_context_pushes_a_scenario_over_its_budget(tmp_path, capsys):
     assert _run(capsys, "--budgets", str(f))[0] == 0
     f.write_text(_scenario("a", seq="4096", budget=f'"{budget / GIB} GiB"'))
     assert _run(capsys, "--budgets", str(f))[0] == 1
+
+
+# -- budget keys are TrainSpec's fields -------------------------------------------------------------
+
+#: values for the TrainSpec fields with no default, or a default TOML cannot write (None)
+EXAMPLES = {"method": "dpo", "strategy": "separate", "autocast": "bf16", "ref_dtype": "bf16", "precompute_batch": 2}
+BUDGET_FIELDS = [f for f in dataclasses.fields(TrainSpec) if f.name not in chk.NOT_BUDGET_KEYS]
+
+
+def _toml(value) -> str:
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return json.dumps(value)  # an int, or a string in TOML's basic-string syntax
+
+
+@pytest.mark.parametrize("field", BUDGET_FIELDS, ids=lambda f: f.name)
+def test_every_trainspec_field_is_a_budget_key(tmp_path, field):
+    value = EXAMPLES.get(field.name, field.default)
+    assert value not in (None, dataclasses.MISSING), f"add an example value for TrainSpec.{field.name} to EXAMPLES"
+    f = _write(tmp_path / "b.toml", _scenario("a", **{field.name: _toml(value)}))
+    (sc,) = chk.load_budgets(f)
+    assert getattr(sc.train, field.name) == value
+
+
+def test_excluded_budget_keys_are_trainspec_fields():
+    names = {f.name for f in dataclasses.fields(TrainSpec)}
+    assert set(chk.NOT_BUDGET_KEYS) <= names and not set(chk.NOT_BUDGET_KEYS) & set(chk.TRAIN_KEYS)
+
+
+def test_unset_keys_take_trainspec_defaults(tmp_path):
+    f = _write(tmp_path / "b.toml", _scenario("a", finetune=None, batch=None, seq=None))
+    (sc,) = chk.load_budgets(f)
+    assert sc.train == TrainSpec(method=Method.DPO, strategy=Strategy.SEPARATE)
 
 
 # -- baseline --------------------------------------------------------------------------------------
