@@ -38,73 +38,35 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
+#: the flags that become TrainSpec settings (``zero`` / ``fsdp`` set its sharding)
+TRAIN_FLAGS = ("finetune", "lora_r", "lora_targets", "dtype", "autocast", "ref_dtype", "ref_quant", "batch", "seq",
+               "precompute_batch", "grad_ckpt", "optim", "attn", "gpus", "zero", "fsdp", "device")
+
+
 def settings_from_args(args) -> dict:
-    return {k: getattr(args, k) for k in ("engine", "finetune", "lora_r", "lora_targets", "dtype", "autocast", "ref_dtype",
-                                          "ref_quant", "batch", "seq", "precompute_batch", "grad_ckpt", "optim",
-                                          "attn", "gpus", "zero", "fsdp", "gpu", "device")}
+    """The settings as given, for the JSON document's ``settings``."""
+    keys = ("engine", *(k for k in TRAIN_FLAGS if k != "device"), "gpu", "device")
+    return {k: getattr(args, k) for k in keys}
 
 
 def run(args) -> int:
     from refplan.cli.common import split_list
     from refplan.gpus import get_gpu
-    from refplan.methods import Finetune, Method, Strategy, applicable_strategies, parse_enum
-    from refplan.planner import estimate_matrix
+    from refplan.methods import Method, Strategy
     from refplan.output import emit, parse_format
+    from refplan.query import Engine, EstimateQuery, answer
     from refplan.render import estimate_output
     from refplan.resolve import resolve_model
-    from refplan.spec import TrainSpec
 
     parse_format(args.format)
-    finetune = parse_enum(Finetune, args.finetune, "--finetune")
+    engine = Engine.parse(args.engine, "--engine")
     methods = split_list(args.method, Method, "--method")
     strategies = split_list(args.strategy, Strategy, "--strategy")
     gpu = get_gpu(args.gpu) if args.gpu else None
     model = resolve_model(args.model, offline=True if args.offline else None)
-    # validate the shared settings once (method/strategy are placeholders that always combine)
-    base = TrainSpec.parse(
-        method=Method.DPO, strategy=Strategy.PRECOMPUTE, finetune=finetune, dtype=args.dtype,
-        autocast=args.autocast, ref_dtype=args.ref_dtype, ref_quant=args.ref_quant, lora_r=args.lora_r,
-        lora_targets=args.lora_targets, batch=args.batch, seq=args.seq, precompute_batch=args.precompute_batch,
-        grad_ckpt=args.grad_ckpt, optim=args.optim, attn=args.attn, gpus=args.gpus, zero=args.zero,
-        fsdp=args.fsdp, device=args.device,
-    )
-    if methods and strategies:
-        # explicit combinations: refuse the impossible ones with the reason
-        from refplan.methods import check_combination
-        ok = [(m, s) for m in methods for s in strategies if s in applicable_strategies(m, finetune)]
-        if not ok:
-            check_combination(methods[0], strategies[0], finetune, args.ref_quant)
-    if methods and Method.KTO in methods and args.batch < 2:
-        raise PlanError("--batch", "KTO needs a per-device batch of at least 2")
-    if args.engine not in ("formula", "trace"):
-        raise PlanError("--engine", f"unknown engine {args.engine!r}; choose formula or trace")
-    rows = estimate_matrix(model, base, methods, strategies, gpu)
-    if args.engine == "trace":
-        rows = _traced(model, rows, base, gpu)
-    if not rows:
-        raise PlanError("--strategy", "no applicable method x strategy for these flags")
-    skipped_kto = (not methods or Method.KTO in methods) and args.batch < 2
-    emit(estimate_output(model, rows, settings_from_args(args), skipped_kto=skipped_kto), args.format)
+    query = EstimateQuery(model, {k: getattr(args, k) for k in TRAIN_FLAGS}, tuple(methods) if methods else None,
+                          tuple(strategies) if strategies else None, gpu, engine)
+    result = answer(query)
+    emit(estimate_output(model, list(result.rows), settings_from_args(args), skipped_kto=result.skipped_kto),
+         args.format)
     return 0
-
-
-def _traced(model, rows, base, gpu):
-    """Re-measure each formula row with the trace engine (same TrainSpec)."""
-    from dataclasses import replace
-
-    from refplan.methods import Finetune, Method, Strategy
-    from refplan.result import Estimate
-
-    if base.device != "cpu":
-        raise PlanError("--engine", "the trace engine runs the CPU code paths on fake tensors; add --device cpu")
-    from refplan.trace import trace_estimate
-
-    out = []
-    for r in rows:
-        train = replace(base, method=Method(r.method), strategy=Strategy(r.strategy), finetune=Finetune(r.finetune),
-                        ref_quant=base.ref_quant if r.strategy in ("separate", "precompute") else "none")
-        t = trace_estimate(model, train)
-        fits = None if gpu is None else t.peak_bytes <= gpu.memory_bytes
-        out.append(Estimate(t.method, t.strategy, t.finetune, t.phases, fits=fits,
-                            gpu=gpu.name if gpu else None, gpu_bytes=gpu.memory_bytes if gpu else None))
-    return out
