@@ -14,6 +14,8 @@ def register(sub) -> None:
     p.add_argument("--out", default="reports", help="output directory (default reports/)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per scenario")
     p.add_argument("--fresh", action="store_true", help="re-run scenarios already in the run CSV")
+    p.add_argument("--families", default=None, help="comma list of model families to draw from "
+                                                    "(default: the eight of the standing matrix)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     p.set_defaults(run=run)
 
@@ -28,7 +30,9 @@ def run(args) -> int:
     if args.timeout <= 0:
         raise PlanError("--timeout", "must be positive")
     summary = run_validation(n=args.n, seed=args.seed, out=Path(args.out), timeout_s=args.timeout,
-                             resume=not args.fresh, progress=not args.no_progress)
+                             resume=not args.fresh, progress=not args.no_progress,
+                             families=tuple(f.strip() for f in args.families.split(",") if f.strip())
+                             if args.families else None)
     med, worst = summary["median_abs_error_pct"], summary["worst_abs_error_pct"]
     print(f"{summary['measured']}/{summary['scenarios']} scenarios measured; median |error| "
           f"{med:.3f} %, worst {worst:.3f} % -> {'PASS' if summary['passes'] else 'FAIL'} "
