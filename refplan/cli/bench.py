@@ -1,6 +1,6 @@
 """`refplan bench`: run real TRL bursts and measure them (the harness's face).
 
-With no arguments it runs the default suite (bench/suites/default.toml) on a random-weight model
+With no arguments it runs the default suite (refplan/suites/default.toml) on a random-weight model
 built offline. ``--model`` (and/or --method/--strategy/--finetune) runs the matrix those flags name
 instead; shape flags (--batch, --seq, --steps, --dtype, ...) override either. Heavy modules are
 imported inside :func:`run` only, so ``refplan estimate`` never imports torch.
@@ -25,7 +25,8 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="measure real TRL bursts (memory by phase, speed, loss parity)",
                        description="Run preference-training bursts with TRL and measure them. With no "
                                    "arguments: the default matrix on a random-weight model, offline.")
-    p.add_argument("--suite", default=None, help="suite name in bench/suites or a .toml path (default: default)")
+    p.add_argument("--suite", default=None, help="a suite shipped in refplan/suites (ci, default, gpu) or a "
+                                                 ".toml path (default: default)")
     p.add_argument("--model", default=None, help="directory, cached hub id, or random:<preset> "
                                                  "(tiny, micro, llama-0.5b)")
     p.add_argument("--dataset", default=None, help="synthetic (default), a .jsonl file, or a cached dataset name")

@@ -72,6 +72,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from refplan.errors import PlanError
@@ -94,8 +95,6 @@ COLUMNS = [
     "est_error_pct", "seq_seen", "wall_s",
 ]
 
-#: where named suites are looked up: the repository's bench/suites, then suites shipped in the package
-SUITES_DIRS = (Path(__file__).resolve().parents[2] / "bench" / "suites", Path(__file__).resolve().parents[1] / "suites")
 
 #: |diff| tolerance of exactly equivalent strategies, by policy dtype (see :func:`parity`). Reference
 #: log-probs are sums over a completion (hundreds to thousands in magnitude), so they are judged
@@ -120,21 +119,27 @@ class Unsupported:
 # matrix
 # --------------------------------------------------------------------------------------------------
 
+def shipped_suites() -> dict:
+    """The suites installed with refplan (``refplan/suites/<name>.toml``), by name."""
+    folder = resources.files("refplan") / "suites"
+    return {f.name.removesuffix(".toml"): f for f in folder.iterdir() if f.name.endswith(".toml")}
+
+
 def load_suite(name_or_path: str) -> dict:
-    """A suite TOML by name (``bench/suites/<name>.toml``) or path."""
+    """A suite by name (one of :func:`shipped_suites`) or a TOML file's path."""
+    shipped = shipped_suites()
     path = Path(name_or_path)
-    if not path.suffix:
-        path = next((d / f"{name_or_path}.toml" for d in SUITES_DIRS if (d / f"{name_or_path}.toml").is_file()),
-                    path)
-    if not path.is_file():
-        known = ", ".join(sorted({p.stem for d in SUITES_DIRS for p in d.glob("*.toml")}))
-        raise PlanError("--suite", f"no suite {name_or_path!r} (known: {known})")
+    if not path.suffix and name_or_path in shipped:
+        source, name = shipped[name_or_path], name_or_path
+    elif path.is_file():
+        source, name = path, path.stem
+    else:
+        raise PlanError("--suite", f"no suite {name_or_path!r} (known: {', '.join(sorted(shipped))})")
     try:
-        with open(path, "rb") as f:
-            suite = tomllib.load(f)
+        suite = tomllib.loads(source.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
-        raise PlanError("--suite", f"{path}: {e}") from None
-    suite.setdefault("name", path.stem)
+        raise PlanError("--suite", f"{source}: {e}") from None
+    suite.setdefault("name", name)
     return suite
 
 
