@@ -151,7 +151,7 @@ def _overrides(args, device: str) -> dict:
 
 def run(args) -> int:
     from refplan.cli.common import split_list
-    from refplan.harness import runner
+    from refplan.harness import runner, suites
     from refplan.methods import Finetune, Method, Strategy
 
     methods = split_list(args.method, Method, "--method")
@@ -166,20 +166,20 @@ def run(args) -> int:
 
     custom = args.model is not None or methods or strategies or finetunes
     if args.suite is not None or not custom:
-        suite = runner.load_suite(args.suite or "default")
+        suite = suites.load_suite(args.suite or "default")
         if device == "cuda" and args.suite is None:
-            suite = runner.load_suite("gpu")
-        items = runner.expand(suite, overrides)
+            suite = suites.load_suite("gpu")
+        items = suites.expand(suite, overrides)
         if methods or strategies or finetunes:
             items = [it for it in items if _selected(it, methods, strategies, finetunes)]
         name = suite["name"]
     else:
-        defaults = {**runner.load_suite("default").get("defaults", {}), **overrides}
+        defaults = {**suites.load_suite("default").get("defaults", {}), **overrides}
         if device == "cuda":
-            defaults.update({k: v for k, v in runner.load_suite("gpu").get("defaults", {}).items()
+            defaults.update({k: v for k, v in suites.load_suite("gpu").get("defaults", {}).items()
                              if k not in overrides and k != "model"})
         explicit = [n for n, v in (("method", methods), ("strategy", strategies), ("finetune", finetunes)) if v]
-        items = runner.scenarios_from_flags(methods or list(Method), strategies,
+        items = suites.scenarios_from_flags(methods or list(Method), strategies,
                                             finetunes or [Finetune.FULL, Finetune.LORA], defaults, explicit)
         if args.ref_dtype:
             from dataclasses import replace
@@ -191,7 +191,7 @@ def run(args) -> int:
         raise PlanError("--strategy", "no scenario matches these flags")
     if args.list:
         for it in items:
-            print(it.key + (f"  (unsupported: {it.reason})" if isinstance(it, runner.Unsupported) else ""))
+            print(it.key + (f"  (unsupported: {it.reason})" if isinstance(it, suites.Unsupported) else ""))
         return 0
 
     out = Path(args.out or Path("reports") / f"bench-{name}")
@@ -208,7 +208,7 @@ def run(args) -> int:
 
 
 def _selected(item, methods, strategies, finetunes) -> bool:
-    from refplan.harness.runner import Unsupported
+    from refplan.harness.suites import Unsupported
 
     if isinstance(item, Unsupported):
         s = item.scenario

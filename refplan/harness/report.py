@@ -65,7 +65,7 @@ def markdown(rows: list[dict], env: dict | None) -> str:
     lines += [
         f"{len(ran)} scenarios run, {sum(r.get('status') == 'ok' for r in ran)} ok. Memory in MiB (2^20 bytes); "
         "on CPU it is the live tensor bytes of the tracker, on CUDA torch's max_memory_allocated. "
-        "`peak` excludes loading. Columns are documented in `refplan/harness/runner.py`.",
+        "`peak` excludes loading. Columns are documented in `refplan/harness/rows.py`.",
         "",
         "| scenario | status | loaded | precompute | train peak | planner | err % | step s | tok/s | "
         "loss Δ vs separate | ref logp Δ | parity |",
