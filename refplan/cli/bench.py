@@ -6,7 +6,8 @@ instead; shape flags (--batch, --seq, --steps, --dtype, ...) override either. He
 imported inside :func:`run` only, so ``refplan estimate`` never imports torch.
 
 Exit codes: 0 when every scenario ran (an OOM is a result), 1 when a scenario crashed, timed out,
-errored or failed parity, 2 on bad input (one line naming the flag).
+errored or failed parity, 2 on bad input (one line naming the flag), 130 on Ctrl-C (the rows written
+so far stay; ``--resume`` runs the rest).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from refplan.errors import PlanError
@@ -198,7 +200,15 @@ def run(args) -> int:
     timeout = args.timeout or (600.0 if device == "cuda" else 300.0)
     opts = runner.RunOptions(out_dir=out, suite=name, timeout_s=timeout, resume=args.resume,
                              isolation=args.isolation, track=not args.no_track, progress=not args.no_progress)
-    rows = runner.run_matrix(items, opts)
+    try:
+        rows = runner.run_matrix(items, opts)
+    except KeyboardInterrupt:  # the runner has ended its processes; every row in the CSV is whole
+        from refplan.harness.rows import read_done
+
+        kept = len(read_done(out / "bench.csv"))
+        sys.stderr.write(f"refplan bench: interrupted; {kept} finished rows kept in {out / 'bench.csv'} "
+                         "(--resume runs the rest)\n")
+        return 130
 
     from refplan.harness.report import print_summary
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 
 def child_env() -> dict:
+    """The scenario process's environment: offline, quiet, and importing this very copy of refplan."""
     env = dict(os.environ)
     env.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     env.setdefault("HF_HUB_OFFLINE", "1")
@@ -43,7 +44,11 @@ class ForkServer:
             [sys.executable, "-m", "refplan.harness.server"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=self._log, env=child_env(), start_new_session=False,
         )
-        ready = self._readline(timeout=180)
+        try:
+            ready = self._readline(timeout=180)
+        except BaseException:  # Ctrl-C while the server imports: do not leave it behind
+            self.close()
+            raise
         if not ready or json.loads(ready).get("ready") is not True:
             self.close()
             raise RuntimeError(f"bench server failed to start (see {log_path})")
@@ -68,16 +73,20 @@ class ForkServer:
         return json.loads(line)
 
     def close(self) -> None:
-        """End the server; a scenario still in flight (Ctrl-C) is killed with it."""
+        """End the server; a scenario still in flight (Ctrl-C) is killed with it (the server's SIGTERM
+        handler kills its child before it exits)."""
         if self.proc.poll() is None:
-            with _suppress():
+            try:
                 self.proc.stdin.close()
+            except BrokenPipeError:  # the server is already gone
+                pass
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.proc.stdout.close()
         self._log.close()
 
 
@@ -86,6 +95,7 @@ class SpawnRunner:
 
     def __init__(self, log_path: Path):
         self._log_path = log_path
+        self._log = None
         self.proc = None
 
     def submit(self, request: dict) -> None:
@@ -108,13 +118,9 @@ class SpawnRunner:
         return {"timed_out": False, "exit": code if code >= 0 else None, "signal": -code if code < 0 else None}
 
     def close(self) -> None:
+        """Kill the scenario still in flight (Ctrl-C), if any."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return True
+            self.proc.wait()
+        if self._log is not None:
+            self._log.close()

@@ -55,9 +55,12 @@ wall_s                      wall time of the scenario process
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import signal
+import threading
 from pathlib import Path
 
 from refplan.harness.scenario import Scenario
@@ -90,14 +93,37 @@ def read_done(csv_path: Path) -> dict[str, dict]:
 
 
 def append_row(csv_path: Path, row: dict) -> None:
+    """Append one row (and the header to a new file) and flush it to disk. A Ctrl-C meanwhile is
+    held until the row is whole, then raised."""
     new = not csv_path.exists() or csv_path.stat().st_size == 0
-    with open(csv_path, "a", newline="") as f:
+    with _ctrl_c_held(), open(csv_path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
             w.writeheader()
         w.writerow({k: _cell(row.get(k)) for k in COLUMNS})
         f.flush()
         os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def _ctrl_c_held():
+    """Record SIGINT instead of raising it inside the block; deliver it after the block.
+
+    A Python-level handler (not a signal mask): whichever thread the kernel picks (rich's refresh
+    thread, say), Python runs the handler in the main thread, so holding it there is enough.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(previous):
+        yield  # not ours to hold: off the main thread, or SIGINT ignored / default / set outside Python
+        return
+    held = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        previous(signal.SIGINT, held[0])
 
 
 def _cell(v):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from refplan.harness.display import Display
-from refplan.harness.processes import ForkServer, SpawnRunner, _suppress
+from refplan.harness.processes import ForkServer, SpawnRunner
 from refplan.harness.rows import (COLUMNS, append_row, estimate_error, family_of, parity, read_done, read_json,
                                   scenario_row)
 from refplan.harness.scenario import Scenario
@@ -82,8 +82,7 @@ def run_matrix(items: list[Scenario | Unsupported], opts: RunOptions) -> list[di
 def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> dict:
     result_path = out / "losses" / f"{sc.key}.json"
     progress_path = out / ".progress"
-    with _suppress():
-        result_path.unlink()
+    result_path.unlink(missing_ok=True)
     progress_path.write_text("")
     request = {"scenario": sc.as_dict(), "out_dir": str(out), "result_path": str(result_path),
                "progress_path": str(progress_path), "timeout_s": opts.timeout_s, "track": opts.track}
