@@ -18,6 +18,23 @@ import pytest
 from refplan.cli import main
 
 
+@pytest.mark.parametrize("argv, flag", [
+    (["--steps", "0"], "--steps"),
+    (["--steps", "-3"], "--steps"),
+    (["--steps", "0", "--list"], "--steps"),
+    (["--batch", "0"], "--batch"),
+    (["--seq", "-1"], "--seq"),
+    (["--lora-r", "0"], "--lora-r"),
+    (["--timeout", "0"], "--timeout"),
+])
+def test_non_positive_numbers_exit_2_before_anything_runs(argv, flag, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _exit_code(["bench", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0]
+    assert not out.exists()  # nothing ran, no CSV of 'unsupported' rows
+
+
 def _exit_code(argv: list[str]) -> int:
     try:
         return main(argv)

@@ -12,6 +12,7 @@ so far stay; ``--resume`` runs the rest).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -38,19 +39,19 @@ def register(sub) -> None:
     p.add_argument("--finetune", default=None, help="comma list of full,lora (default: full,lora)")
     p.add_argument("--ref-dtype", default=None, help="also run 'separate' with a reference in this dtype "
                                                      "(e.g. bf16)")
-    p.add_argument("--batch", type=int, default=None, help="per_device_train_batch_size (pairs; KTO: examples)")
-    p.add_argument("--seq", type=int, default=None, help="padded tokens per sequence, after TRL's BOS/EOS")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per burst")
+    p.add_argument("--batch", type=_positive(int), default=None, help="per_device_train_batch_size (pairs; KTO: examples)")
+    p.add_argument("--seq", type=_positive(int), default=None, help="padded tokens per sequence, after TRL's BOS/EOS")
+    p.add_argument("--steps", type=_positive(int), default=None, help="optimizer steps per burst")
     p.add_argument("--dtype", default=None, help="policy load dtype: fp32 | bf16 | fp16 "
                                                  "(default: fp32 on cpu, bf16 on cuda)")
-    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank")
+    p.add_argument("--lora-r", type=_positive(int), default=None, help="LoRA rank")
     p.add_argument("--grad-ckpt", default=None, choices=("on", "off"), help="activation checkpointing")
     p.add_argument("--attn", default=None, help="sdpa | eager | flash")
     p.add_argument("--seed", type=int, default=None, help="seed (weights of random models, data, LoRA init)")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu (default auto)")
     p.add_argument("--out", default=None, help="output directory (default reports/bench-<suite>)")
     p.add_argument("--resume", action="store_true", help="skip scenarios already in the output CSV")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per scenario (default 300 cpu, 600 cuda)")
+    p.add_argument("--timeout", type=_positive(float), default=None, help="seconds per scenario (default 300 cpu, 600 cuda)")
     p.add_argument("--isolation", default="auto", choices=("auto", "fork", "spawn"),
                    help="process per scenario: fork of a pre-imported server (cpu default) or spawn (cuda)")
     p.add_argument("--no-track", action="store_true", help="turn the CPU tensor tracker off (speed only)")
@@ -62,6 +63,23 @@ def register(sub) -> None:
 # --------------------------------------------------------------------------------------------------
 # input checks (no torch)
 # --------------------------------------------------------------------------------------------------
+
+def _positive(kind):
+    """An argparse type for a count or a duration that must be > 0, refused when the flags are parsed:
+    a value of 0 would otherwise make every scenario of a suite an 'unsupported' row."""
+    noun = {int: "integer", float: "number"}[kind]
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {noun} (got {text!r})") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {noun} (got {text})")
+        return value
+
+    return parse
+
 
 def check_model(model: str) -> None:
     """Refuse a model that cannot be found offline, naming --model."""
