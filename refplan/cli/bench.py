@@ -228,9 +228,9 @@ def run(args) -> int:
                          "(--resume runs the rest)\n")
         return 130
 
-    from refplan.harness.report import print_summary
+    from refplan.harness.report import print_summary, rows_frame
 
-    print_summary(rows, out)
+    print_summary(rows_frame(rows), out)
     bad = [r for r in rows if r.get("status") in ("error", "crash", "timeout") or r.get("parity_ok") == "fail"]
     return 1 if bad else 0
 
