@@ -25,6 +25,8 @@ from refplan.harness.suites import Unsupported
 
 @dataclass
 class RunOptions:
+    """How a matrix runs: where its CSV goes, per-scenario timeout, isolation, what is shown."""
+
     out_dir: Path
     suite: str = "default"
     timeout_s: float = 300.0
