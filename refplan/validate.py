@@ -15,10 +15,8 @@ breakdowns by method, strategy, family, fine-tune mode, checkpointing and peak p
 
 from __future__ import annotations
 
-import csv
 import json
 import random
-import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -218,44 +216,72 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
     return summary
 
 
+#: the result fields the reports read (the columns of an empty table)
+REPORT_FIELDS = ["key", "case", "family", "method", "strategy", "finetune", "grad_ckpt", "batch", "seq", "status",
+                 "measured_bytes", "estimated_bytes", "error_pct", "est_peak_phase"]
+
+
+def _frame(results: list[dict]):
+    """The results as a pandas table: values as given (ints stay ints, None stays None), except
+    ``error_pct``: floats, NaN where nothing was measured."""
+    import pandas as pd
+
+    df = pd.DataFrame(results, columns=list(results[0]) if results else REPORT_FIELDS, dtype=object)
+    return df.assign(error_pct=pd.to_numeric(df["error_pct"]))
+
+
 def summarize(results: list[dict]) -> dict:
-    ok = [r for r in results if r["error_pct"] is not None and r["status"] == "ok"]
-    errs = [abs(r["error_pct"]) for r in ok]
+    df = _frame(results)
+    ok = df[df["error_pct"].notna() & (df["status"] == "ok")]
+    errs = ok["error_pct"].abs()
+    median = float(errs.median()) if len(errs) else None
+    worst = float(errs.max()) if len(errs) else None
     return {
-        "scenarios": len(results),
+        "scenarios": len(df),
         "measured": len(ok),
-        "failed": len(results) - len(ok),
-        "median_abs_error_pct": statistics.median(errs) if errs else None,
-        "worst_abs_error_pct": max(errs) if errs else None,
-        "within_3pct": sum(e <= 3 for e in errs),
-        "within_8pct": sum(e <= 8 for e in errs),
-        "families": sorted({r["family"] for r in ok}),
-        "passes": bool(errs) and statistics.median(errs) <= TARGET_MEDIAN_PCT and max(errs) <= TARGET_WORST_PCT,
+        "failed": len(df) - len(ok),
+        "median_abs_error_pct": median,
+        "worst_abs_error_pct": worst,
+        "within_3pct": int((errs <= 3).sum()),
+        "within_8pct": int((errs <= 8).sum()),
+        "families": sorted(set(ok["family"])),
+        "passes": bool(len(errs)) and median <= TARGET_MEDIAN_PCT and worst <= TARGET_WORST_PCT,
     }
 
 
-def _breakdown(results: list[dict], field: str) -> list[str]:
-    groups: dict[str, list[float]] = {}
-    for r in results:
-        if r["error_pct"] is None:
-            continue
-        groups.setdefault(str(r[field]), []).append(r["error_pct"])
-    lines = [f"| {field} | n | median abs err % | worst abs err % | mean signed err % |", "|---|---|---|---|---|"]
-    for k in sorted(groups):
-        v = groups[k]
-        a = [abs(x) for x in v]
-        lines.append(f"| {k} | {len(v)} | {statistics.median(a):.3f} | {max(a):.3f} | {statistics.mean(v):+.3f} |")
-    return lines
+def _breakdown(df, field: str) -> list[str]:
+    """Markdown lines: |error| median and worst, signed mean, per value of ``field`` (measured rows)."""
+    from refplan.harness.report import markdown_table
+
+    measured = df[df["error_pct"].notna()]
+    stats = (measured.assign(abs_err=measured["error_pct"].abs())
+             .groupby(measured[field].astype(str))  # sorted as text, e.g. False before True
+             .agg(n=("error_pct", "size"), median=("abs_err", "median"), worst=("abs_err", "max"),
+                  mean=("error_pct", "mean"))
+             .reset_index())
+    table = stats.assign(median=stats["median"].map("{:.3f}".format), worst=stats["worst"].map("{:.3f}".format),
+                         mean=stats["mean"].map("{:+.3f}".format))
+    table.columns = [field, "n", "median abs err %", "worst abs err %", "mean signed err %"]
+    return markdown_table(table).splitlines()
+
+
+def _largest_errors(df, n: int = 10) -> list[str]:
+    from refplan.harness.report import markdown_table
+
+    measured = df[df["error_pct"].notna()]
+    worst = measured.loc[measured["error_pct"].abs().sort_values(ascending=False, kind="stable").index[:n]]
+    table = (worst[["case", "method", "strategy", "finetune", "grad_ckpt", "batch", "seq", "measured_bytes",
+                    "estimated_bytes"]]
+             .rename(columns={"grad_ckpt": "ckpt", "measured_bytes": "measured B", "estimated_bytes": "estimated B"})
+             .assign(**{"err %": worst["error_pct"].map("{:+.3f}".format)}))
+    return markdown_table(table).splitlines()
 
 
 def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    fields = list(results[0]) if results else ["key"]
-    with open(out / "accuracy.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        w.writerows(results)
-    _scatter(results, out / "accuracy.png")
+    df = _frame(results)
+    df[list(results[0]) if results else ["key"]].to_csv(out / "accuracy.csv", index=False, lineterminator="\r\n")
+    _scatter(df, out / "accuracy.png")
     med, worst = summary["median_abs_error_pct"], summary["worst_abs_error_pct"]
     lines = [
         "# Planner accuracy on CPU (formula engine vs real TRL bursts)",
@@ -276,18 +302,12 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
         "",
     ]
     for field in ("method", "strategy", "family", "finetune", "grad_ckpt", "est_peak_phase"):
-        lines += [f"## By {field}", ""] + _breakdown(results, field) + [""]
-    worst_rows = sorted((r for r in results if r["error_pct"] is not None), key=lambda r: -abs(r["error_pct"]))[:10]
-    lines += ["## Largest errors", "", "| case | method | strategy | finetune | ckpt | batch | seq | measured B | "
-              "estimated B | err % |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in worst_rows:
-        lines.append(f"| {r['case']} | {r['method']} | {r['strategy']} | {r['finetune']} | {r['grad_ckpt']} | "
-                     f"{r['batch']} | {r['seq']} | {r['measured_bytes']} | {r['estimated_bytes']} | "
-                     f"{r['error_pct']:+.3f} |")
-    failed = [r for r in results if r["error_pct"] is None]
-    if failed:
-        lines += ["", "## Not measured", ""] + [f"- {r['case']} ({r['method']}/{r['strategy']}): {r['status']}"
-                                                 for r in failed]
+        lines += [f"## By {field}", ""] + _breakdown(df, field) + [""]
+    lines += ["## Largest errors", ""] + _largest_errors(df)
+    failed = df[df["error_pct"].isna()]
+    if len(failed):
+        lines += ["", "## Not measured", ""] + [f"- {r.case} ({r.method}/{r.strategy}): {r.status}"
+                                                 for r in failed.itertuples()]
     trace = out / "trace_check.md"
     if trace.exists():
         lines += ["", "## Real shapes: formula vs trace engine", "",
@@ -303,27 +323,26 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
 
 
-def _scatter(results: list[dict], path: Path) -> None:
+def _scatter(df, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(r["measured_bytes"], r["estimated_bytes"], r["method"]) for r in results
-           if r["measured_bytes"] and r["estimated_bytes"]]
+    pts = df[df["measured_bytes"].astype(bool) & df["estimated_bytes"].astype(bool)]
     fig, ax = plt.subplots(figsize=(6.5, 6))
-    if pts:
-        lo = min(min(p[0], p[1]) for p in pts) / 1.3
-        hi = max(max(p[0], p[1]) for p in pts) * 1.3
+    if len(pts):
+        both = pts[["measured_bytes", "estimated_bytes"]].astype(float)
+        lo = both.min(axis=None) / 1.3
+        hi = both.max(axis=None) * 1.3
         xs = [lo, hi]
         ax.fill_between(xs, [x * 0.92 for x in xs], [x * 1.08 for x in xs], color="tab:orange", alpha=0.15,
                         label="±8 %")
         ax.fill_between(xs, [x * 0.97 for x in xs], [x * 1.03 for x in xs], color="tab:green", alpha=0.25,
                         label="±3 %")
         ax.plot(xs, xs, color="black", lw=0.8)
-        for m in sorted({p[2] for p in pts}):
-            sel = [p for p in pts if p[2] == m]
-            ax.scatter([p[0] / 2**20 * 2**20 for p in sel], [p[1] for p in sel], s=12, label=m)
+        for method, sel in pts.groupby("method"):
+            ax.scatter(sel["measured_bytes"], sel["estimated_bytes"], s=12, label=method)
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
     ax.set_xscale("log")

@@ -166,43 +166,45 @@ def test_lower_precision_reference_drifts_and_halves_the_copy():
 # --------------------------------------------------------------------------------------------------
 
 def test_runner_turns_crash_and_timeout_into_rows_and_resumes(tmp_path, monkeypatch):
-    from refplan.harness import runner
+    from refplan.harness import rows as csv_rows
+    from refplan.harness import runner, suites
 
     ok1 = Scenario(method="orpo", strategy="none", **MICRO)
     crash = Scenario(method="simpo", strategy="none", **MICRO)
     hang = Scenario(method="simpo", strategy="none", **{**MICRO, "seed": 1})
     ok2 = Scenario(method="dpo", strategy="separate", **MICRO)
-    unsupported = runner._make({**MICRO, "method": "dpo", "strategy": "sync", "finetune": "lora"})
-    assert isinstance(unsupported, runner.Unsupported)
+    unsupported = suites.make_item({**MICRO, "method": "dpo", "strategy": "sync", "finetune": "lora"})
+    assert isinstance(unsupported, suites.Unsupported)
     monkeypatch.setenv("REFPLAN_BENCH_FAULT", f"{crash.key}=crash,{hang.key}=hang")
     items = [ok1, crash, hang, ok2, unsupported]
     opts = runner.RunOptions(out_dir=tmp_path, suite="test", timeout_s=12, progress=False, report=False)
     runner.run_matrix(items, opts)
 
-    rows = runner.read_done(tmp_path / "bench.csv")
+    rows = csv_rows.read_done(tmp_path / "bench.csv")
     assert list(rows) == [it.key for it in items]
     status = {k: r["status"] for k, r in rows.items()}
     assert status[ok1.key] == status[ok2.key] == "ok"
     assert status[crash.key] == "crash" and "SIGSEGV" in rows[crash.key]["error"]
     assert status[hang.key] == "timeout"
     assert status[unsupported.key] == "unsupported" and "PEFT" in rows[unsupported.key]["error"]
-    assert set(runner.COLUMNS) == set(next(iter(rows.values())))
+    assert set(csv_rows.COLUMNS) == set(next(iter(rows.values())))
     assert json.loads((tmp_path / "losses" / f"{ok2.key}.json").read_text())["losses"]
 
     # --resume: nothing left to run, the CSV keeps one row per scenario
     monkeypatch.setenv("REFPLAN_BENCH_FAULT", f"{ok1.key}=crash")
     runner.run_matrix(items, runner.RunOptions(out_dir=tmp_path, suite="test", resume=True, progress=False,
                                                report=True))
-    again = runner.read_done(tmp_path / "bench.csv")
+    again = csv_rows.read_done(tmp_path / "bench.csv")
     assert again == rows
     assert (tmp_path / "summary.md").exists() and (tmp_path / "charts" / "memory.png").exists()
 
 
 def test_suites_expand_without_torch_errors():
-    from refplan.harness import runner
+    from refplan.harness import suites
 
+    assert set(suites.shipped_suites()) == {"default", "ci", "gpu"}
     for name in ("default", "ci", "gpu"):
-        items = runner.expand(runner.load_suite(name))
+        items = suites.expand(suites.load_suite(name))
         keys = [it.key for it in items]
         assert len(keys) == len(set(keys))
         baselines = {it.key: i for i, it in enumerate(items) if isinstance(it, Scenario) and it.baseline is None}

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run refplan's GPU bench matrix (bench/suites/gpu.toml) on one H100/H200 and write its CSV,
+# Run refplan's GPU bench matrix (refplan/suites/gpu.toml) on one H100/H200 and write its CSV,
 # summary.md and charts into $OUT (or the directory given as $1, default reports/bench-gpu).
 #
 #   bash bench/gpu/run.sh [OUT_DIR] [extra `refplan bench` flags...]

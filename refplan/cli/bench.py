@@ -1,19 +1,22 @@
 """`refplan bench`: run real TRL bursts and measure them (the harness's face).
 
-With no arguments it runs the default suite (bench/suites/default.toml) on a random-weight model
+With no arguments it runs the default suite (refplan/suites/default.toml) on a random-weight model
 built offline. ``--model`` (and/or --method/--strategy/--finetune) runs the matrix those flags name
 instead; shape flags (--batch, --seq, --steps, --dtype, ...) override either. Heavy modules are
 imported inside :func:`run` only, so ``refplan estimate`` never imports torch.
 
 Exit codes: 0 when every scenario ran (an OOM is a result), 1 when a scenario crashed, timed out,
-errored or failed parity, 2 on bad input (one line naming the flag).
+errored or failed parity, 2 on bad input (one line naming the flag), 130 on Ctrl-C (the rows written
+so far stay; ``--resume`` runs the rest).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from refplan.errors import PlanError
@@ -25,7 +28,8 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="measure real TRL bursts (memory by phase, speed, loss parity)",
                        description="Run preference-training bursts with TRL and measure them. With no "
                                    "arguments: the default matrix on a random-weight model, offline.")
-    p.add_argument("--suite", default=None, help="suite name in bench/suites or a .toml path (default: default)")
+    p.add_argument("--suite", default=None, help="a suite shipped in refplan/suites (ci, default, gpu) or a "
+                                                 ".toml path (default: default)")
     p.add_argument("--model", default=None, help="directory, cached hub id, or random:<preset> "
                                                  "(tiny, micro, llama-0.5b)")
     p.add_argument("--dataset", default=None, help="synthetic (default), a .jsonl file, or a cached dataset name")
@@ -35,19 +39,19 @@ def register(sub) -> None:
     p.add_argument("--finetune", default=None, help="comma list of full,lora (default: full,lora)")
     p.add_argument("--ref-dtype", default=None, help="also run 'separate' with a reference in this dtype "
                                                      "(e.g. bf16)")
-    p.add_argument("--batch", type=int, default=None, help="per_device_train_batch_size (pairs; KTO: examples)")
-    p.add_argument("--seq", type=int, default=None, help="padded tokens per sequence, after TRL's BOS/EOS")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps per burst")
+    p.add_argument("--batch", type=_positive(int), default=None, help="per_device_train_batch_size (pairs; KTO: examples)")
+    p.add_argument("--seq", type=_positive(int), default=None, help="padded tokens per sequence, after TRL's BOS/EOS")
+    p.add_argument("--steps", type=_positive(int), default=None, help="optimizer steps per burst")
     p.add_argument("--dtype", default=None, help="policy load dtype: fp32 | bf16 | fp16 "
                                                  "(default: fp32 on cpu, bf16 on cuda)")
-    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank")
+    p.add_argument("--lora-r", type=_positive(int), default=None, help="LoRA rank")
     p.add_argument("--grad-ckpt", default=None, choices=("on", "off"), help="activation checkpointing")
     p.add_argument("--attn", default=None, help="sdpa | eager | flash")
     p.add_argument("--seed", type=int, default=None, help="seed (weights of random models, data, LoRA init)")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu (default auto)")
     p.add_argument("--out", default=None, help="output directory (default reports/bench-<suite>)")
     p.add_argument("--resume", action="store_true", help="skip scenarios already in the output CSV")
-    p.add_argument("--timeout", type=float, default=None, help="seconds per scenario (default 300 cpu, 600 cuda)")
+    p.add_argument("--timeout", type=_positive(float), default=None, help="seconds per scenario (default 300 cpu, 600 cuda)")
     p.add_argument("--isolation", default="auto", choices=("auto", "fork", "spawn"),
                    help="process per scenario: fork of a pre-imported server (cpu default) or spawn (cuda)")
     p.add_argument("--no-track", action="store_true", help="turn the CPU tensor tracker off (speed only)")
@@ -59,6 +63,23 @@ def register(sub) -> None:
 # --------------------------------------------------------------------------------------------------
 # input checks (no torch)
 # --------------------------------------------------------------------------------------------------
+
+def _positive(kind):
+    """An argparse type for a count or a duration that must be > 0, refused when the flags are parsed:
+    a value of 0 would otherwise make every scenario of a suite an 'unsupported' row."""
+    noun = {int: "integer", float: "number"}[kind]
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {noun} (got {text!r})") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be a positive {noun} (got {text})")
+        return value
+
+    return parse
+
 
 def check_model(model: str) -> None:
     """Refuse a model that cannot be found offline, naming --model."""
@@ -150,7 +171,7 @@ def _overrides(args, device: str) -> dict:
 
 def run(args) -> int:
     from refplan.cli.common import split_list
-    from refplan.harness import runner
+    from refplan.harness import runner, suites
     from refplan.methods import Finetune, Method, Strategy
 
     methods = split_list(args.method, Method, "--method")
@@ -165,20 +186,20 @@ def run(args) -> int:
 
     custom = args.model is not None or methods or strategies or finetunes
     if args.suite is not None or not custom:
-        suite = runner.load_suite(args.suite or "default")
+        suite = suites.load_suite(args.suite or "default")
         if device == "cuda" and args.suite is None:
-            suite = runner.load_suite("gpu")
-        items = runner.expand(suite, overrides)
+            suite = suites.load_suite("gpu")
+        items = suites.expand(suite, overrides)
         if methods or strategies or finetunes:
             items = [it for it in items if _selected(it, methods, strategies, finetunes)]
         name = suite["name"]
     else:
-        defaults = {**runner.load_suite("default").get("defaults", {}), **overrides}
+        defaults = {**suites.load_suite("default").get("defaults", {}), **overrides}
         if device == "cuda":
-            defaults.update({k: v for k, v in runner.load_suite("gpu").get("defaults", {}).items()
+            defaults.update({k: v for k, v in suites.load_suite("gpu").get("defaults", {}).items()
                              if k not in overrides and k != "model"})
         explicit = [n for n, v in (("method", methods), ("strategy", strategies), ("finetune", finetunes)) if v]
-        items = runner.scenarios_from_flags(methods or list(Method), strategies,
+        items = suites.scenarios_from_flags(methods or list(Method), strategies,
                                             finetunes or [Finetune.FULL, Finetune.LORA], defaults, explicit)
         if args.ref_dtype:
             from dataclasses import replace
@@ -190,24 +211,32 @@ def run(args) -> int:
         raise PlanError("--strategy", "no scenario matches these flags")
     if args.list:
         for it in items:
-            print(it.key + (f"  (unsupported: {it.reason})" if isinstance(it, runner.Unsupported) else ""))
+            print(it.key + (f"  (unsupported: {it.reason})" if isinstance(it, suites.Unsupported) else ""))
         return 0
 
     out = Path(args.out or Path("reports") / f"bench-{name}")
     timeout = args.timeout or (600.0 if device == "cuda" else 300.0)
     opts = runner.RunOptions(out_dir=out, suite=name, timeout_s=timeout, resume=args.resume,
                              isolation=args.isolation, track=not args.no_track, progress=not args.no_progress)
-    rows = runner.run_matrix(items, opts)
+    try:
+        rows = runner.run_matrix(items, opts)
+    except KeyboardInterrupt:  # the runner has ended its processes; every row in the CSV is whole
+        from refplan.harness.rows import read_done
 
-    from refplan.harness.report import print_summary
+        kept = len(read_done(out / "bench.csv"))
+        sys.stderr.write(f"refplan bench: interrupted; {kept} finished rows kept in {out / 'bench.csv'} "
+                         "(--resume runs the rest)\n")
+        return 130
 
-    print_summary(rows, out)
+    from refplan.harness.report import print_summary, rows_frame
+
+    print_summary(rows_frame(rows), out)
     bad = [r for r in rows if r.get("status") in ("error", "crash", "timeout") or r.get("parity_ok") == "fail"]
     return 1 if bad else 0
 
 
 def _selected(item, methods, strategies, finetunes) -> bool:
-    from refplan.harness.runner import Unsupported
+    from refplan.harness.suites import Unsupported
 
     if isinstance(item, Unsupported):
         s = item.scenario

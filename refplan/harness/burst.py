@@ -165,7 +165,7 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
-    """Run ``sc`` here and return the measured record (see ``refplan.harness.runner.COLUMNS``).
+    """Run ``sc`` here and return the measured record (see ``refplan.harness.rows.COLUMNS``).
 
     Never raises for a failing scenario: an OOM or crash becomes ``status``/``error``. ``track=False``
     turns the CPU tensor tracker off (for the overhead benchmark).

@@ -52,7 +52,7 @@ class TinyModel:
 
 #: Named presets. ``random:<name>`` on the command line builds one of these.
 PRESETS: dict[str, TinyModel] = {
-    # CPU default (bench/suites/default.toml: batch 2, seq 256): a DPO step takes ~0.5 s on 2 cores,
+    # CPU default (refplan/suites/default.toml: batch 2, seq 256): a DPO step takes ~0.5 s on 2 cores,
     # large enough that the tracker's per-op cost (~15 us per aten op, ~1600 ops a step) stays a
     # few % of the step.
     "tiny": TinyModel("tiny", hidden_size=384, intermediate_size=1024, num_layers=4, num_heads=6,
