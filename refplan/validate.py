@@ -212,7 +212,7 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
             "components": json.dumps(comps, sort_keys=True), "config": json.dumps(c.config, sort_keys=True),
         })
     summary = summarize(results)
-    write_reports(results, summary, out, seed, n)
+    write_reports(results, summary, out, seed, n, families)
     return summary
 
 
@@ -277,7 +277,8 @@ def _largest_errors(df, n: int = 10) -> list[str]:
     return markdown_table(table).splitlines()
 
 
-def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: int) -> None:
+def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: int,
+                  families: tuple[str, ...] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     df = _frame(results)
     df[list(results[0]) if results else ["key"]].to_csv(out / "accuracy.csv", index=False, lineterminator="\r\n")
@@ -286,7 +287,8 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
     lines = [
         "# Planner accuracy on CPU (formula engine vs real TRL bursts)",
         "",
-        f"Regenerate: `refplan validate --n {n} --seed {seed} --out reports` "
+        f"Regenerate: `refplan validate --n {n} --seed {seed}"
+        + (f" --families {','.join(families)}" if families else "") + f" --out {out}` "
         "(random shapes and settings drawn from the seed; every scenario a real TRL 1.16 burst in its own "
         "process; measured = peak live tensor bytes over precompute and training, loading excluded; "
         "estimate = `refplan estimate --device cpu` for the same settings).",

@@ -57,6 +57,8 @@ def register(sub) -> None:
     p.add_argument("--no-track", action="store_true", help="turn the CPU tensor tracker off (speed only)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     p.add_argument("--list", action="store_true", help="print the scenarios and exit")
+    p.add_argument("--format", default="table", help="table | json | csv: the end-of-run summary on stdout "
+                                                     "(progress goes to stderr)")
     p.set_defaults(run=run)
 
 
@@ -174,6 +176,9 @@ def run(args) -> int:
     from refplan.harness import runner, suites
     from refplan.methods import Finetune, Method, Strategy
 
+    from refplan.output import parse_format
+
+    parse_format(args.format)
     methods = split_list(args.method, Method, "--method")
     strategies = split_list(args.strategy, Strategy, "--strategy")
     finetunes = split_list(args.finetune, Finetune, "--finetune")
@@ -230,7 +235,7 @@ def run(args) -> int:
 
     from refplan.harness.report import print_summary, rows_frame
 
-    print_summary(rows_frame(rows), out)
+    print_summary(rows_frame(rows), out, rows, args.format)
     bad = [r for r in rows if r.get("status") in ("error", "crash", "timeout") or r.get("parity_ok") == "fail"]
     return 1 if bad else 0
 

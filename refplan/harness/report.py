@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from refplan.output import Column, Output, emit
+
 from refplan.harness.rows import COLUMNS
 from refplan.units import MIB
 
@@ -227,28 +229,33 @@ def write_all(out: Path) -> Path:
 # console
 # --------------------------------------------------------------------------------------------------
 
-def print_summary(df: pd.DataFrame, out: Path | None = None) -> None:
-    """The rich table at the end of a run (``df`` as :func:`read_bench` or :func:`rows_frame` give it)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title="refplan bench (MiB = 2^20 bytes)", title_justify="left")
+def bench_output(df: pd.DataFrame, rows: list[dict], out: Path | None = None) -> Output:
+    """The end-of-run summary for the one output sink: the console table, a JSON document of the
+    rows, and the CSV rows as the bench wrote them (``df`` as :func:`read_bench` or :func:`rows_frame`
+    give it; ``rows`` the records behind it)."""
     shown = {"scenario": "scenario", "status": "status", "loaded": "loaded", "precompute": "precomp.",
              "train peak": "train peak", "planner": "planner", "err %": "err %", "step s": "step s",
              "tok/s": "tok/s", "parity": "parity"}
-    for name in shown.values():
-        t.add_column(name, justify="left" if name in ("scenario", "status", "parity") else "right", no_wrap=True)
-    table = scenario_table(df)[list(shown)]
-    for row in table.itertuples(index=False):
-        cells = list(row)
-        colour = {"ok": "green", "unsupported": "yellow"}.get(cells[1], "red")
-        cells[1] = f"[{colour}]{cells[1]}[/{colour}]"
-        cells[-1] = "[red]fail[/red]" if cells[-1] == "fail" else cells[-1]
-        t.add_row(*cells)
-    console = Console() if sys.stdout.isatty() else Console(width=160)
-    console.print(t)
-    if out is not None:
-        console.print(f"CSV: {Path(out) / 'bench.csv'}   summary: {Path(out) / 'summary.md'}")
+    columns = tuple(Column(name, "left" if name in ("scenario", "status", "parity") else "right")
+                    for name in shown.values())
+    cells = []
+    for row in scenario_table(df)[list(shown)].itertuples(index=False):
+        c = list(row)
+        colour = {"ok": "green", "unsupported": "yellow"}.get(c[1], "red")
+        c[1] = f"[{colour}]{c[1]}[/{colour}]"
+        c[-1] = "[red]fail[/red]" if c[-1] == "fail" else c[-1]
+        cells.append(tuple(c))
+    notes = (f"CSV: {Path(out) / 'bench.csv'}   summary: {Path(out) / 'summary.md'}",) if out is not None else ()
+    columns_csv = tuple(dict.fromkeys(k for r in rows for k in r))
+    return Output(document={"out": str(out) if out is not None else None, "rows": rows},
+                  title="refplan bench (MiB = 2^20 bytes)", columns=columns, cells=tuple(cells), notes=notes,
+                  csv_columns=columns_csv, csv_rows=tuple(rows), width=None if sys.stdout.isatty() else 160)
+
+
+def print_summary(df: pd.DataFrame, out: Path | None = None, rows: list[dict] | None = None,
+                  fmt: str = "table") -> None:
+    """Render the end-of-run summary through the output sink."""
+    emit(bench_output(df, rows if rows is not None else df.to_dict("records"), out), fmt)
 
 
 if __name__ == "__main__":
