@@ -16,6 +16,7 @@ def register(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="re-run scenarios already in the run CSV")
     p.add_argument("--families", default=None, help="comma list of model families to draw from "
                                                     "(default: the eight of the standing matrix)")
+    p.add_argument("--format", default="table", help="table | json: the summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     p.set_defaults(run=run)
 
@@ -25,6 +26,9 @@ def run(args) -> int:
 
     from refplan.validate import run as run_validation
 
+    from refplan.output import Output, emit, parse_format
+
+    parse_format(args.format, ("table", "json"))
     if args.n < 1 or args.n > 5000:
         raise PlanError("--n", f"scenarios must be between 1 and 5000 (got {args.n})")
     if args.timeout <= 0:
@@ -34,7 +38,10 @@ def run(args) -> int:
                              families=tuple(f.strip() for f in args.families.split(",") if f.strip())
                              if args.families else None)
     med, worst = summary["median_abs_error_pct"], summary["worst_abs_error_pct"]
-    print(f"{summary['measured']}/{summary['scenarios']} scenarios measured; median |error| "
-          f"{med:.3f} %, worst {worst:.3f} % -> {'PASS' if summary['passes'] else 'FAIL'} "
-          f"(targets 3 % / 8 %); report: {Path(args.out) / 'accuracy.md'}")
+    report = Path(args.out) / "accuracy.md"
+    line = (f"{summary['measured']}/{summary['scenarios']} scenarios measured; median |error| "
+            f"{med:.3f} %, worst {worst:.3f} % -> {'PASS' if summary['passes'] else 'FAIL'} "
+            f"(targets 3 % / 8 %); report: {report}") if med is not None else "no scenario measured"
+    emit(Output(document={**summary, "report": str(report)}, header_lines=(line,), formats=("table", "json")),
+         args.format)
     return 0 if summary["passes"] else 1
