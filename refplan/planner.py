@@ -76,8 +76,9 @@ def _layer_param_bytes(model: ModelSpec, train: TrainSpec) -> list[int]:
     """Gradient bytes each decoder layer contributes when its backward runs."""
     if train.finetune.peft:
         r = train.lora_r
+        b = dtype_bytes(terms.adapter_dtype(train))
         return [sum(l.count * l.lora_rank_mult * r * (l.in_features + l.out_features) for l in layer.linears
-                    if model.wraps(l, train.lora_targets)) * 4
+                    if model.wraps(l, train.lora_targets)) * b
                 for layer in model.layers]
     b = dtype_bytes(train.dtype)
     return [layer.params * b for layer in model.layers]
@@ -117,19 +118,36 @@ class _Step:
         if train.shards_of("params") > 1:
             # ZeRO-3 / FSDP all-gather one layer (and prefetch the next): 2 layers in full
             gathered = 2 * max(l.params for l in model.layers) * dtype_bytes(train.dtype)
+        on_cpu = train.offload
         return {
             "policy weights": self.policy_weight_bytes,
             "lora weights": terms.lora_weight_bytes(model, train),
-            "reference weights": ref_w,
-            "optimizer state": _div(terms.optimizer_state_bytes(model, train), train.shards_of("optimizer")),
-            "master weights": _div(terms.master_weight_bytes(model, train), train.shards_of("optimizer")),
+            # TRL's ZeRO-3 reference engine takes the user's DeepSpeed config, offload included
+            "reference weights": 0 if (on_cpu.params_on_cpu and self.ref.sharded) else ref_w,
+            "optimizer state": 0 if on_cpu.optimizer_on_cpu else _div(terms.optimizer_state_bytes(model, train),
+                                                                       train.shards_of("optimizer")),
+            "master weights": 0 if on_cpu.optimizer_on_cpu else _div(terms.master_weight_bytes(model, train),
+                                                                      train.shards_of("optimizer")),
             "batch": terms.batch_bytes(train),
             "gathered params": gathered,
         }
 
     @cached_property
     def policy_weight_bytes(self) -> int:
+        """The policy's weights on this GPU: its shard, or none when the shards live in CPU memory
+        (the layers running are counted as gathered params)."""
+        if self.train.offload.params_on_cpu:
+            return 0
         return _div(terms.policy_weight_bytes(self.model, self.train), self.train.shards_of("params"))
+
+    @cached_property
+    def gradient_bytes(self) -> int:
+        """Accumulated gradients on this GPU: the rank's shard; none with CPU offload, where DeepSpeed
+        copies each gradient partition to CPU memory for CPU Adam (ZeRO-Offload) and FSDP's offload
+        policy keeps gradient shards on CPU. The communication buckets are not counted."""
+        if self.train.offload.optimizer_on_cpu:
+            return 0
+        return _div(terms.gradient_bytes(self.model, self.train), self.train.shards_of("grads"))
 
     @cached_property
     def layer_saved(self) -> list[int]:
@@ -161,7 +179,8 @@ def _precompute(step: _Step) -> Phase | None:
     pre_rows = (train.precompute_batch or train.batch) * (2 if train.method.caps.concatenates_pair else 1)
     pre_ref = 0
     if loads_reference_to_precompute(train):
-        pre_ref = _div(terms.weight_bytes(model, train.reference_dtype, train.ref_quant), train.shards_of("params"))
+        pre_ref = _div(terms.weight_bytes(model, train.reference_dtype, train.ref_quant, train.double_quant),
+                       train.shards_of("params"))
     return _phase("precompute", {
         "policy weights": step.policy_weight_bytes,
         "lora weights": terms.lora_weight_bytes(model, train),
@@ -206,8 +225,9 @@ def _backward(step: _Step) -> Phase:
     accumulate; the phase's peak is the largest of these moments."""
     model, train = step.model, step.train
     grad_shards = train.shards_of("grads")
-    grads = _div(terms.gradient_bytes(model, train), grad_shards)
-    layer_grads = [_div(b, grad_shards) for b in _layer_param_bytes(model, train)]
+    grads = step.gradient_bytes
+    kept = 0 if train.offload.optimizer_on_cpu else 1
+    layer_grads = [kept * _div(b, grad_shards) for b in _layer_param_bytes(model, train)]
     recompute = act.recompute_bytes(model, train, step.rows)
     nonlayer_grads = max(grads - sum(layer_grads), 0)
     head_grad = nonlayer_grads if model.lm_head is None else nonlayer_grads // 2
@@ -237,8 +257,9 @@ def _optimizer_step(step: _Step) -> Phase:
     model, train = step.model, step.train
     return _phase("optimizer step", {
         **step.static,
-        "gradients": _div(terms.gradient_bytes(model, train), train.shards_of("grads")),
-        "optimizer transient": optimizer_transient_bytes(model, train),
+        "gradients": step.gradient_bytes,
+        # an offloaded optimizer steps on the CPU (DeepSpeedCPUAdam / FSDP's CPU shards)
+        "optimizer transient": 0 if train.offload.optimizer_on_cpu else optimizer_transient_bytes(model, train),
     }, train)
 
 

@@ -176,6 +176,30 @@ _SHARDING_CAPS = {
     Sharding.FSDP: ShardingCaps(True, True, True, False, 0),
 }
 
+class Offload(_Choice):
+    """What a sharded run keeps in CPU memory instead of on the GPU.
+
+    - ``optimizer``: DeepSpeed ``offload_optimizer`` (ZeRO-Offload: optimizer state and the fp32
+      master partition live in CPU memory and DeepSpeedCPUAdam steps there), or FSDP's optimizer
+      state with ``offload_params``;
+    - ``params``: also the parameter shards -- DeepSpeed ZeRO-3 ``offload_param`` (each layer is
+      gathered onto the GPU when it runs), FSDP ``CPUOffload(offload_params=True)`` /
+      ``CPUOffloadPolicy`` (parameter, gradient and optimizer shards on CPU).
+    """
+
+    NONE = "none"
+    OPTIMIZER = "optimizer"
+    PARAMS = "params"
+
+    @property
+    def optimizer_on_cpu(self) -> bool:
+        return self is not Offload.NONE
+
+    @property
+    def params_on_cpu(self) -> bool:
+        return self is Offload.PARAMS
+
+
 #: PEFT's ``target_modules="all-linear"``: every nn.Linear / Conv1D but the output layer
 ALL_LINEAR = "all-linear"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 from refplan.errors import PlanError
 from refplan.methods import Finetune, Method, Strategy, check_combination
-from refplan.settings import ALL_LINEAR, Attn, Device, Dtype, Optim, Quant, Sharding, parse_lora_targets
+from refplan.settings import ALL_LINEAR, Attn, Device, Dtype, Offload, Optim, Quant, Sharding, parse_lora_targets
 
 MAX_SEQ = 1 << 22  # 4M tokens: past this an input is a typo, not a plan
 MAX_BATCH = 1 << 16
@@ -22,7 +22,7 @@ _PARSED = {
     "method": (Method, "--method"), "strategy": (Strategy, "--strategy"), "finetune": (Finetune, "--finetune"),
     "dtype": (Dtype, "--dtype"), "autocast": (Dtype, "--autocast"), "ref_dtype": (Dtype, "--ref-dtype"),
     "ref_quant": (Quant, "--ref-quant"), "optim": (Optim, "--optim"), "attn": (Attn, "--attn"),
-    "sharding": (Sharding, "--sharding"), "device": (Device, "--device"),
+    "sharding": (Sharding, "--sharding"), "offload": (Offload, "--offload"), "device": (Device, "--device"),
 }
 
 
@@ -80,6 +80,11 @@ class TrainSpec:
     padded: bool = True
     gpus: int = 1
     sharding: Sharding = Sharding.NONE
+    offload: Offload = Offload.NONE
+    #: the policy's k-bit load under ``finetune=qlora`` (bitsandbytes ``load_in_4bit`` / ``load_in_8bit``)
+    quant_bits: int = 4
+    #: NF4 double quantization (``bnb_4bit_use_double_quant``): the absmax constants quantized again
+    double_quant: bool = True
     device: Device = Device.CUDA
 
     def __post_init__(self):
@@ -88,7 +93,7 @@ class TrainSpec:
             if value is not None or name not in ("autocast", "ref_dtype"):
                 object.__setattr__(self, name, _parse_enum(cls, value, flag))
         object.__setattr__(self, "lora_targets", parse_lora_targets(self.lora_targets))
-        for name in ("grad_ckpt", "padded"):
+        for name in ("grad_ckpt", "padded", "double_quant"):
             if not isinstance(getattr(self, name), bool):
                 raise PlanError(f"--{name.replace('_', '-')}", f"must be true or false (got {getattr(self, name)!r})")
         _positive("batch", self.batch, "--batch", MAX_BATCH)
@@ -97,6 +102,15 @@ class TrainSpec:
         _positive("gpus", self.gpus, "--gpus", MAX_GPUS)
         if self.precompute_batch is not None:
             _positive("precompute batch", self.precompute_batch, "--precompute-batch", MAX_BATCH)
+        if self.quant_bits not in (4, 8):
+            raise PlanError("--quant-bits", f"bitsandbytes loads in 4 or 8 bits (got {self.quant_bits!r})")
+        if self.offload is not Offload.NONE:
+            caps = self.sharding.caps
+            if self.sharding is Sharding.NONE:
+                raise PlanError("--offload", "CPU offload comes with DeepSpeed ZeRO or FSDP; add --zero N or --fsdp")
+            if self.offload.params_on_cpu and not caps.params:
+                raise PlanError("--offload", "parameter offload needs ZeRO-3 or FSDP (ZeRO-1/2 keep whole parameters "
+                                             "on every GPU); use --offload optimizer")
         if self.method is Method.KTO and self.batch < 2:
             # TRL 1.16 kto_trainer: "Actual (not effective) batch size must be > 1"
             raise PlanError("--batch", "KTO needs a per-device batch of at least 2 (TRL computes its KL "

@@ -42,12 +42,13 @@ def _quantizable_params(model: ModelSpec) -> int:
     return sum(l.count * l.in_features * l.out_features for layer in model.layers for l in layer.linears)
 
 
-def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none") -> int:
+def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none", double_quant: bool = True) -> int:
     """Bytes of one full copy of the weights in ``dtype``, or k-bit with its quantization constants.
 
     Source: bitsandbytes Linear4bit/Linear8bitLt storage (see NF4 constants above); the LM head,
     embeddings, norms and biases stay in ``dtype`` (transformers' BitsAndBytes integration skips
-    ``lm_head`` by default).
+    ``lm_head`` by default). Without double quantization each 64-weight block keeps an fp32 absmax
+    (bitsandbytes ``quantize_4bit``: 0.5 + 4/64 bytes per weight).
     """
     total = model.params * dtype_bytes(dtype)
     if quant == "none":
@@ -55,6 +56,8 @@ def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none") -> int:
     q = _quantizable_params(model)
     rest = (model.params - q) * dtype_bytes(dtype)
     if quant == "4bit":
+        if not double_quant:
+            return rest + -(-q // 2) + -(-q // 64) * 4
         return rest + -(-q * NF4_NUM // NF4_DEN)
     if quant == "8bit":
         # one fp32 scale per output row of every quantized linear
@@ -89,7 +92,11 @@ def param_tensors(model: ModelSpec) -> int:
 
 def adapter_dtype(train: TrainSpec) -> str:
     """PEFT upcasts adapter weights to fp32 (``autocast_adapter_dtype=True``, peft tuners_utils),
-    so LoRA weights, their gradients and AdamW moments are fp32 whatever the base dtype."""
+    so LoRA weights, their gradients and AdamW moments are fp32 whatever the base dtype -- except
+    under DeepSpeed ZeRO-3 with a non-quantized base, where TRL 1.16 passes
+    ``autocast_adapter_dtype=False`` and the adapters keep the base dtype (dpo_trainer.py ~650)."""
+    if train.sharding is Sharding.ZERO3 and train.finetune.value == "lora":
+        return train.dtype.value
     return "fp32"
 
 
@@ -104,9 +111,9 @@ def trainable_dtype(train: TrainSpec) -> str:
 
 
 def policy_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:
-    """The policy's frozen-or-trained base weights (QLoRA: NF4 base)."""
-    quant = "4bit" if train.finetune.value == "qlora" else "none"
-    return weight_bytes(model, train.dtype, quant)
+    """The policy's frozen-or-trained base weights (QLoRA: its k-bit base)."""
+    quant = ("4bit" if train.quant_bits == 4 else "8bit") if train.finetune.value == "qlora" else "none"
+    return weight_bytes(model, train.dtype, quant, train.double_quant)
 
 
 def lora_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:
@@ -124,7 +131,7 @@ def reference_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:
     """
     s = train.strategy.value
     if s in ("separate", "sync"):
-        return weight_bytes(model, train.reference_dtype, train.ref_quant)
+        return weight_bytes(model, train.reference_dtype, train.ref_quant, train.double_quant)
     if s == "ref-adapter":
         return lora_weight_bytes(model, train)
     return 0

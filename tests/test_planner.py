@@ -319,3 +319,34 @@ def test_settings_parse_once_into_enums():
     with pytest.raises(PlanError) as e:
         TrainSpec.parse(method="dpo", strategy="separate", zero=2, fsdp=True)
     assert e.value.where == "--fsdp"
+
+
+def test_cpu_offload_removes_what_leaves_the_gpu(llama8b):
+    def run(offload, zero=3):
+        return estimate(llama8b, TrainSpec.parse(method=Method.DPO, strategy=Strategy.SEPARATE, gpus=4, zero=zero,
+                                                 offload=offload, grad_ckpt=True))
+    none, opt, params = run("none"), run("optimizer"), run("params")
+    assert opt.peak_bytes < none.peak_bytes and params.peak_bytes < opt.peak_bytes
+    comps = {p.name: dict(p.components) for p in opt.phases}["optimizer step"]
+    assert "optimizer state" not in comps and "master weights" not in comps and "gradients" not in comps
+    comps = {p.name: dict(p.components) for p in params.phases}["backward"]
+    assert "policy weights" not in comps and "reference weights" not in comps and comps["gathered params"] > 0
+    with pytest.raises(PlanError) as e:
+        run("params", zero=2)
+    assert e.value.where == "--offload"
+    with pytest.raises(PlanError):
+        TrainSpec.parse(method=Method.DPO, strategy=Strategy.SEPARATE, offload="optimizer")
+
+
+def test_zero3_lora_adapters_keep_the_base_dtype(llama8b):
+    # TRL 1.16 dpo_trainer.py: autocast_adapter_dtype=False under ZeRO-3 with a non-quantized base
+    z3 = TrainSpec.parse(method=Method.DPO, strategy=Strategy.UNWRAP, finetune="lora", gpus=2, zero=3)
+    z2 = TrainSpec.parse(method=Method.DPO, strategy=Strategy.UNWRAP, finetune="lora", gpus=2, zero=2)
+    assert terms.lora_weight_bytes(llama8b, z3) * 2 == terms.lora_weight_bytes(llama8b, z2)
+
+
+def test_nf4_without_double_quant_keeps_fp32_absmax(llama8b):
+    dq = terms.weight_bytes(llama8b, "bf16", "4bit", double_quant=True)
+    plain = terms.weight_bytes(llama8b, "bf16", "4bit", double_quant=False)
+    q = sum(l.in_features * l.out_features * l.count for layer in llama8b.layers for l in layer.linears)
+    assert plain - dq == (q // 64) * 4 - (q * (256 * 8 + 4 * 8) // (64 * 256 * 8))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from refplan.errors import PlanError
 
 
@@ -28,6 +30,11 @@ def register(sub) -> None:
     p.add_argument("--gpus", type=int, default=1, help="data-parallel ranks")
     p.add_argument("--zero", type=int, default=0, help="DeepSpeed ZeRO stage 0-3")
     p.add_argument("--fsdp", action="store_true", help="FSDP full sharding")
+    p.add_argument("--offload", default="none", help="none | optimizer | params: what a ZeRO/FSDP run keeps in CPU "
+                                                     "memory (params: ZeRO-3 or FSDP)")
+    p.add_argument("--quant-bits", type=int, default=4, help="the policy's k-bit load under --finetune qlora: 4 | 8")
+    p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=True,
+                   help="NF4 double quantization of the absmax constants (bnb_4bit_use_double_quant)")
     p.add_argument("--gpu", default=None, help="GPU name for fits / does-not-fit (e.g. H100-80GB, A10G)")
     p.add_argument("--device", default="cuda", help="cuda | cpu (cpu drops CUDA-only terms)")
     p.add_argument("--format", default="table", help="table | json | csv")
@@ -40,12 +47,13 @@ def register(sub) -> None:
 
 #: the flags that become TrainSpec settings (``zero`` / ``fsdp`` set its sharding)
 TRAIN_FLAGS = ("finetune", "lora_r", "lora_targets", "dtype", "autocast", "ref_dtype", "ref_quant", "batch", "seq",
-               "precompute_batch", "grad_ckpt", "optim", "attn", "gpus", "zero", "fsdp", "device")
+               "precompute_batch", "grad_ckpt", "optim", "attn", "gpus", "zero", "fsdp", "offload", "quant_bits",
+               "double_quant", "device")
 
 
 def settings_from_args(args) -> dict:
     """The settings as given, for the JSON document's ``settings``."""
-    keys = ("engine", *(k for k in TRAIN_FLAGS if k != "device"), "gpu", "device")
+    keys = ("engine", *(k for k in TRAIN_FLAGS[:16]), "gpu", "device")
     return {k: getattr(args, k) for k in keys}
 
 
