@@ -72,30 +72,93 @@ def row_record(r: Estimate, cheapest: bool = False) -> dict:
     }
 
 
-def estimate_output(model: ModelSpec, rows: list[Estimate], settings: dict, skipped_kto: bool = False) -> Output:
+#: settings echoed in the JSON document, in the order the flags are listed
+SETTING_KEYS = ("finetune", "lora_r", "lora_targets", "dtype", "autocast", "ref_dtype", "ref_quant", "batch", "seq",
+                "precompute_batch", "grad_ckpt", "optim", "attn", "gpus", "zero", "fsdp", "offload", "quant_bits",
+                "double_quant")
+#: settings shown above the table when a config file was read
+SHOWN = ("finetune", "dtype", "autocast", "batch", "seq", "grad_ckpt", "lora_r", "lora_targets", "optim", "attn",
+         "gpus", "sharding", "offload", "strategy")
+
+
+def settings_record(inputs, engine: str, gpu) -> dict:
+    """The resolved settings as CLI spellings (``zero`` / ``fsdp`` from the sharding)."""
+    s = dict(inputs.settings)
+    sharding = str(s.get("sharding", "none"))
+    s["zero"] = int(sharding[4:]) if sharding.startswith("zero") else 0
+    s["fsdp"] = sharding == "fsdp"
+    targets = s.get("lora_targets")
+    if isinstance(targets, (tuple, list)):
+        s["lora_targets"] = ",".join(targets)
+    rec = {"engine": engine}
+    rec.update({k: getattr(s.get(k), "value", s.get(k)) for k in SETTING_KEYS})
+    rec["gpu"] = gpu.name if gpu is not None else None
+    rec["device"] = getattr(s.get("device"), "value", s.get("device"))
+    return rec
+
+
+def _config_lines(inputs) -> tuple[str, ...]:
+    from rich.markup import escape
+
+    cfg = inputs.config
+    if cfg is None:
+        return ()
+    methods = ", ".join(m.value for m in cfg.methods)
+    strategy = f", reference strategy {cfg.strategy.value}" if cfg.strategy is not None else ""
+    lines = [f"config: {escape(cfg.path)} ({cfg.framework}) -- {methods}{strategy}; its row is marked ●"]
+    prov = dict(inputs.provenance)
+    if cfg.strategy is not None and "strategy" in cfg.provenance:
+        prov["strategy"] = cfg.provenance["strategy"]
+    vals = {**inputs.settings, "strategy": cfg.strategy.value if cfg.strategy else None}
+    for k in SHOWN:
+        if k in vals and k in prov:
+            v = vals[k]
+            v = ",".join(v) if isinstance(v, (tuple, list)) else getattr(v, "value", v)
+            lines.append(f"  {k.replace('_', '-')} = {escape(str(v))}  [dim]({escape(str(prov[k]))})[/]")
+    return tuple(lines)
+
+
+def estimate_output(inputs, rows: list[Estimate], engine: str = "formula", gpu=None, skipped_kto: bool = False) -> Output:
     """The estimate table, JSON document and CSV rows, from the same :class:`Estimate` records."""
+    model = inputs.model
     best = cheapest_per_method(rows)
     comps = component_names(rows)
-    doc = {"model": model_record(model), "settings": settings,
-           "rows": [row_record(r, i in best) for i, r in enumerate(rows)]}
+    configured = [inputs.configured(r.method, r.strategy) for r in rows]
+    records = []
+    for i, r in enumerate(rows):
+        rec = row_record(r, i in best)
+        if inputs.config is not None:
+            rec["configured"] = configured[i]
+        records.append(rec)
+    doc = {"model": model_record(model), "settings": settings_record(inputs, engine, gpu),
+           "provenance": inputs.provenance_record(), "rows": records}
+    if inputs.config is not None:
+        cfg = inputs.config
+        doc["config"] = {"path": cfg.path, "framework": cfg.framework, "methods": [m.value for m in cfg.methods],
+                         "strategy": cfg.strategy.value if cfg.strategy else None,
+                         "strategy_source": cfg.provenance["strategy"].record() if "strategy" in cfg.provenance
+                         else None}
+    if inputs.warnings:
+        doc["warnings"] = list(inputs.warnings)
     csv_columns = (["model", "method", "strategy", "finetune", "peak_bytes", "peak_phase", "fits", "gpu"]
                    + [f"{c.replace(' ', '_')}_bytes" for c in comps])
     csv_rows = [dict(zip(csv_columns, [model.model_id, r.method, r.strategy, r.finetune, r.peak_bytes,
                                        r.peak_phase.name, "" if r.fits is None else r.fits, r.gpu or ""]
                          + [r.components.get(c, 0) for c in comps])) for r in rows]
-    gpu = rows[0].gpu if rows else None
+    gpu_name = rows[0].gpu if rows else None
     title = (f"{model.model_id} ({model.family}, {model.params / 1e9:.2f}B params) — peak memory per device, GiB"
-             + (f" — on {gpu} ({rows[0].gpu_bytes / GIB:.1f} GiB)" if gpu else ""))
+             + (f" — on {gpu_name} ({rows[0].gpu_bytes / GIB:.1f} GiB)" if gpu_name else ""))
     columns = [Column("method"), Column("strategy"), Column("peak GiB", "right", "bold"), Column("peak phase")]
     columns += [Column(SHORT.get(c, c), "right") for c in comps]
-    if gpu:
+    if gpu_name:
         columns.append(Column("fits", "center", no_wrap=False))
     cells = []
     for i, r in enumerate(rows):
         cs = r.components
-        row = [r.method, r.strategy + (" ★" if i in best else ""), f"{r.peak_bytes / GIB:.2f}", r.peak_phase.name]
+        mark = (" ★" if i in best else "") + (" ●" if configured[i] else "")
+        row = [r.method, r.strategy + mark, f"{r.peak_bytes / GIB:.2f}", r.peak_phase.name]
         row += [f"{cs[c] / GIB:.2f}" if c in cs else "·" for c in comps]
-        if gpu:
+        if gpu_name:
             head = r.headroom_bytes / GIB
             row.append(f"[green]yes[/] ({head:+.1f})" if r.fits else f"[red]no[/] ({head:+.1f})")
         cells.append(tuple(row))
@@ -110,4 +173,5 @@ def estimate_output(model: ModelSpec, rows: list[Estimate], settings: dict, skip
                  + ", ".join(f"{SHORT.get(c, c)} = {c}" for c in comps if SHORT.get(c, c) != c)
                  + ". GiB = 2^30 bytes.")
     return Output(document=doc, title=title, columns=tuple(columns), cells=tuple(cells), notes=tuple(notes),
-                  csv_columns=tuple(csv_columns), csv_rows=tuple(csv_rows), width=max(120, 62 + 10 * len(comps)))
+                  header_lines=_config_lines(inputs), csv_columns=tuple(csv_columns), csv_rows=tuple(csv_rows),
+                  width=max(120, 62 + 10 * len(comps)))

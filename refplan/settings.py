@@ -179,25 +179,26 @@ _SHARDING_CAPS = {
 class Offload(_Choice):
     """What a sharded run keeps in CPU memory instead of on the GPU.
 
-    - ``optimizer``: DeepSpeed ``offload_optimizer`` (ZeRO-Offload: optimizer state and the fp32
-      master partition live in CPU memory and DeepSpeedCPUAdam steps there), or FSDP's optimizer
-      state with ``offload_params``;
-    - ``params``: also the parameter shards -- DeepSpeed ZeRO-3 ``offload_param`` (each layer is
-      gathered onto the GPU when it runs), FSDP ``CPUOffload(offload_params=True)`` /
-      ``CPUOffloadPolicy`` (parameter, gradient and optimizer shards on CPU).
+    - ``optimizer``: DeepSpeed ``offload_optimizer`` (ZeRO-Offload: optimizer state, the fp32 master
+      partition and the gradient partitions live in CPU memory and DeepSpeedCPUAdam steps there);
+    - ``params``: DeepSpeed ZeRO-3 ``offload_param`` alone (parameter partitions on CPU, each layer
+      gathered onto the GPU when it runs; optimizer state stays on the GPU);
+    - ``all``: both -- and FSDP's ``offload_params`` (``CPUOffload`` / ``CPUOffloadPolicy``: parameter,
+      gradient and optimizer shards on CPU).
     """
 
     NONE = "none"
     OPTIMIZER = "optimizer"
     PARAMS = "params"
+    ALL = "all"
 
     @property
     def optimizer_on_cpu(self) -> bool:
-        return self is not Offload.NONE
+        return self in (Offload.OPTIMIZER, Offload.ALL)
 
     @property
     def params_on_cpu(self) -> bool:
-        return self is Offload.PARAMS
+        return self in (Offload.PARAMS, Offload.ALL)
 
 
 #: PEFT's ``target_modules="all-linear"``: every nn.Linear / Conv1D but the output layer

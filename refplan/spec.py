@@ -93,6 +93,8 @@ class TrainSpec:
             if value is not None or name not in ("autocast", "ref_dtype"):
                 object.__setattr__(self, name, _parse_enum(cls, value, flag))
         object.__setattr__(self, "lora_targets", parse_lora_targets(self.lora_targets))
+        if self.autocast is self.dtype:  # autocast to the weights' own dtype casts nothing
+            object.__setattr__(self, "autocast", None)
         for name in ("grad_ckpt", "padded", "double_quant"):
             if not isinstance(getattr(self, name), bool):
                 raise PlanError(f"--{name.replace('_', '-')}", f"must be true or false (got {getattr(self, name)!r})")

@@ -325,12 +325,13 @@ def test_cpu_offload_removes_what_leaves_the_gpu(llama8b):
     def run(offload, zero=3):
         return estimate(llama8b, TrainSpec.parse(method=Method.DPO, strategy=Strategy.SEPARATE, gpus=4, zero=zero,
                                                  offload=offload, grad_ckpt=True))
-    none, opt, params = run("none"), run("optimizer"), run("params")
+    none, opt, params = run("none"), run("optimizer"), run("all")
     assert opt.peak_bytes < none.peak_bytes and params.peak_bytes < opt.peak_bytes
     comps = {p.name: dict(p.components) for p in opt.phases}["optimizer step"]
     assert "optimizer state" not in comps and "master weights" not in comps and "gradients" not in comps
     comps = {p.name: dict(p.components) for p in params.phases}["backward"]
     assert "policy weights" not in comps and "reference weights" not in comps and comps["gathered params"] > 0
+    assert run("params").peak_bytes < none.peak_bytes
     with pytest.raises(PlanError) as e:
         run("params", zero=2)
     assert e.value.where == "--offload"

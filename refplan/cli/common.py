@@ -30,3 +30,76 @@ def split_list(value: str | None, enum_cls, flag: str):
 def fail(err: PlanError) -> int:
     sys.stderr.write(f"refplan: {err.where}: {err.message}\n")
     return 2
+
+
+#: (flag, type, help) of every training setting a planning command takes; all default to None so
+#: that a flag the user typed can be told from one left out (a config file's value wins over refplan's
+#: default, a typed flag over both -- refplan.configs.merge)
+TRAIN_FLAGS = (
+    ("--finetune", str, "full | lora | qlora (default full)"),
+    ("--lora-r", int, "LoRA rank (default 16)"),
+    ("--lora-targets", str, "'all-linear' or module names, e.g. q_proj,v_proj (default all-linear)"),
+    ("--dtype", str, "policy load dtype: bf16 | fp16 | fp32 (default bf16)"),
+    ("--autocast", str, "autocast compute dtype when weights are fp32 (bf16|fp16)"),
+    ("--ref-dtype", str, "reference dtype (default: --dtype)"),
+    ("--ref-quant", str, "none | 8bit | 4bit (separate reference)"),
+    ("--batch", int, "per_device_train_batch_size (pairs; KTO: examples) (default 1)"),
+    ("--seq", int, "padded tokens per sequence, prompt + completion (default 1024)"),
+    ("--precompute-batch", int, "precompute_ref_batch_size"),
+    ("--optim", str, "adamw (HF default, fused) | adamw-torch | adamw-8bit | paged-adamw | sgd | adafactor"),
+    ("--attn", str, "sdpa | eager | flash (default sdpa)"),
+    ("--gpus", int, "data-parallel ranks (default 1)"),
+    ("--zero", int, "DeepSpeed ZeRO stage 0-3"),
+    ("--offload", str, "none | optimizer | params | all: what a ZeRO/FSDP run keeps in CPU memory"),
+    ("--quant-bits", int, "the policy's k-bit load under --finetune qlora: 4 | 8 (default 4)"),
+    ("--device", str, "cuda | cpu (cpu drops CUDA-only terms; default cuda)"),
+)
+TRAIN_SWITCHES = (
+    ("--grad-ckpt", "gradient checkpointing (--no-grad-ckpt to turn a config's off)"),
+    ("--fsdp", "FSDP full sharding"),
+    ("--double-quant", "NF4 double quantization of the absmax constants (bnb_4bit_use_double_quant)"),
+)
+
+
+def add_train_flags(p) -> None:
+    """The training settings, ``--config`` and the files that complete it, on parser ``p``."""
+    import argparse
+
+    p.add_argument("--model", default=None, help="hub id, local dir / config.json, or catalog name (default: the "
+                                                 "model --config names)")
+    p.add_argument("--config", default=None, metavar="FILE", help="your training config: a TRL CLI YAML "
+                   "(trl dpo --config) or an Axolotl YAML; flags given here override it")
+    p.add_argument("--deepspeed", default=None, metavar="FILE", help="a DeepSpeed JSON (ZeRO stage, offload)")
+    p.add_argument("--accelerate-config", default=None, metavar="FILE",
+                   help="an accelerate config (num_processes -> --gpus; its DeepSpeed / FSDP section)")
+    p.add_argument("--method", help="comma list of dpo,ipo,kto,orpo,simpo (default: all, or the config's)")
+    p.add_argument("--strategy", help="comma list of separate,unwrap,ref-adapter,precompute,sync,none "
+                                      "(default: all applicable)")
+    for flag, typ, help_text in TRAIN_FLAGS:
+        p.add_argument(flag, type=typ, default=None, help=help_text)
+    for flag, help_text in TRAIN_SWITCHES:
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+    p.add_argument("--offline", action="store_true", help="never touch the network for --model")
+
+
+def typed_train_flags(args) -> dict:
+    """The training settings the user typed (name -> value), none of the left-out ones."""
+    names = [f[0] for f in TRAIN_FLAGS] + [s[0] for s in TRAIN_SWITCHES]
+    out = {}
+    for flag in names:
+        key = flag[2:].replace("-", "_")
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def gather_inputs(args):
+    """Parse every input of a planning command once (refplan.inputs)."""
+    from refplan.inputs import gather
+    from refplan.methods import Method, Strategy
+
+    return gather(model=args.model, config=args.config, flags=typed_train_flags(args),
+                  methods=split_list(args.method, Method, "--method"),
+                  strategies=split_list(args.strategy, Strategy, "--strategy"), deepspeed=args.deepspeed,
+                  accelerate=args.accelerate_config, offline=True if args.offline else None)
