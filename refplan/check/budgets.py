@@ -147,7 +147,10 @@ def _scenario(name: str, table: dict, defaults: dict, file: str, offline: bool |
         except PlanError as e:
             raise PlanError(where("gpu"), e.message) from None
     try:
-        train, spec, bench = _train_and_bench(merged, mode, where, offline)
+        if "config" in merged or "deepspeed" in merged:
+            train, spec, bench = _from_config(merged, mode, where, file, offline)
+        else:
+            train, spec, bench = _train_and_bench(merged, mode, where, offline)
     except PlanError as e:
         if e.where.startswith(f"{file}: "):
             raise
@@ -157,6 +160,46 @@ def _scenario(name: str, table: dict, defaults: dict, file: str, offline: bool |
     model = spec.model_id if spec is not None else bench.model
     return BudgetScenario(name=name, mode=mode, model=model, train=train, budget_bytes=budget_bytes,
                           budget_text=budget_text, gpu=gpu, tolerance=tol, model_spec=spec, bench=bench)
+
+
+def _from_config(merged: dict, mode: str, where, file: str, offline: bool | None):
+    """A scenario that names the user's training config (and/or a DeepSpeed JSON), paths relative to
+    the budgets file; the table's own training keys override the config, as flags do on the CLI."""
+    from pathlib import Path
+
+    from refplan.check.keys import EXPLICIT_KEYS, TRAIN_KEYS
+    from refplan.inputs import gather
+    from refplan.methods import Method, Strategy, parse_enum
+
+    if mode != "estimate":
+        raise PlanError(where("config"), "applies to mode = \"estimate\" (use refplan bench --config to measure)")
+    base = Path(file).parent
+
+    def rel(key):
+        return str(base / merged[key]) if key in merged else None
+
+    flags = {k: (",".join(v) if isinstance(v, list) else v) for k, v in merged.items()
+             if k in TRAIN_KEYS and k not in EXPLICIT_KEYS}
+    method = parse_enum(Method, merged["method"], "method") if "method" in merged else None
+    try:
+        inputs = gather(model=merged.get("model"), config=rel("config"), flags=flags,
+                        methods=[method] if method else None, strategies=None, deepspeed=rel("deepspeed"),
+                        offline=offline)
+    except PlanError as e:
+        raise PlanError(where("config"), f"{e.where}: {e.message}") from None
+    cfg = inputs.config
+    if method is None:
+        if cfg is None or len(cfg.methods) != 1:
+            raise PlanError(where("method"), "missing; the config does not name one method (set method = ...)")
+        method = cfg.methods[0]
+    if "strategy" in merged:
+        strategy = parse_enum(Strategy, merged["strategy"], "strategy")
+    elif cfg is not None:
+        strategy = cfg.strategy_for(method)
+    else:
+        strategy = Strategy.NONE if not method.caps.needs_reference else Strategy.SEPARATE
+    settings = {k: v for k, v in inputs.settings.items()}
+    return TrainSpec.parse(method=method, strategy=strategy, **settings), inputs.model, None
 
 
 def _train_and_bench(merged: dict, mode: str, where, offline: bool | None):

@@ -65,7 +65,7 @@ BENCH_ONLY_KEYS: dict[str, tuple[type, ...]] = {"steps": (int,), "seed": (int,),
 #: keys of the check itself.
 CHECK_KEYS: dict[str, tuple[type, ...]] = {
     "model": (str,), "mode": (str,), "gpu": (str,), "budget": (str,), "budget_fraction": (int, float),
-    "tolerance": (str,),
+    "tolerance": (str,), "config": (str,), "deepspeed": (str,),
 }
 ALL_KEYS = {**CHECK_KEYS, **TRAIN_KEYS, **BENCH_ONLY_KEYS}
 

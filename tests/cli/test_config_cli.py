@@ -58,3 +58,23 @@ def test_bad_config_files_are_one_line_and_exit_2(tmp_path):
         assert r.returncode == 2 and r.stdout == "", (args, r.stdout)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0] and "Traceback" not in r.stderr
+
+
+def test_check_budget_scenario_can_name_a_config(tmp_path):
+    import shutil
+
+    for name in ("trl-kto-full-precompute.yaml", "axolotl-qlora-dpo.yaml"):
+        shutil.copy(EXAMPLES / name, tmp_path / name)
+    budgets = tmp_path / "budgets.toml"
+    budgets.write_text('[kto]\nconfig = "trl-kto-full-precompute.yaml"\nbudget = "20 GiB"\n\n'
+                       '[qlora]\nconfig = "axolotl-qlora-dpo.yaml"\nbatch = 4\nbudget = "10 GiB"\n')
+    r = run_refplan("check", "--budgets", budgets, "--baseline", tmp_path / "b.json", "--format", "json")
+    import json
+
+    doc = json.loads(r.stdout)
+    verdicts = {row["scenario"]: row["verdict"] for row in doc["rows"]}
+    assert verdicts == {"kto": "pass", "qlora": "over budget"} and r.returncode == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[x]\nconfig = "missing.yaml"\nbudget = "1 GiB"\n')
+    r = run_refplan("check", "--budgets", bad)
+    assert r.returncode == 2 and "[x] config" in r.stderr and "missing.yaml" in r.stderr
