@@ -42,3 +42,20 @@ def get_gpu(name: str) -> GPU:
     close = difflib.get_close_matches(name, names, n=3, cutoff=0.3)
     hint = f"; closest: {', '.join(close)}" if close else f"; known: {', '.join(names)}"
     raise PlanError("--gpu", f"unknown GPU {name!r}{hint}")
+
+
+def capacity_from_args(name: str | None, memory: str | None) -> GPU:
+    """The GPU a planning command fits into: a catalog name (``--gpu``) or a size (``--gpu-memory``,
+    e.g. ``80GiB``) for a device the catalog lacks; exactly one of them."""
+    from refplan.check.sizes import parse_size
+
+    if name and memory:
+        raise PlanError("--gpu/--gpu-memory", "give one: a catalog GPU name or the memory of your device")
+    if memory:
+        size = parse_size(memory, "--gpu-memory")
+        if size <= 0:
+            raise PlanError("--gpu-memory", f"must be positive (got {memory!r})")
+        return GPU(f"{memory.replace(' ', '')} GPU", size, "--gpu-memory")
+    if not name:
+        raise PlanError("--gpu", "fit needs a GPU: --gpu NAME (e.g. A100-40GB) or --gpu-memory 80GiB")
+    return get_gpu(name)

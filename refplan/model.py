@@ -127,6 +127,12 @@ class Layer:
     def params(self) -> int:
         return sum(l.params for l in self.linears) + sum(n.params for n in self.norms) + self.extra_params
 
+    @cached_property
+    def tensor_count(self) -> int:
+        """Parameter tensors of the layer (a weight, and a bias where there is one)."""
+        return (sum(2 if l.bias else 1 for l in self.linears) + sum(2 if n.bias else 1 for n in self.norms)
+                + (1 if self.extra_params else 0))
+
     def first(self, *roles: Role) -> Linear | None:
         return next((l for l in self.linears if l.role in roles), None)
 

@@ -220,37 +220,45 @@ def _reference_forward(step: _Step) -> Phase | None:
     }, train)
 
 
-def _backward(step: _Step) -> Phase:
-    """Walk the layers from the top, freeing each layer's saved activations while its gradients
-    accumulate; the phase's peak is the largest of these moments."""
+def _backward_moments(step: _Step) -> list[tuple[str, dict]]:
+    """The moments of the backward, in order: the head's backward, then each decoder layer from the
+    top (its saved activations freed after, its gradients accumulated), then -- with tied fp32
+    embeddings -- the out-of-place sum of the embedding's two gradients. Each: (label, the
+    components beyond the static ones)."""
     model, train = step.model, step.train
     grad_shards = train.shards_of("grads")
-    grads = step.gradient_bytes
     kept = 0 if train.offload.optimizer_on_cpu else 1
     layer_grads = [kept * _div(b, grad_shards) for b in _layer_param_bytes(model, train)]
     recompute = act.recompute_bytes(model, train, step.rows)
-    nonlayer_grads = max(grads - sum(layer_grads), 0)
+    nonlayer_grads = max(step.gradient_bytes - sum(layer_grads), 0)
     head_grad = nonlayer_grads if model.lm_head is None else nonlayer_grads // 2
     head_saved, _, head_bwd = step.head
-    candidates = [({"activations": step.saved, "logprob path": head_saved + head_bwd}, 0)]
+    moments = [("head", {"activations": step.saved, "logprob path": head_saved + head_bwd, "gradients": 0})]
     remaining, acc_grads = step.saved, head_grad
     grad_flow = step.rows * train.seq * model.hidden_size * act.act_mode(train).a * 2  # incoming + outgoing
     for idx in range(model.num_layers - 1, -1, -1):
         acc_grads += layer_grads[idx]
-        candidates.append(({"activations": remaining + recompute, "activation grads": grad_flow}, acc_grads))
+        moments.append((f"layer {idx}", {"activations": remaining + recompute, "activation grads": grad_flow,
+                                         "gradients": acc_grads}))
         remaining -= step.layer_saved[idx]
     if model.lm_head is None and not train.finetune.peft and act.act_mode(train).w == act.FP32:
         # tied embeddings, fp32 weights: autograd sums the head's gradient (returned by TRL's
         # autograd.Function) and embedding_dense_backward's out of place -- three [V, h] fp32
         # tensors at once before the sum is accumulated into .grad
-        candidates.append(({"activations": remaining,
-                            "activation grads": 2 * model.vocab_size * model.hidden_size * act.FP32}, acc_grads))
+        moments.append(("embedding", {"activations": remaining,
+                                      "activation grads": 2 * model.vocab_size * model.hidden_size * act.FP32,
+                                      "gradients": acc_grads}))
+    return moments
+
+
+def _backward(step: _Step) -> Phase:
+    """The backward's peak: the largest of its moments (the first one on ties)."""
     best_total, best_parts = -1, {}
-    for parts, g in candidates:
-        total = sum(parts.values()) + g
+    for _, parts in _backward_moments(step):
+        total = sum(parts.values())
         if total > best_total:
-            best_total, best_parts = total, {**parts, "gradients": g}
-    return _phase("backward", {**step.static, **best_parts}, train)
+            best_total, best_parts = total, parts
+    return _phase("backward", {**step.static, **best_parts}, step.train)
 
 
 def _optimizer_step(step: _Step) -> Phase:
@@ -261,6 +269,23 @@ def _optimizer_step(step: _Step) -> Phase:
         # an offloaded optimizer steps on the CPU (DeepSpeedCPUAdam / FSDP's CPU shards)
         "optimizer transient": 0 if train.offload.optimizer_on_cpu else optimizer_transient_bytes(model, train),
     }, train)
+
+
+def timeline(model: ModelSpec, train: TrainSpec) -> list[tuple[str, str, int]]:
+    """Memory over one step, moment by moment: ``(phase, moment, total bytes)`` for the precompute
+    pass, the policy forward, the reference forward, each layer of the backward and the optimizer
+    step -- the curve whose maximum :func:`estimate` reports."""
+    check_lora_targets(train.lora_targets, model.linear_names)
+    step = _Step(model, train, reference_plan(train))
+    points = []
+    for phase in (_precompute(step), _policy_forward(step), _reference_forward(step)):
+        if phase is not None:
+            points.append((phase.name, phase.name, phase.total_bytes))
+    for label, parts in _backward_moments(step):
+        points.append(("backward", label, _phase("backward", {**step.static, **parts}, train).total_bytes))
+    opt = _optimizer_step(step)
+    points.append((opt.name, opt.name, opt.total_bytes))
+    return points
 
 
 def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
@@ -294,4 +319,4 @@ def estimate_matrix(model: ModelSpec, base: TrainSpec, methods=None, strategies=
     return rows
 
 
-__all__ = ["estimate", "estimate_matrix", "PHASES"]
+__all__ = ["estimate", "estimate_matrix", "timeline", "PHASES"]

@@ -79,9 +79,7 @@ def lora_tensors(model: ModelSpec, targets: tuple[str, ...] = (ALL_LINEAR,)) -> 
 def param_tensors(model: ModelSpec) -> int:
     """Number of parameter tensors of the full model (AdamW keeps one ``step`` scalar per tensor)."""
     n = 1  # embeddings
-    for layer in model.layers:
-        n += sum(2 if l.bias else 1 for l in layer.linears) + sum(2 if nm.bias else 1 for nm in layer.norms)
-        n += 1 if layer.extra_params else 0
+    n += sum(layer.tensor_count for layer in model.layers)
     n += 2 if model.final_norm.bias else 1
     if model.lm_head is not None:
         n += 2 if model.lm_head.bias else 1

@@ -10,13 +10,14 @@ from refplan.errors import PlanError
 
 def build_parser() -> OneLineParser:
     from refplan import __version__
-    from refplan.cli import estimate
+    from refplan.cli import estimate, fit
 
     p = OneLineParser(prog="refplan", description="Plan, measure and budget the memory of preference "
                       "training (DPO, IPO, KTO, ORPO, SimPO) under every reference-model strategy.")
     p.add_argument("--version", action="version", version=f"refplan {__version__}")
     sub = p.add_subparsers(dest="command", parser_class=OneLineParser)
     estimate.register(sub)
+    fit.register(sub)
     try:
         from refplan.cli import bench
         bench.register(sub)
