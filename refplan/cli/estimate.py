@@ -14,6 +14,12 @@ def register(sub) -> None:
     p.add_argument("--engine", default="formula",
                    help="formula (pure arithmetic, default) | trace (one real training step on fake tensors, "
                         "CPU code paths; imports torch, seconds per row)")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="stacked bars of the components at each row's "
+                                                                  "peak, with the GPU's capacity")
+    p.add_argument("--timeline", default=None, metavar="FILE.png", help="memory over the moments of one step for "
+                                                                      "the rows compared")
+    p.add_argument("--html", default=None, metavar="FILE.html", help="one self-contained page: table, pictures, "
+                                                                   "settings and their origins")
     p.set_defaults(run=run)
 
 
@@ -35,4 +41,14 @@ def run(args) -> int:
     query = EstimateQuery(inputs.model, inputs.settings, inputs.methods, inputs.strategies, gpu, engine)
     result = answer(query)
     emit(estimate_output(inputs, list(result.rows), engine.value, gpu, skipped_kto=result.skipped_kto), args.format)
+    if args.plot or args.timeline or args.html:
+        from refplan import pictures
+        from refplan.query import train_specs
+
+        if args.plot:
+            pictures.estimate_plot(inputs.model, list(result.rows), gpu, args.plot)
+        if args.timeline:
+            pictures.timeline_plot(inputs.model, train_specs(query)[0], gpu, args.timeline)
+        if args.html:
+            pictures.estimate_page(inputs, list(result.rows), gpu, args.html)
     return 0
