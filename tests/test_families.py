@@ -67,8 +67,8 @@ def test_catalog_entry_param_count_equals_transformers(entry):
 
 
 def test_catalog_entries_carry_provenance():
-    assert len(CATALOG) == 28
-    assert len({e["model_id"] for e in CATALOG}) == 28
+    assert len(CATALOG) == 65
+    assert len({e["model_id"] for e in CATALOG}) == 65
     for entry in CATALOG:
         assert entry["source"] and entry["verification"] and "config" in entry
 

@@ -194,7 +194,7 @@ def test_online_malformed_json_names_the_url(monkeypatch):
 
 def test_catalog_entries_are_copies():
     entries = catalog_entries()
-    assert len(entries) == 28
+    assert len(entries) == 65
     assert {"model_id", "config", "source", "source_kind", "verification", "notes"} <= set(entries[0])
     entries[0]["config"]["hidden_size"] = 1
     assert catalog_entries()[0]["config"]["hidden_size"] != 1
