@@ -105,8 +105,13 @@ def main(argv: list[str]) -> int:
         return 2
     facts = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
     out = Path(__file__).with_name("models.json")
-    out.write_text(json.dumps(build(facts), indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {len(facts)} models to {out}")
+    built = build(facts)
+    # entries added to models.json directly (each with its own cited source) are kept, after the
+    # facts' own, in the order they stand
+    ids = {e["model_id"] for e in built}
+    kept = [e for e in json.loads(out.read_text(encoding="utf-8")) if e["model_id"] not in ids] if out.exists() else []
+    out.write_text(json.dumps(built + kept, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {len(built)} models from the facts and kept {len(kept)} added directly, to {out}")
     return 0
 
 
