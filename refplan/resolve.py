@@ -232,7 +232,8 @@ def resolve_model(name: str, *, offline: bool | None = None) -> ModelSpec:
         return spec_from_config(copy.deepcopy(entry["config"]), entry["model_id"], f"catalog: {entry['source']}")
 
     if _offline(offline):
-        raise _unknown(name, " (not in the HF cache or the catalog; offline, so the Hub was not asked)")
+        raise _unknown(name, " (not in the HF cache or the catalog; offline, so the Hub was not asked -- "
+                             "download its config.json and pass --model path/to/config.json)")
     downloaded = _download_config(name)
     if downloaded is None:
         raise _unknown(name, " (not on the Hub either)")
