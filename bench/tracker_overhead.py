@@ -53,8 +53,8 @@ def main() -> int:
         burst.STEP_CLOCK = time.thread_time
     clock = "thread CPU time, 1 thread" if a.cpu_time else f"wall time, {torch.get_num_threads()} threads"
 
-    sc = Scenario(method=a.method, strategy=a.strategy, finetune=a.finetune, model=a.model, steps=a.steps,
-                  batch=a.batch, seq=a.seq)
+    sc = Scenario.from_dict(dict(method=a.method, strategy=a.strategy, finetune=a.finetune, model=a.model,
+                                 steps=a.steps, batch=a.batch, seq=a.seq))
     run_burst(sc, track=False)  # warm-up: builds the model, fills caches
     steps = {False: [], True: []}
     for rep in range(a.reps):

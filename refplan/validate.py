@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from refplan.methods import Finetune, Method, applicable_strategies
@@ -158,12 +158,11 @@ def build_model_dir(case: Case, root: Path) -> Path:
 
 
 def estimate_for(case_dir: Path, sc) -> tuple[int, str, dict]:
-    """The formula engine for the burst's TrainSpec (CPU, exact-length synthetic data: no padding)."""
+    """The formula engine for the burst's TrainSpec (a CPU burst on exact-length synthetic data: no padding)."""
     from refplan.planner import estimate
     from refplan.resolve import resolve_model
 
-    train = replace(sc.train_spec(), device="cpu", padded=False)
-    est = estimate(resolve_model(str(case_dir)), train)
+    est = estimate(resolve_model(str(case_dir)), sc.train)
     return est.peak_bytes, est.peak_phase.name, dict(est.components)
 
 
@@ -171,7 +170,7 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
         resume: bool = True, progress: bool = True, families: tuple[str, ...] | None = None) -> dict:
     """Build, run and compare the matrix; write the reports; return the summary."""
     from refplan.harness.runner import RunOptions, run_matrix
-    from refplan.harness.scenario import Scenario
+    from refplan.harness.scenario import Scenario, bench_train_spec
     from refplan.harness.tiny import cache_dir
 
     out = Path(out)
@@ -181,12 +180,12 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
     by_key = {}
     for c in cases:
         d = build_model_dir(c, root)
-        sc = Scenario.from_dict({
-            "method": c.method, "strategy": c.strategy, "finetune": c.finetune, "model": str(d),
-            "dtype": "fp32", "batch": c.batch, "seq": c.seq, "steps": 2, "grad_ckpt": c.grad_ckpt,
-            "lora_r": c.lora_r, "device": "cpu", "seed": 0,
+        train = bench_train_spec(
+            method=c.method, strategy=c.strategy, finetune=c.finetune, dtype="fp32", batch=c.batch, seq=c.seq,
+            grad_ckpt=c.grad_ckpt, lora_r=c.lora_r, device="cpu",
             # transformers 5.x runs Gemma 2 with eager attention only (soft-capped scores)
-            "attn": "eager" if c.family == "gemma2" else "sdpa"})
+            attn="eager" if c.family == "gemma2" else "sdpa")
+        sc = Scenario(train, model=str(d), steps=2, seed=0)
         scenarios.append(sc)
         by_key[sc.key] = (c, d, sc)
     work = out / "validate-runs"

@@ -50,12 +50,16 @@ def burst(method, strategy, finetune="full", ref_dtype=None, **kw):
     """Run (once per session) and return the result record of a micro scenario."""
     from refplan.harness.burst import run_burst
 
-    sc = Scenario(method=method, strategy=strategy, finetune=finetune, ref_dtype=ref_dtype, **{**MICRO, **kw})
+    sc = scenario(method, strategy, finetune=finetune, ref_dtype=ref_dtype, **kw)
     if sc.key not in _RESULTS:
         rec = run_burst(sc)
         assert rec["status"] == "ok", rec.get("traceback")
         _RESULTS[sc.key] = rec
     return _RESULTS[sc.key]
+
+
+def scenario(method, strategy, **kw) -> Scenario:
+    return Scenario.from_dict({"method": method, "strategy": strategy, **MICRO, **kw})
 
 
 def max_diff(a, b):
@@ -94,10 +98,10 @@ def test_tracker_registers_weights_loaded_from_safetensors():
     from refplan.harness.tiny import build_model
     from refplan.harness.tracker import LiveBytes, module_state_bytes, register_loaded_models
 
-    sc = Scenario(method="orpo", strategy="none", **MICRO)
+    sc = scenario("orpo", "none")
     tr = LiveBytes()
     with tr, register_loaded_models(tr):
-        model = load_model(build_model("micro"), "fp32", sc)
+        model = load_model(build_model("micro"), sc.train.dtype, sc.train)
         assert tr.live == module_state_bytes(model)
         n_params = sum(p.numel() for p in model.parameters())
         assert module_state_bytes(model) >= 4 * n_params
@@ -169,10 +173,10 @@ def test_runner_turns_crash_and_timeout_into_rows_and_resumes(tmp_path, monkeypa
     from refplan.harness import rows as csv_rows
     from refplan.harness import runner, suites
 
-    ok1 = Scenario(method="orpo", strategy="none", **MICRO)
-    crash = Scenario(method="simpo", strategy="none", **MICRO)
-    hang = Scenario(method="simpo", strategy="none", **{**MICRO, "seed": 1})
-    ok2 = Scenario(method="dpo", strategy="separate", **MICRO)
+    ok1 = scenario("orpo", "none")
+    crash = scenario("simpo", "none")
+    hang = scenario("simpo", "none", seed=1)
+    ok2 = scenario("dpo", "separate")
     unsupported = suites.make_item({**MICRO, "method": "dpo", "strategy": "sync", "finetune": "lora"})
     assert isinstance(unsupported, suites.Unsupported)
     monkeypatch.setenv("REFPLAN_BENCH_FAULT", f"{crash.key}=crash,{hang.key}=hang")
@@ -256,7 +260,7 @@ def test_bench_cli_module_does_not_import_torch():
 def test_cuda_burst_reports_allocator_and_nvml_peaks():
     from refplan.harness.burst import run_burst
 
-    sc = Scenario(method="dpo", strategy="precompute", **{**MICRO, "device": "cuda", "dtype": "bf16"})
+    sc = scenario("dpo", "precompute", device="cuda", dtype="bf16")
     rec = run_burst(sc)
     assert rec["status"] == "ok", rec.get("traceback")
     assert rec["memory_source"] == "cuda-allocator"

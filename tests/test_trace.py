@@ -96,8 +96,6 @@ def test_trace_matches_a_real_trl_burst(kw, tmp_path, monkeypatch):
     """A real TRL trainer run on CPU (refplan.harness) and the trace of the same setup: the same live
     bytes, to a few bytes (the burst also counts the scalar constants of modules it imports while
     tracked)."""
-    from dataclasses import replace
-
     from refplan.harness.burst import run_burst
     from refplan.harness.scenario import Scenario
     from refplan.harness.tiny import build_model
@@ -107,12 +105,12 @@ def test_trace_matches_a_real_trl_burst(kw, tmp_path, monkeypatch):
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     build_model("micro")
     # 3 steps: the second is steady state (its next batch is prefetched; the last step's is not)
-    sc = Scenario(model="random:micro", seq=32, batch=2, steps=3, lora_r=4, device="cpu",
-                  **{"dtype": "fp32", **kw})
+    sc = Scenario.from_dict({"model": "random:micro", "seq": 32, "batch": 2, "steps": 3, "lora_r": 4, "device": "cpu",
+                             "dtype": "fp32", **kw})
     rec = run_burst(sc)
     assert rec["status"] == "ok", rec.get("traceback")
     spec = resolve_model(rec["model_dir"])
-    traced = T.trace_estimate(spec, replace(sc.train_spec(), padded=False), layers=spec.num_layers)
+    traced = T.trace_estimate(spec, sc.train, layers=spec.num_layers)
     assert abs(traced.peak_bytes - rec["peak_train_bytes"]) <= 64
 
 

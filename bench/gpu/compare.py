@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         except Exception:
             from refplan.harness.tiny import resolve_model_dir
             spec = resolve_model(str(resolve_model_dir(d["model"])))
-        est = estimate(spec, sc.train_spec())
+        est = estimate(spec, sc.train)
         alloc_est = sum(v for k, v in est.components.items() if k not in CUDA_ONLY)
         alloc = int(r["torch_max_allocated_bytes"])
         reserved = int(r["torch_max_reserved_bytes"] or 0)

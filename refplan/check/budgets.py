@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -220,20 +220,19 @@ def _train_and_bench(merged: dict, mode: str, where, offline: bool | None):
             raise PlanError(where("model"), e.message) from None
         return train, spec, None
 
-    from refplan.harness.scenario import DEFAULT_MODEL, Scenario
+    from refplan.harness.scenario import DEFAULT_MODEL, FLAT_KEYS, Scenario
 
-    known = {f.name for f in fields(Scenario)}
-    extra = sorted(k for k in kwargs if k not in known)
+    extra = sorted(k for k in kwargs if k not in FLAT_KEYS)
     if extra:
         raise PlanError(where(extra[0]), "the harness cannot measure this setting; remove it or use "
                                          "mode = \"estimate\"")
-    # the harness's own defaults and validation apply: it gets the values as written
-    bench_fields = {k: v for k, v in merged.items() if k in known and k not in EXPLICIT_KEYS}
     model = merged.get("model", DEFAULT_MODEL)
     _check_measured_model(model, where("model"), offline)
-    explicit = {k: kwargs[k] for k in EXPLICIT_KEYS}
-    bench = Scenario(**explicit, **{**bench_fields, "model": model})
-    return bench.train_spec(), None, bench
+    # the harness's own defaults and validation apply: it gets the values as written (method, strategy
+    # and fine-tune as parsed above)
+    flat = {k: v for k, v in merged.items() if k in FLAT_KEYS}
+    bench = Scenario.from_dict({**flat, **{k: kwargs[k] for k in EXPLICIT_KEYS}, "model": model})
+    return bench.train, None, bench
 
 
 def _check_measured_model(model: str, where: str, offline: bool | None) -> None:

@@ -207,10 +207,10 @@ def run(args) -> int:
         items = suites.scenarios_from_flags(methods or list(Method), strategies,
                                             finetunes or [Finetune.FULL, Finetune.LORA], defaults, explicit)
         if args.ref_dtype:
-            from dataclasses import replace
+            from refplan.harness.scenario import Scenario
 
-            items += [replace(it, ref_dtype=args.ref_dtype) for it in items
-                      if it.strategy is Strategy.SEPARATE and it.ref_dtype is None]
+            items += [Scenario.from_dict({**it.as_dict(), "ref_dtype": args.ref_dtype}) for it in items
+                      if it.train.strategy is Strategy.SEPARATE and it.train.ref_dtype is None]
         name = "custom"
     if not items:
         raise PlanError("--strategy", "no scenario matches these flags")
@@ -247,7 +247,7 @@ def _selected(item, methods, strategies, finetunes) -> bool:
         s = item.scenario
         m, st, ft = s.get("method"), s.get("strategy"), s.get("finetune", "full")
     else:
-        m, st, ft = item.method.value, item.strategy.value, item.finetune.value
+        m, st, ft = item.train.method.value, item.train.strategy.value, item.train.finetune.value
     return ((not methods or m in [x.value for x in methods])
             and (not strategies or st in [x.value for x in strategies])
             and (not finetunes or ft in [x.value for x in finetunes]))

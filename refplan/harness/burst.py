@@ -28,6 +28,7 @@ import traceback
 
 from refplan.harness.scenario import Scenario
 from refplan.methods import Method
+from refplan.settings import Device
 
 RECIPES = {
     Method.DPO: "refplan.harness.recipes.dpo",
@@ -183,13 +184,13 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
         from refplan.harness.recipes.common import load_dataset, load_tokenizer
         from refplan.harness.tiny import resolve_model_dir
 
-        cuda = sc.device == "cuda"
+        cuda = sc.train.device is Device.CUDA
         if cuda:
             if not torch.cuda.is_available():
                 raise RuntimeError("--device cuda but torch sees no CUDA device")
             torch.cuda.set_device(0)
             torch.cuda.empty_cache()
-        recipe = importlib.import_module(RECIPES[sc.method])
+        recipe = importlib.import_module(RECIPES[sc.train.method])
         model_dir = resolve_model_dir(sc.model)
         rec["model_dir"] = str(model_dir)
         tokenizer = load_tokenizer(model_dir)
@@ -254,8 +255,8 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
     rec["losses"] = [entry.get("loss") for entry in logs]
     rec["steps_log"] = logs
     rec["step_s"] = steps
-    beta = getattr(importlib.import_module(RECIPES[sc.method]), "BETA", None) if rec["status"] == "ok" else None
-    rec["ref_logps"] = _ref_logps(logs, beta) if sc.method.caps.needs_reference and beta else []
+    beta = getattr(importlib.import_module(RECIPES[sc.train.method]), "BETA", None) if rec["status"] == "ok" else None
+    rec["ref_logps"] = _ref_logps(logs, beta) if sc.train.method.caps.needs_reference and beta else []
     rec["wall_s"] = time.perf_counter() - t_start
     scratch.cleanup()
     return rec
@@ -280,7 +281,8 @@ def _summarize(sc: Scenario, phases, steps: list[float], logs: list[dict]) -> di
     def get(phase, counter):
         return p.get(phase, {}).get(counter)
 
-    counter = "torch_allocated_bytes" if sc.device == "cuda" else "live_bytes"
+    cuda = sc.train.device is Device.CUDA
+    counter = "torch_allocated_bytes" if cuda else "live_bytes"
     setup, pre, train = get("setup", counter), get("precompute", counter), get("train", counter)
     measured = [v for v in (pre, train) if v is not None]
     rss = [v.get("rss_bytes") for v in p.values() if v.get("rss_bytes") is not None]
@@ -291,12 +293,12 @@ def _summarize(sc: Scenario, phases, steps: list[float], logs: list[dict]) -> di
 
     after_first = steps[1:] if len(steps) > 1 else steps
     median = statistics.median(after_first) if after_first else None
-    tokens_per_step = sc.sequences_per_step * sc.seq
+    tokens_per_step = sc.train.tokens_per_forward
     nt = [e["num_tokens"] for e in logs if "num_tokens" in e]
     if len(nt) >= 2 and sc.dataset != "synthetic":
         tokens_per_step = statistics.median([b - a for a, b in zip(nt, nt[1:])])
     return {
-        "memory_source": "cuda-allocator" if sc.device == "cuda" else "tracker" if get("train", "live_bytes")
+        "memory_source": "cuda-allocator" if cuda else "tracker" if get("train", "live_bytes")
         is not None else "",
         "peak_bytes": max(measured) if measured else None,
         "peak_setup_bytes": setup,
@@ -308,7 +310,7 @@ def _summarize(sc: Scenario, phases, steps: list[float], logs: list[dict]) -> di
         "rss_peak_bytes": max(rss) if rss else None,
         "median_step_s": median,
         "tokens_per_s": tokens_per_step / median if median else None,
-        "samples_per_s": sc.batch / median if median else None,
+        "samples_per_s": sc.train.batch / median if median else None,
         "loss_first": logs[0].get("loss") if logs else None,
         "loss_last": logs[-1].get("loss") if logs else None,
         "phases": p,
@@ -323,7 +325,7 @@ def planner_estimate(sc: Scenario, model_dir: str | None) -> int | None:
         from refplan.planner import estimate
         from refplan.resolve import resolve_model
 
-        return int(estimate(resolve_model(model_dir), sc.train_spec()).peak_bytes)
+        return int(estimate(resolve_model(model_dir), sc.train).peak_bytes)
     except Exception:
         return None
 

@@ -32,7 +32,7 @@ def run_request(req: dict) -> int:
     rec["scenario"] = sc.as_dict()
     rec["est_peak_bytes"] = planner_estimate(sc, rec.get("model_dir"))
     try:
-        rec["env"] = environment(sc.device)
+        rec["env"] = environment(sc.train.device.value)
     except Exception as e:  # the row matters more than the environment record
         rec["env"] = {"error": repr(e)}
     path = Path(req["result_path"])

@@ -39,9 +39,10 @@ class Display:
 
     def start(self, sc: Scenario) -> None:
         if self.enabled:
-            ref = f" ref {sc.ref_dtype}" if sc.ref_dtype else ""
+            t = sc.train
+            ref = f" ref {t.ref_dtype.value}" if t.ref_dtype else ""
             self.progress.reset(self.current, total=sc.steps, completed=0, visible=True,
-                                description=f"  {sc.method.value} {sc.strategy.value}{ref} {sc.finetune.value}: step")
+                                description=f"  {t.method.value} {t.strategy.value}{ref} {t.finetune.value}: step")
 
     def step(self, prog: tuple[int, int] | None, elapsed: float) -> None:
         if self.enabled and prog is not None:

@@ -137,7 +137,7 @@ def _cell(v):
 def scenario_row(sc: Scenario, suite: str) -> dict:
     d = sc.as_dict()
     d.update(key=sc.key, suite=suite, prompt_len=sc.prompt_len, completion_len=sc.completion_len,
-             ref_dtype=sc.ref_dtype or "", autocast=sc.autocast or "")
+             ref_dtype=d["ref_dtype"] or "", autocast=d["autocast"] or "")
     return d
 
 
@@ -151,15 +151,16 @@ def parity(sc: Scenario, rec: dict, base: dict | None) -> dict:
     drift apart for reasons that are not the strategy's. The max loss difference over all steps is
     reported either way. A synced reference moves after the first step: only step 0 is compared.
     """
+    t = sc.train
     if sc.baseline is None:
-        return {"parity_ok": "baseline" if sc.method.caps.needs_reference else ""}
+        return {"parity_ok": "baseline" if t.method.caps.needs_reference else ""}
     out = {"parity_baseline": sc.baseline.key}
     if base is None or base.get("status") != "ok" or rec.get("status") != "ok":
         return out
     steps = min(len(rec["losses"]), len(base["losses"]))
-    if sc.strategy is Strategy.SYNC:
+    if t.strategy is Strategy.SYNC:
         steps = min(steps, 1)
-    judged = steps if sc.dtype == "fp32" else min(steps, 1)
+    judged = steps if t.dtype.value == "fp32" else min(steps, 1)
     loss_diff = [abs(a - b) for a, b in zip(rec["losses"][:steps], base["losses"][:steps])
                  if a is not None and b is not None]
     ref_abs, ref_rel = [], []
@@ -169,10 +170,10 @@ def parity(sc: Scenario, rec: dict, base: dict | None) -> dict:
             ref_rel.append(abs(a - b) / max(1.0, abs(b)))
     out["parity_max_abs_diff"] = max(loss_diff) if loss_diff else None
     out["ref_logp_max_abs_diff"] = max(ref_abs) if ref_abs else None
-    if sc.ref_dtype is not None:  # a lower-precision reference is expected to drift: report it
+    if t.ref_dtype is not None:  # a lower-precision reference is expected to drift: report it
         out["parity_ok"] = "drift"
         return out
-    tol = PARITY_TOL[sc.dtype]
+    tol = PARITY_TOL[t.dtype.value]
     ok = bool(loss_diff) and max(loss_diff[:judged]) <= tol and all(r <= tol for r in ref_rel)
     out["parity_ok"] = "pass" if ok else "fail"
     return out

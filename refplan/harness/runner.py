@@ -47,7 +47,7 @@ def run_matrix(items: list[Scenario | Unsupported], opts: RunOptions) -> list[di
         csv_path.unlink()
     todo = [it for it in items if it.key not in done]
     rows = [done[it.key] for it in items if it.key in done]
-    cuda = any(isinstance(it, Scenario) and it.device == "cuda" for it in todo)
+    cuda = any(isinstance(it, Scenario) and it.train.device.value == "cuda" for it in todo)
     isolation = opts.isolation if opts.isolation != "auto" else ("spawn" if cuda else "fork")
     log_path = out / "bench.log"
 

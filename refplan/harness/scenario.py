@@ -1,4 +1,10 @@
-"""One benchmark scenario: a frozen record, validated once, with a unique key and its TrainSpec.
+"""One benchmark scenario: a :class:`~refplan.spec.TrainSpec` plus the settings only a burst has.
+
+A scenario is the training setup the planner estimates (``train``) and where and how long the bench
+runs it (``model``, ``dataset``, ``steps``, ``seed``). Suites, CLI flags, budget files and result
+rows spell it as one flat dict (:data:`FLAT_KEYS`); :meth:`Scenario.from_dict` is the one place
+that turns such a dict into a scenario, and :func:`bench_train_spec` the one place the bench's
+defaults (where they differ from TrainSpec's) are applied.
 
 Imports only the standard library and refplan's own spec modules, so the runner and the CLI can
 expand and check a matrix without importing torch.
@@ -8,128 +14,141 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from refplan.errors import PlanError
-from refplan.methods import Finetune, Method, Strategy, check_combination
-from refplan.settings import Dtype, Optim
+from refplan.methods import Finetune, Strategy
+from refplan.settings import ALL_LINEAR, Optim, Quant, Sharding
 from refplan.spec import TrainSpec
 
 DEFAULT_MODEL = "random:tiny"
 DEFAULT_DATASET = "synthetic"
-#: refplan optimizer name -> transformers ``optim`` (``Optim.caps.trainer_name``), for the optimizers
-#: the bench can run on this machine's CPU
-OPTIMS = {o.value: o.caps.trainer_name for o in Optim if o.caps.runs_on_cpu}
+
+#: the bench's defaults where they differ from TrainSpec's: an exact fp32 CPU run, small shapes
+BENCH_DEFAULTS = {"dtype": "fp32", "lora_r": 8, "batch": 2, "seq": 128, "device": "cpu"}
+#: the flat spelling of a scenario, in the order of result rows (its TrainSpec fields, then the bench's)
+FLAT_KEYS = ("method", "strategy", "finetune", "model", "dataset", "dtype", "autocast", "ref_dtype", "lora_r",
+             "batch", "seq", "steps", "grad_ckpt", "attn", "device", "seed", "optim")
+#: flat keys that are a burst's own, not the training setup's
+BENCH_KEYS = ("model", "dataset", "steps", "seed")
+#: flat keys that are TrainSpec fields
+TRAIN_KEYS = tuple(k for k in FLAT_KEYS if k not in BENCH_KEYS)
+#: optimizers the bench can run on this machine's CPU (bitsandbytes ones need CUDA here)
+BENCH_OPTIMS = tuple(o for o in Optim if o.caps.runs_on_cpu)
+
+
+def bench_train_spec(dataset: str = DEFAULT_DATASET, **flat) -> TrainSpec:
+    """The TrainSpec of a burst from its flat training keys (:data:`TRAIN_KEYS`), with the bench's defaults.
+
+    Derived, not chosen: the precompute pass runs at the training batch size, and synthetic rows have
+    exact lengths (no padding, so no explicit attention mask) while a real dataset's are padded.
+    """
+    kw = {**BENCH_DEFAULTS, **flat}
+    train = TrainSpec.parse(**kw, precompute_batch=kw["batch"], padded=dataset != DEFAULT_DATASET)
+    if train.ref_dtype is train.dtype:
+        train = replace(train, ref_dtype=None)  # one spelling per scenario, one key
+    return train
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One burst: a method x strategy x fine-tune mode on one model, dataset and shape.
+    """One burst: ``train`` run on ``model`` over ``dataset`` for ``steps`` optimizer steps.
 
-    ``seq`` is the padded length of one sequence as the trainer's batch has it (see
-    :func:`refplan.harness.tiny.split_lengths`); ``batch`` is ``per_device_train_batch_size``
-    (pairs for DPO/IPO/ORPO/SimPO, examples for KTO). ``ref_dtype`` None means the reference has
-    the policy's dtype.
+    ``train.seq`` is the padded length of one sequence as the trainer's batch has it (see
+    :func:`refplan.harness.tiny.split_lengths`); ``train.batch`` is ``per_device_train_batch_size``
+    (pairs for DPO/IPO/ORPO/SimPO, examples for KTO).
     """
 
-    method: Method
-    strategy: Strategy
-    finetune: Finetune = Finetune.FULL
+    train: TrainSpec
     model: str = DEFAULT_MODEL
     dataset: str = DEFAULT_DATASET
-    dtype: str = "fp32"
-    autocast: str | None = None
-    ref_dtype: str | None = None
-    lora_r: int = 8
-    batch: int = 2
-    seq: int = 128
     steps: int = 3
-    grad_ckpt: bool = False
-    attn: str = "sdpa"
-    device: str = "cpu"
     seed: int = 0
-    optim: str = "adamw"
 
     def __post_init__(self):
-        for name, enum_cls in (("method", Method), ("strategy", Strategy), ("finetune", Finetune)):
-            val = getattr(self, name)
-            if not isinstance(val, enum_cls):
-                try:
-                    object.__setattr__(self, name, enum_cls(str(val).lower()))
-                except ValueError:
-                    choices = ", ".join(m.value for m in enum_cls)
-                    raise PlanError(f"--{name}", f"unknown value {val!r}; choose from {choices}") from None
-        Dtype.parse(self.dtype, "--dtype")
-        if self.optim not in OPTIMS:
-            raise PlanError("--optim", f"the bench runs {', '.join(OPTIMS)} only (got {self.optim!r})")
-        if self.steps < 1:
+        t = self.train
+        if t.optim not in BENCH_OPTIMS:
+            raise PlanError("--optim", f"the bench runs {', '.join(o.value for o in BENCH_OPTIMS)} only "
+                                       f"(got {t.optim.value!r})")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise PlanError("--steps", f"steps must be positive (got {self.steps})")
-        if self.ref_dtype == self.dtype:
-            object.__setattr__(self, "ref_dtype", None)  # one spelling per scenario, one key
-        if self.ref_dtype is not None and self.strategy is not Strategy.SEPARATE:
+        if t.ref_dtype is not None and t.strategy is not Strategy.SEPARATE:
             raise PlanError("--ref-dtype", f"a reference dtype applies to strategy 'separate' only "
-                                           f"(got {self.strategy.value!r})")
-        check_combination(self.method, self.strategy, self.finetune)
-        self.train_spec()  # validates shape, device and method limits (KTO batch > 1) once, here
+                                           f"(got {t.strategy.value!r})")
+        _check_benchable(t, self.dataset)
+
+    @classmethod
+    def from_dict(cls, flat: dict) -> Scenario:
+        """A scenario from its flat spelling (suites, CLI flags, result rows); values may be strings or enums,
+        absent keys take the bench's defaults. Unknown keys are refused."""
+        unknown = set(flat) - set(FLAT_KEYS)
+        if unknown:
+            raise PlanError("suite", f"unknown scenario keys: {', '.join(sorted(unknown))}")
+        bench = {k: flat[k] for k in BENCH_KEYS if k in flat}
+        train = {k: flat[k] for k in TRAIN_KEYS if k in flat}
+        return cls(bench_train_spec(bench.get("dataset", DEFAULT_DATASET), **train), **bench)
 
     # -- derived ------------------------------------------------------------------------------------
+
+    def as_dict(self) -> dict:
+        """The flat spelling (:data:`FLAT_KEYS`), every value a string, number, bool or None."""
+        t = self.train
+        values = {"model": self.model, "dataset": self.dataset, "steps": self.steps, "seed": self.seed}
+        for k in TRAIN_KEYS:
+            v = getattr(t, k)
+            values[k] = v.value if hasattr(v, "value") else v
+        return {k: values[k] for k in FLAT_KEYS}
 
     @property
     def key(self) -> str:
         """Readable and unique: ``dpo-separate-full-fp32-b2-s128-<hash of every field>``."""
-        ref = f"-ref{self.ref_dtype}" if self.ref_dtype else ""
-        lora = f"-r{self.lora_r}" if self.finetune.peft else ""
+        t = self.train
+        ref = f"-ref{t.ref_dtype.value}" if t.ref_dtype else ""
+        lora = f"-r{t.lora_r}" if t.finetune.peft else ""
         digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
-        return (f"{self.method.value}-{self.strategy.value}{ref}-{self.finetune.value}{lora}-{self.dtype}"
-                f"-b{self.batch}-s{self.seq}-{digest}")
+        return (f"{t.method.value}-{t.strategy.value}{ref}-{t.finetune.value}{lora}-{t.dtype.value}"
+                f"-b{t.batch}-s{t.seq}-{digest}")
 
     @property
     def prompt_len(self) -> int:
         from refplan.harness.tiny import split_lengths
 
-        return split_lengths(self.seq, self.method.caps.added_tokens)[0]
+        return split_lengths(self.train.seq, self.train.method.caps.added_tokens)[0]
 
     @property
     def completion_len(self) -> int:
         from refplan.harness.tiny import split_lengths
 
-        return split_lengths(self.seq, self.method.caps.added_tokens)[1]
+        return split_lengths(self.train.seq, self.train.method.caps.added_tokens)[1]
 
     @property
     def sequences_per_step(self) -> int:
         """Sequences in one policy forward: 2B for pair methods, B for KTO (its KL pass not counted)."""
-        return self.batch * (2 if self.method.caps.concatenates_pair else 1)
+        return self.train.sequences_per_forward
 
     @property
     def baseline(self) -> Scenario | None:
         """The scenario this one's losses are compared with: same everything, strategy 'separate' at the
         policy's dtype. None for the baseline itself and for reference-free methods."""
-        if not self.method.caps.needs_reference:
+        if not self.train.method.caps.needs_reference:
             return None
-        base = replace(self, strategy=Strategy.SEPARATE, ref_dtype=None)
+        base = replace(self, train=replace(self.train, strategy=Strategy.SEPARATE, ref_dtype=None))
         return None if base == self else base
 
-    def train_spec(self) -> TrainSpec:
-        """The planner's view of this scenario (same device, dtypes, shape)."""
-        return TrainSpec(
-            method=self.method, strategy=self.strategy, finetune=self.finetune, dtype=self.dtype,
-            autocast=self.autocast, ref_dtype=self.ref_dtype, lora_r=self.lora_r, lora_targets="all-linear",
-            batch=self.batch, seq=self.seq, precompute_batch=self.batch, grad_ckpt=self.grad_ckpt,
-            optim=self.optim, attn=self.attn, device=self.device,
-            # synthetic rows have exact lengths: no padding, so no explicit attention mask
-            padded=self.dataset != "synthetic",
-        )
 
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        for k in ("method", "strategy", "finetune"):
-            d[k] = getattr(self, k).value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Scenario:
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise PlanError("suite", f"unknown scenario keys: {', '.join(sorted(unknown))}")
-        return cls(**d)
+def _check_benchable(train: TrainSpec, dataset: str) -> None:
+    """Refuse training settings a burst cannot run or its flat spelling cannot hold, naming the flag; and
+    derived settings that disagree with :func:`bench_train_spec` (which sets them)."""
+    if train.ref_dtype is train.dtype:
+        raise PlanError("--ref-dtype", "equals the policy's dtype; leave it unset (one spelling, one key)")
+    if train.precompute_batch != train.batch or train.padded != (dataset != DEFAULT_DATASET):
+        raise PlanError("--batch", "a burst precomputes at its training batch and pads real data only; "
+                                   "build its TrainSpec with bench_train_spec()")
+    if train.finetune is Finetune.QLORA:
+        raise PlanError("--finetune", "the bench runs full and lora fine-tuning (its recipes load no 4-bit model)")
+    if train.lora_targets != (ALL_LINEAR,):
+        raise PlanError("--lora-targets", "the bench trains all-linear LoRA adapters only")
+    if train.ref_quant is not Quant.NONE:
+        raise PlanError("--ref-quant", "the bench runs full-precision references only")
+    if train.gpus != 1 or train.sharding is not Sharding.NONE:
+        raise PlanError("--gpus", "the bench runs one unsharded device; drop --gpus/--zero/--fsdp")

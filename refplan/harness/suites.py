@@ -129,7 +129,7 @@ def scenarios_from_flags(methods, strategies, finetunes, defaults: dict, explici
         if axis not in explicit or not values:
             continue
         for v in values:
-            if not any((sc.method, sc.strategy, sc.finetune)[index] is v for sc in out):
+            if not any((sc.train.method, sc.train.strategy, sc.train.finetune)[index] is v for sc in out):
                 raise next(e for combo, e in refusals if combo[index] is v)
     if not out and refusals:
         raise refusals[0][1]

@@ -15,80 +15,82 @@ import torch
 
 from refplan.errors import PlanError
 from refplan.harness import tiny
-from refplan.harness.scenario import OPTIMS, Scenario
+from refplan.harness.scenario import Scenario
+from refplan.methods import Method
+from refplan.reference import reference_plan
+from refplan.settings import ALL_LINEAR, Attn, Device, Dtype
+from refplan.spec import TrainSpec
 
-TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+TORCH_DTYPES = {Dtype.FP32: torch.float32, Dtype.BF16: torch.bfloat16, Dtype.FP16: torch.float16}
 LEARNING_RATE = 1e-5  # small: a burst measures memory and speed, not learning
 
 
-def load_model(model_dir: str | Path, dtype: str, sc: Scenario):
-    """``AutoModelForCausalLM.from_pretrained`` in ``dtype``, on the scenario's device."""
+def load_model(model_dir: str | Path, dtype: Dtype, train: TrainSpec):
+    """``AutoModelForCausalLM.from_pretrained`` in ``dtype``, with the setup's attention, on its device."""
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(
         str(model_dir),
         dtype=TORCH_DTYPES[dtype],
-        attn_implementation=_attn(sc.attn),
-        device_map={"": 0} if sc.device == "cuda" else None,
+        attn_implementation="flash_attention_2" if train.attn is Attn.FLASH else train.attn.value,
+        device_map={"": 0} if train.device is Device.CUDA else None,
     )
 
 
-def _attn(attn: str) -> str:
-    return {"flash": "flash_attention_2"}.get(attn, attn)
-
-
-def lora_config(sc: Scenario):
-    """LoRA on every linear layer but the LM head (PEFT's "all-linear"), dropout 0 for exact parity."""
+def lora_config(train: TrainSpec):
+    """LoRA on the setup's target modules (PEFT's "all-linear": every linear layer but the LM head), dropout 0
+    for exact parity."""
     from peft import LoraConfig
 
-    return LoraConfig(r=sc.lora_r, lora_alpha=2 * sc.lora_r, lora_dropout=0.0, target_modules="all-linear",
+    targets = ALL_LINEAR if train.lora_targets == (ALL_LINEAR,) else list(train.lora_targets)
+    return LoraConfig(r=train.lora_r, lora_alpha=2 * train.lora_r, lora_dropout=0.0, target_modules=targets,
                       task_type="CAUSAL_LM")
 
 
 def policy_and_reference(sc: Scenario, model_dir: str | Path):
-    """The policy, its ``peft_config`` and our own reference, for methods with a reference (DPO,
-    IPO, KTO): each strategy as TRL's own switch.
+    """The policy, its ``peft_config`` and our own reference, for methods with a reference (DPO, IPO, KTO),
+    as the setup's reference plan (:func:`refplan.reference.reference_plan`) says:
 
-    - LoRA: TRL wraps the policy from ``peft_config`` (unwrap, separate, precompute); for
-      ref-adapter we wrap it first and TRL adds a frozen "ref" copy of the adapter. Seed first, as
-      TRL does, so the adapters start equal.
-    - Our own reference only for 'separate' with a LoRA policy or another dtype; everything else is
-      TRL's (automatic reload, adapters off, 'ref' adapter, precompute, sync).
+    - a PEFT policy is wrapped by TRL from ``peft_config``, unless the plan wraps it before the trainer
+      (ref-adapter: TRL then adds a frozen "ref" copy of the adapter). Seed first, as TRL does, so the
+      adapters start equal.
+    - our own reference only where the plan says TRL would not build it (``own_model``: a PEFT policy, or
+      another dtype); everything else is TRL's (automatic reload, adapters off, "ref" adapter, precompute).
     """
     from peft import get_peft_model
     from transformers import set_seed
 
-    from refplan.methods import Finetune, Strategy
-
-    model = load_model(model_dir, sc.dtype, sc)
+    train = sc.train
+    plan = reference_plan(train)
+    model = load_model(model_dir, train.dtype, train)
     peft_config = None
-    if sc.finetune is Finetune.LORA:
-        if sc.strategy is Strategy.REF_ADAPTER:
+    if train.finetune.peft:
+        if plan.wrap_policy_before_trainer:
             set_seed(sc.seed)
-            model = get_peft_model(model, lora_config(sc))
+            model = get_peft_model(model, lora_config(train))
         else:
-            peft_config = lora_config(sc)
-    ref_model = None
-    if sc.strategy is Strategy.SEPARATE and (sc.finetune is Finetune.LORA or sc.ref_dtype is not None):
-        ref_model = load_model(model_dir, sc.ref_dtype or sc.dtype, sc)
+            peft_config = lora_config(train)
+    ref_model = load_model(model_dir, plan.dtype, train) if plan.own_model else None
     return model, peft_config, ref_model
 
 
 def training_args(sc: Scenario, out_dir: str | Path, max_length: int | None) -> dict:
     """Keyword arguments every TRL config of the bench gets."""
+    train = sc.train
+    mixed = {train.dtype, train.autocast}
     return dict(
         output_dir=str(out_dir),
-        per_device_train_batch_size=sc.batch,
+        per_device_train_batch_size=train.batch,
         gradient_accumulation_steps=1,
         max_steps=sc.steps,
         learning_rate=LEARNING_RATE,
         lr_scheduler_type="constant",
-        optim=OPTIMS[sc.optim],
+        optim=train.optim.caps.trainer_name,
         seed=sc.seed,
         data_seed=sc.seed,
-        bf16=sc.dtype == "bf16" or sc.autocast == "bf16",
-        fp16=sc.dtype == "fp16" or sc.autocast == "fp16",
-        **checkpointing_kwargs(sc.grad_ckpt),
+        bf16=Dtype.BF16 in mixed,
+        fp16=Dtype.FP16 in mixed,
+        **checkpointing_kwargs(train.grad_ckpt),
         logging_steps=1,
         logging_strategy="steps",
         report_to="none",
@@ -96,7 +98,7 @@ def training_args(sc: Scenario, out_dir: str | Path, max_length: int | None) -> 
         eval_strategy="no",
         disable_tqdm=True,
         dataloader_num_workers=0,
-        use_cpu=sc.device == "cpu",
+        use_cpu=train.device is Device.CPU,
         max_length=max_length,
         disable_dropout=True,
     )
@@ -124,7 +126,7 @@ UNPAIRED_COLUMNS = ("prompt", "completion", "label")
 
 
 def rows_needed(sc: Scenario) -> int:
-    return sc.steps * sc.batch
+    return sc.steps * sc.train.batch
 
 
 def load_dataset(sc: Scenario, tokenizer):
@@ -137,7 +139,7 @@ def load_dataset(sc: Scenario, tokenizer):
     """
     from datasets import Dataset
 
-    unpaired = sc.method.value == "kto"
+    unpaired = sc.train.method is Method.KTO
     n = rows_needed(sc)
     if sc.dataset == "synthetic":
         make = tiny.synthetic_unpaired if unpaired else tiny.synthetic_pairs

@@ -25,7 +25,8 @@ from trl import DPOConfig, DPOTrainer
 
 from refplan.harness.recipes.common import policy_and_reference, training_args
 from refplan.harness.scenario import Scenario
-from refplan.methods import Method, Strategy
+from refplan.methods import Method
+from refplan.reference import reference_plan
 
 BETA = 0.1
 
@@ -34,15 +35,16 @@ def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, ca
     # 1-3. The policy (LoRA wrapped by TRL, or by us for ref-adapter) and, for 'separate' with a
     #      LoRA policy or another dtype, our own reference (common.policy_and_reference).
     model, peft_config, ref_model = policy_and_reference(sc, model_dir)
+    train, plan = sc.train, reference_plan(sc.train)
 
-    # 4. The config: explicit precision, checkpointing, and the strategy's switch.
+    # 4. The config: explicit precision, checkpointing, and the reference plan's TRL switches.
     args = DPOConfig(
-        **training_args(sc, out_dir, max_length=sc.seq),
+        **training_args(sc, out_dir, max_length=train.seq),
         beta=BETA,
-        loss_type=["ipo"] if sc.method is Method.IPO else ["sigmoid"],
-        precompute_ref_log_probs=sc.strategy is Strategy.PRECOMPUTE,
-        precompute_ref_batch_size=sc.batch,
-        sync_ref_model=sc.strategy is Strategy.SYNC,
+        loss_type=["ipo"] if train.method is Method.IPO else ["sigmoid"],
+        precompute_ref_log_probs=plan.trl_precompute_ref_log_probs,
+        precompute_ref_batch_size=train.precompute_batch,
+        sync_ref_model=plan.trl_sync_ref_model,
         ref_model_sync_steps=1,  # sync after every step, so a burst exercises the mixing
         ref_model_mixup_alpha=0.6,
     )

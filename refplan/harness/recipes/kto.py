@@ -15,7 +15,7 @@ from trl import KTOConfig, KTOTrainer
 
 from refplan.harness.recipes.common import policy_and_reference, training_args
 from refplan.harness.scenario import Scenario
-from refplan.methods import Strategy
+from refplan.reference import reference_plan
 
 BETA = 0.1
 
@@ -23,15 +23,16 @@ BETA = 0.1
 def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, callbacks=()) -> KTOTrainer:
     # 1-3. The policy, its LoRA config and our own reference where one is needed, as for DPO.
     model, peft_config, ref_model = policy_and_reference(sc, model_dir)
+    train, plan = sc.train, reference_plan(sc.train)
 
     # 4. The config: KTOConfig keeps train_sampling_strategy="sequential" (the KL pairs need it).
     args = KTOConfig(
-        **training_args(sc, out_dir, max_length=sc.seq),
+        **training_args(sc, out_dir, max_length=train.seq),
         beta=BETA,
         loss_type="kto",
-        precompute_ref_log_probs=sc.strategy is Strategy.PRECOMPUTE,
-        precompute_ref_batch_size=sc.batch,
-        sync_ref_model=sc.strategy is Strategy.SYNC,
+        precompute_ref_log_probs=plan.trl_precompute_ref_log_probs,
+        precompute_ref_batch_size=train.precompute_batch,
+        sync_ref_model=plan.trl_sync_ref_model,
         ref_model_sync_steps=1,
         ref_model_mixup_alpha=0.6,
     )

@@ -16,18 +16,17 @@ from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
 from refplan.harness.recipes.common import load_model, lora_config, training_args  # noqa: E402
 from refplan.harness.scenario import Scenario  # noqa: E402
-from refplan.methods import Finetune  # noqa: E402
 
 BETA = 0.1  # ORPO's lambda on the odds-ratio term
 
 
 def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, callbacks=()) -> ORPOTrainer:
     # 1. The policy, in the dtype the scenario names.
-    model = load_model(model_dir, sc.dtype, sc)
+    model = load_model(model_dir, sc.train.dtype, sc.train)
 
     # 2. The config. max_length bounds prompt + completion + the BOS/EOS TRL adds.
     args = ORPOConfig(
-        **training_args(sc, out_dir, max_length=sc.seq),
+        **training_args(sc, out_dir, max_length=sc.train.seq),
         remove_unused_columns=False,  # its collator reads the tokenized columns itself
         beta=BETA,
     )
@@ -38,6 +37,6 @@ def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, ca
         args=args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(sc) if sc.finetune is Finetune.LORA else None,
+        peft_config=lora_config(sc.train) if sc.train.finetune.peft else None,
         callbacks=list(callbacks),
     )

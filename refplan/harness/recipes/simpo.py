@@ -17,7 +17,6 @@ from trl.experimental.cpo import CPOConfig, CPOTrainer  # noqa: E402
 
 from refplan.harness.recipes.common import load_model, lora_config, training_args  # noqa: E402
 from refplan.harness.scenario import Scenario  # noqa: E402
-from refplan.methods import Finetune  # noqa: E402
 
 BETA = 2.0  # SimPO's beta (the paper's range is 2-10)
 GAMMA = 0.5
@@ -25,11 +24,11 @@ GAMMA = 0.5
 
 def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, callbacks=()) -> CPOTrainer:
     # 1. The policy, in the dtype the scenario names.
-    model = load_model(model_dir, sc.dtype, sc)
+    model = load_model(model_dir, sc.train.dtype, sc.train)
 
     # 2. The config: SimPO is CPO's "simpo" loss without the NLL term.
     args = CPOConfig(
-        **training_args(sc, out_dir, max_length=sc.seq),
+        **training_args(sc, out_dir, max_length=sc.train.seq),
         remove_unused_columns=False,  # its collator reads the tokenized columns itself
         loss_type="simpo",
         cpo_alpha=0.0,
@@ -43,6 +42,6 @@ def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, ca
         args=args,
         train_dataset=train_dataset,
         processing_class=tokenizer,
-        peft_config=lora_config(sc) if sc.finetune is Finetune.LORA else None,
+        peft_config=lora_config(sc.train) if sc.train.finetune.peft else None,
         callbacks=list(callbacks),
     )
