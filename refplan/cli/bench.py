@@ -56,6 +56,8 @@ def register(sub) -> None:
                    help="process per scenario: fork of a pre-imported server (cpu default) or spawn (cuda)")
     p.add_argument("--no-track", action="store_true", help="turn the CPU tensor tracker off (speed only)")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
+    p.add_argument("--config", default=None, metavar="FILE", help="run the row your TRL/Axolotl config describes "
+                   "(its settings and reference strategy) on --model (default: the tiny random model)")
     p.add_argument("--list", action="store_true", help="print the scenarios and exit")
     p.add_argument("--format", default="table", help="table | json | csv: the end-of-run summary on stdout "
                                                      "(progress goes to stderr)")
@@ -190,7 +192,14 @@ def run(args) -> int:
     overrides = _overrides(args, device)
 
     custom = args.model is not None or methods or strategies or finetunes
-    if args.suite is not None or not custom:
+    if args.config is not None:
+        from refplan.harness.from_config import config_scenarios
+
+        typed = {k: v for k, v in overrides.items() if k != "model" and getattr(args, k, None) is not None}
+        typed["device"] = device
+        items = config_scenarios(args.config, model=args.model, methods=methods, overrides=typed)
+        name = "config"
+    elif args.suite is not None or not custom:
         suite = suites.load_suite(args.suite or "default")
         if device == "cuda" and args.suite is None:
             suite = suites.load_suite("gpu")

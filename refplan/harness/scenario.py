@@ -29,6 +29,9 @@ BENCH_DEFAULTS = {"dtype": "fp32", "lora_r": 8, "batch": 2, "seq": 128, "device"
 #: the flat spelling of a scenario, in the order of result rows (its TrainSpec fields, then the bench's)
 FLAT_KEYS = ("method", "strategy", "finetune", "model", "dataset", "dtype", "autocast", "ref_dtype", "lora_r",
              "batch", "seq", "steps", "grad_ckpt", "attn", "device", "seed", "optim")
+#: flat keys a scenario carries only when they differ from what the bench derives (so that every other
+#: scenario keeps its key): LoRA targets other than all-linear, a precompute batch other than the train batch
+OPTIONAL_KEYS = ("lora_targets", "precompute_batch")
 #: flat keys that are a burst's own, not the training setup's
 BENCH_KEYS = ("model", "dataset", "steps", "seed")
 #: flat keys that are TrainSpec fields
@@ -44,7 +47,10 @@ def bench_train_spec(dataset: str = DEFAULT_DATASET, **flat) -> TrainSpec:
     exact lengths (no padding, so no explicit attention mask) while a real dataset's are padded.
     """
     kw = {**BENCH_DEFAULTS, **flat}
-    train = TrainSpec.parse(**kw, precompute_batch=kw["batch"], padded=dataset != DEFAULT_DATASET)
+    kw.setdefault("precompute_batch", kw["batch"])
+    if kw["precompute_batch"] is None:
+        kw["precompute_batch"] = kw["batch"]
+    train = TrainSpec.parse(**kw, padded=dataset != DEFAULT_DATASET)
     if train.ref_dtype is train.dtype:
         train = replace(train, ref_dtype=None)  # one spelling per scenario, one key
     return train
@@ -81,11 +87,11 @@ class Scenario:
     def from_dict(cls, flat: dict) -> Scenario:
         """A scenario from its flat spelling (suites, CLI flags, result rows); values may be strings or enums,
         absent keys take the bench's defaults. Unknown keys are refused."""
-        unknown = set(flat) - set(FLAT_KEYS)
+        unknown = set(flat) - set(FLAT_KEYS) - set(OPTIONAL_KEYS)
         if unknown:
             raise PlanError("suite", f"unknown scenario keys: {', '.join(sorted(unknown))}")
         bench = {k: flat[k] for k in BENCH_KEYS if k in flat}
-        train = {k: flat[k] for k in TRAIN_KEYS if k in flat}
+        train = {k: flat[k] for k in (*TRAIN_KEYS, *OPTIONAL_KEYS) if k in flat}
         return cls(bench_train_spec(bench.get("dataset", DEFAULT_DATASET), **train), **bench)
 
     # -- derived ------------------------------------------------------------------------------------
@@ -97,7 +103,12 @@ class Scenario:
         for k in TRAIN_KEYS:
             v = getattr(t, k)
             values[k] = v.value if hasattr(v, "value") else v
-        return {k: values[k] for k in FLAT_KEYS}
+        out = {k: values[k] for k in FLAT_KEYS}
+        if t.lora_targets != (ALL_LINEAR,):
+            out["lora_targets"] = ",".join(t.lora_targets)
+        if t.precompute_batch != t.batch:
+            out["precompute_batch"] = t.precompute_batch
+        return out
 
     @property
     def key(self) -> str:
@@ -141,13 +152,10 @@ def _check_benchable(train: TrainSpec, dataset: str) -> None:
     derived settings that disagree with :func:`bench_train_spec` (which sets them)."""
     if train.ref_dtype is train.dtype:
         raise PlanError("--ref-dtype", "equals the policy's dtype; leave it unset (one spelling, one key)")
-    if train.precompute_batch != train.batch or train.padded != (dataset != DEFAULT_DATASET):
-        raise PlanError("--batch", "a burst precomputes at its training batch and pads real data only; "
-                                   "build its TrainSpec with bench_train_spec()")
+    if train.padded != (dataset != DEFAULT_DATASET):
+        raise PlanError("--batch", "a burst pads real data only; build its TrainSpec with bench_train_spec()")
     if train.finetune is Finetune.QLORA:
         raise PlanError("--finetune", "the bench runs full and lora fine-tuning (its recipes load no 4-bit model)")
-    if train.lora_targets != (ALL_LINEAR,):
-        raise PlanError("--lora-targets", "the bench trains all-linear LoRA adapters only")
     if train.ref_quant is not Quant.NONE:
         raise PlanError("--ref-quant", "the bench runs full-precision references only")
     if train.gpus != 1 or train.sharding is not Sharding.NONE:
