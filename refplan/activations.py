@@ -344,8 +344,10 @@ def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
 
 def checkpoint_saved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
     """With gradient checkpointing (non-reentrant, torch.utils.checkpoint), a layer keeps only
-    its input hidden state."""
-    return model.hidden_size * act_mode(train).a
+    its input hidden state -- the residual stream, in the weights' dtype: fp32 under autocast from
+    fp32 weights (embedding outputs and residual adds are not autocast ops; measured with the trace
+    engine and a CPU burst of docs/examples/trl-dpo-lora.yaml)."""
+    return model.hidden_size * act_mode(train).w
 
 
 def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list[int]:
