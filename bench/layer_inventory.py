@@ -1,6 +1,6 @@
 """Activation inventory: the planner's saved-activation bytes vs what autograd really keeps.
 
-For each family (tiny odd-shaped configs from tests/test_families.py), fine-tune mode and dtype,
+For each family (tiny odd-shaped configs from tests/unit/test_families.py), fine-tune mode and dtype,
 build the model with random weights, run one backbone forward under refplan's live-bytes tracker
 and compare the bytes still live after it (activations saved for backward + the output) with
 ``refplan.activations``. Prints one row per case and the relative error.
@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
 
 def measure(config: dict, finetune: str, dtype: str, rows: int, seq: int, r: int = 8) -> tuple[int, int]:

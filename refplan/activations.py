@@ -2,7 +2,7 @@
 
 Every figure is derived from the installed code path and checked against an inventory of the
 tensors autograd really saves (``torch.autograd.graph.saved_tensors_hooks``; see
-tests/test_activations.py and bench/validate). Units: bytes; "per token" means per row position
+tests/ and bench/layer_inventory.py). Units: bytes; "per token" means per row position
 of the forward (rows x seq tokens).
 
 Conventions used below, per token of one decoder layer:
