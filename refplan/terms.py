@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from refplan.model import ModelSpec
 from refplan.spec import TrainSpec
-from refplan.settings import ALL_LINEAR, Quant, Sharding, StateRule
+from refplan.settings import ALL_LINEAR, Sharding, StateRule
 from refplan.units import MIB, dtype_bytes
 
 #: bitsandbytes NF4 (QLoRA, Dettmers et al. 2023, sec. 3 "Double Quantization"): 4-bit weights,
@@ -200,10 +200,3 @@ def batch_bytes(train: TrainSpec) -> int:
     (accelerate DataLoaderShard)."""
     rows = train.sequences_per_forward * (2 if train.method.caps.kl_forward else 1)
     return 2 * 3 * rows * train.seq * 8
-
-
-def cuda_overhead_bytes(train: TrainSpec, allocated_peak: int) -> int:
-    """CUDA context + allocator slack; zero with ``--device cpu`` (live tensor bytes only)."""
-    if train.device != "cuda":
-        return 0
-    return CUDA_CONTEXT_BYTES + allocated_peak * ALLOCATOR_SLACK_NUM // ALLOCATOR_SLACK_DEN
