@@ -166,7 +166,7 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
-    """Run ``sc`` here and return the measured record (see ``refplan.harness.rows.COLUMNS``).
+    """Run ``sc`` here and return the measured record (see ``refplan.harness.runner.COLUMNS``).
 
     Never raises for a failing scenario: an OOM or crash becomes ``status``/``error``. ``track=False``
     turns the CPU tensor tracker off (for the overhead benchmark).
@@ -201,10 +201,8 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
         nvml = gpu.start_sampler(0) if cuda else None
         phases = trk.Phases(tracker, cuda=cuda, nvml=nvml)
         recorder = _trainer_callback_cls()(cuda, progress)
-        shapes = _build_and_train(sc, recipe, model_dir, tokenizer, dataset, scratch.name, rec, tracker, phases,
-                                   recorder, cuda)
-        rec["rows_seen"], rec["seq_seen"] = shapes.rows, shapes.seq
-        shapes.remove()
+        gc.collect()
+        _build_and_train(sc, recipe, (model_dir, tokenizer, dataset), scratch.name, tracker, phases, recorder, rec)
         steps, logs = recorder.step_s, recorder.logs
     except KeyboardInterrupt:
         raise
@@ -231,14 +229,14 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
     return rec
 
 
-def _build_and_train(sc: Scenario, recipe, model_dir, tokenizer, dataset, out_dir: str, rec: dict, tracker, phases,
-                     recorder, cuda: bool):
-    """Build the recipe's trainer and train, phase by phase (setup, precompute, train) under the
-    tracker; loads anywhere in between are their own phase. Returns the input-shape watch."""
+def _build_and_train(sc: Scenario, recipe, inputs, out_dir: str, tracker, phases, recorder, rec: dict) -> None:
+    """The recipe's trainer built (phase ``setup``, loads in ``load``) and trained (phase ``train``) under
+    the tracker; ``rec`` gets the state sizes, the live bytes before training and the input shapes seen."""
     import torch
 
     from refplan.harness import tracker as trk
 
+    model_dir, tokenizer, dataset = inputs
     load_stack: list = []
 
     def on_load(start: bool):
@@ -248,7 +246,6 @@ def _build_and_train(sc: Scenario, recipe, model_dir, tokenizer, dataset, out_di
         else:
             phases.enter(load_stack.pop())
 
-    gc.collect()
     with contextlib.ExitStack() as stack:
         if tracker is not None:
             stack.enter_context(tracker)
@@ -267,11 +264,12 @@ def _build_and_train(sc: Scenario, recipe, model_dir, tokenizer, dataset, out_di
         shapes = _watch_input_shapes(trainer.model)
         phases.enter("train")
         rec["loaded_bytes"] = (tracker.live if tracker is not None
-                               else torch.cuda.memory_allocated() if cuda else None)
+                               else torch.cuda.memory_allocated() if sc.train.device is Device.CUDA else None)
         trainer.train()
         phases.enter(None)
+    rec["rows_seen"], rec["seq_seen"] = shapes.rows, shapes.seq
+    shapes.remove()
     rec["ref_kept"] = ref is not None
-    return shapes
 
 
 def _ref_logps(logs: list[dict], beta: float) -> list[list[float]]:

@@ -165,12 +165,57 @@ def test_fused_head_uses_its_torch_fallback_on_fake_cpu():
     assert not _use_triton(torch.device("cpu"))
 
 
+# -- the recipe's trainer drives the step ----------------------------------------------------------------
+
+def test_the_step_is_trls_own_compute_loss(monkeypatch):
+    """No hand copy of the loss: the trace calls the recipe trainer's ``_compute_loss`` once per step."""
+    from trl import DPOTrainer
+
+    calls = []
+    original = DPOTrainer._compute_loss
+
+    def counting(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DPOTrainer, "_compute_loss", counting)
+    spec = model(LLAMA4)
+    T.trace(spec, train(), 2)
+    assert calls == ["DPOTrainer", "DPOTrainer"]  # the warm-up step and the measured one
+
+
+def test_the_stand_in_trainer_takes_the_router_loss_from_the_traced_config():
+    from refplan.reference import reference_plan
+    from refplan.trace.trainer import recipe_trainer
+
+    for cfg, enabled in ((MOE, True), (LLAMA4, False)):
+        setup = train()
+        trainer, _ = recipe_trainer(setup, reference_plan(setup), T.decoder_config(model(cfg), 2))
+        assert trainer.aux_loss_enabled is enabled
+
+
+def test_known_values_give_value_dependent_ops_their_real_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from refplan.trace.values import KnownValues
+
+    with FakeTensorMode(), KnownValues():
+        labels = torch.zeros(5, dtype=torch.bool)
+        labels[::2] = True
+        logps = torch.empty(5, 7)  # no values: a model output
+        assert torch.nonzero(labels).shape == (3, 1)
+        assert logps[labels].shape == (3, 7)
+        assert labels.sum().item() == 3
+        assert logps.sum().item() == 0  # logging of an unknown value
+
+
 # -- refusals -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, flag", [
     (dict(device="cuda"), "--device"),
     (dict(optim="adafactor"), "--optim"),
     (dict(attn="flash"), "--attn"),
+    (dict(dtype="fp16"), "--dtype"),
 ])
 def test_refuses_what_fake_cpu_cannot_run(kw, flag):
     spec = model(LLAMA4)
