@@ -279,14 +279,19 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
     3-D parameters), per token, k = experts per token:
       router softmax (E fp32), top-k indices (k int64) and normalized weights (k fp32 + a sum),
       the sort / floor_divide / index / scatter bookkeeping (int64 and int32, ~36 bytes per k),
-      the token rows gathered per expert (k x h), grouped gate_up output (k x 2i), act(gate) and
-      act*up (k x i each) and the down projection output (k x h) kept for the routing-weight
-      multiply; shared experts (DeepSeek-V2) as a dense gated MLP.
+      grouped gate_up output (k x 2i), act(gate) (k x i) and the down projection output (k x h)
+      kept for the routing-weight multiply; when the experts' weights take a gradient, also the
+      token rows gathered per expert (k x h) and act*up (k x i), the grouped matmuls' inputs; shared experts (DeepSeek-V2) as a dense gated MLP.
     Checked against bench/layer_inventory.py (Mixtral, Qwen3-MoE)."""
     moe = layer.moe
     k, h, i = moe.top_k, model.hidden_size, moe.expert_intermediate
     per = moe.num_experts * FP32 + FP32 + k * (FP32 + 36)
-    per += k * (2 * h + 4 * i) * m.a
+    per += k * (2 * i + i + h) * m.a  # gate_up output, act(gate), down output
+    experts = layer.first(Role.EXPERTS_GATE_UP)
+    if not train.finetune.peft or (experts is not None and model.wraps(experts, train.lora_targets)):
+        # grouped_mm keeps its inputs only for a weight gradient: frozen experts (PEFT without them
+        # in its targets) keep neither the gathered rows nor act * up
+        per += k * (h + i) * m.a
     if moe.shared_intermediate:
         per += 4 * moe.shared_intermediate * m.a + h * m.a  # gated shared MLP + its input
     return per
