@@ -87,6 +87,10 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
         by_input.pop(Input.ATTN_OUT, None)
     if model.structure.shared_block_norm and Input.MLP_IN in by_input:
         by_input[Input.ATTN_IN] = by_input.get(Input.ATTN_IN, []) + by_input.pop(Input.MLP_IN)
+    if Input.ROUTER_IN in by_input and Input.MLP_IN in by_input and not model.structure.router_fp32:
+        # a router that does not cast its input reads the very tensor the shared experts read (Qwen2-MoE:
+        # ``hidden_states.view(-1, h)`` feeds the gate, the experts and the shared expert)
+        by_input[Input.MLP_IN] = by_input.pop(Input.ROUTER_IN) + by_input[Input.MLP_IN]
     return [(tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
 
 
@@ -281,7 +285,8 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
       the sort / floor_divide / index / scatter bookkeeping (int64 and int32, ~36 bytes per k),
       grouped gate_up output (k x 2i), act(gate) (k x i) and the down projection output (k x h)
       kept for the routing-weight multiply; when the experts' weights take a gradient, also the
-      token rows gathered per expert (k x h) and act*up (k x i), the grouped matmuls' inputs; shared experts (DeepSeek-V2) as a dense gated MLP.
+      token rows gathered per expert (k x h) and act*up (k x i), the grouped matmuls' inputs; shared experts (DeepSeek-V2, Qwen2-MoE) as a dense gated MLP, with Qwen2-MoE's
+      sigmoid gate on their output.
     Checked against bench/layer_inventory.py (Mixtral, Qwen3-MoE)."""
     moe = layer.moe
     k, h, i = moe.top_k, model.hidden_size, moe.expert_intermediate
@@ -293,7 +298,13 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
         # in its targets) keep neither the gathered rows nor act * up
         per += k * (h + i) * m.a
     if moe.shared_intermediate:
-        per += 4 * moe.shared_intermediate * m.a + h * m.a  # gated shared MLP + its input
+        per += 4 * moe.shared_intermediate * m.a  # gated shared MLP: gate, act(gate), up, act * up
+        if moe.shared_gated:
+            # ``sigmoid(shared_expert_gate(x)) * shared_expert(x)``: the multiply keeps the shared
+            # output [h] and the sigmoid its output [1] (Qwen2MoeSparseMoeBlock.forward)
+            per += (h + 1) * m.a
+        else:
+            per += h * m.a  # the shared MLP's input, as DeepSeek-V2 was first modelled
     return per
 
 

@@ -50,6 +50,8 @@ class Role(str, enum.Enum):
     SHARED_GATE = "shared-gate"  # shared experts (DeepSeek) as a dense gated MLP
     SHARED_UP = "shared-up"
     SHARED_DOWN = "shared-down"
+    #: per-token scalar gate of a shared expert, Linear(hidden, 1) -> sigmoid (Qwen2-MoE ``shared_expert_gate``)
+    SHARED_EXPERT_GATE = "shared-expert-gate"
     LM_HEAD = "lm-head"
 
     @property
@@ -60,7 +62,7 @@ class Role(str, enum.Enum):
     def dense_mlp(self) -> bool:
         """A plain ``nn.Linear`` of a dense (or shared-expert) MLP."""
         return self in (Role.MLP_GATE, Role.MLP_UP, Role.MLP_GATE_UP, Role.MLP_IN, Role.MLP_DOWN,
-                        Role.SHARED_GATE, Role.SHARED_UP, Role.SHARED_DOWN)
+                        Role.SHARED_GATE, Role.SHARED_UP, Role.SHARED_DOWN, Role.SHARED_EXPERT_GATE)
 
 
 _ROLE_INPUT = {
@@ -68,7 +70,7 @@ _ROLE_INPUT = {
     Role.Q_A: Input.ATTN_IN, Role.KV_A: Input.ATTN_IN, Role.O: Input.ATTN_OUT,
     Role.MLP_GATE: Input.MLP_IN, Role.MLP_UP: Input.MLP_IN, Role.MLP_GATE_UP: Input.MLP_IN,
     Role.MLP_IN: Input.MLP_IN, Role.SHARED_GATE: Input.MLP_IN, Role.SHARED_UP: Input.MLP_IN,
-    Role.ROUTER: Input.ROUTER_IN, Role.MLP_DOWN: Input.MLP_HIDDEN,
+    Role.SHARED_EXPERT_GATE: Input.MLP_IN, Role.ROUTER: Input.ROUTER_IN, Role.MLP_DOWN: Input.MLP_HIDDEN,
 }
 
 
@@ -112,6 +114,9 @@ class MoE:
     top_k: int
     expert_intermediate: int
     shared_intermediate: int = 0  # total width of shared experts (0: none)
+    #: the shared experts' output is scaled by a per-token sigmoid gate before it joins the routed
+    #: output (Qwen2-MoE: ``sigmoid(shared_expert_gate(x)) * shared_expert(x)``)
+    shared_gated: bool = False
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ FAMILIES = {
 #: the eight above so that a seed draws the same scenarios as before they were added
 MORE_FAMILIES = {
     "starcoder2": "LayerNorm with bias, plain c_fc/c_proj MLP, GQA with biases, sliding window",
+    "qwen2_moe": "routed experts (frozen under LoRA) beside a shared expert with a sigmoid gate, dense layers",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -98,6 +99,20 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         cfg["use_bias"] = rng.random() < 0.7
         cfg["tie_word_embeddings"] = rng.random() < 0.5
         cfg["sliding_window"] = rng.choice([None, 16, 64])
+    if family == "qwen2_moe":
+        n_exp = rng.choice([2, 3, 4, 6])
+        cfg["num_experts"] = n_exp
+        cfg["num_experts_per_tok"] = rng.randint(1, min(n_exp, 3))
+        cfg["moe_intermediate_size"] = rng.choice([16, 24, 40, 64])
+        cfg["shared_expert_intermediate_size"] = rng.choice([24, 48, 100, 128])
+        # at least one MoE layer: with none, the router-logit tuple TRL's aux loss indexes is empty
+        deep = cfg["num_hidden_layers"] >= 2
+        cfg["decoder_sparse_step"] = rng.choice([1, 1, 2]) if deep else 1
+        cfg["mlp_only_layers"] = [0] if deep and rng.random() < 0.3 else []
+        cfg["norm_topk_prob"] = rng.random() < 0.5
+        cfg["qkv_bias"] = rng.random() < 0.7
+        cfg["tie_word_embeddings"] = rng.random() < 0.3
+        cfg["head_dim"] = head_dim or 16
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16
@@ -140,7 +155,11 @@ def build_model_dir(case: Case, root: Path) -> Path:
     from refplan.harness.tiny import build_tokenizer
 
     out = root / case.name
-    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+    # case names repeat across --families selections with other shapes: reuse a saved model only
+    # when it was built from this very config
+    drawn = json.dumps(case.config, sort_keys=True)
+    marker = out / "refplan-case.json"
+    if (out / "tokenizer.json").exists() and marker.exists() and marker.read_text() == drawn:
         return out
     tok = build_tokenizer(1024)
     cfg = dict(case.config)
@@ -154,6 +173,7 @@ def build_model_dir(case: Case, root: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
+    marker.write_text(drawn)
     return out
 
 

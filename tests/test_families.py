@@ -19,7 +19,7 @@ import pytest
 
 from refplan.errors import PlanError
 from refplan.families import spec_from_config
-from refplan.model import ModelSpec
+from refplan.model import ModelSpec, Role
 
 CATALOG = json.loads((Path(__file__).parents[1] / "refplan" / "catalog" / "models.json").read_text())
 
@@ -92,6 +92,15 @@ TINY = {
                       decoder_sparse_step=1),
     "qwen3_moe-step2": dict(model_type="qwen3_moe", **{**_ODD, "num_hidden_layers": 4}, num_experts=3,
                             num_experts_per_tok=1, moe_intermediate_size=24, decoder_sparse_step=2),
+    "qwen2_moe": dict(model_type="qwen2_moe", **{**_ODD, "num_hidden_layers": 4}, num_experts=4,
+                      num_experts_per_tok=2, moe_intermediate_size=24, shared_expert_intermediate_size=40,
+                      mlp_only_layers=[1]),
+    "qwen2_moe-step2-sliding": dict(model_type="qwen2_moe", **{k: v for k, v in _ODD.items() if k != "head_dim"},
+                                    num_experts=3,
+                                    num_experts_per_tok=1, moe_intermediate_size=20,
+                                    shared_expert_intermediate_size=28, decoder_sparse_step=2, qkv_bias=False,
+                                    use_sliding_window=True, sliding_window=8, max_window_layers=1,
+                                    norm_topk_prob=True, tie_word_embeddings=True),
     "gemma": dict(model_type="gemma", **_ODD),
     "gemma2": dict(model_type="gemma2", **_ODD, tie_word_embeddings=False),
     "gemma3_text": dict(model_type="gemma3_text", **{**_ODD, "num_hidden_layers": 7}),
@@ -138,7 +147,8 @@ def test_tiny_config_param_count_equals_transformers(name):
 
 
 @pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral", "starcoder2",
-                                  "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text"])
+                                  "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text", "qwen2_moe",
+                                  "qwen2_moe-step2-sliding"])
 def test_lora_targets_are_what_peft_all_linear_wraps(name):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
@@ -150,7 +160,7 @@ def test_lora_targets_are_what_peft_all_linear_wraps(name):
     peft_leaves = collections.Counter(n.rsplit(".", 1)[-1] for n in chosen)
     # nn.Linear modules only: MoE routers and fused 3-D experts are wrapped through their parameters
     # (PEFT ParamWrapper), which _maybe_include_all_linear_layers does not list; counted below
-    if spec.structure.experts_fused_3d:
+    if any(l.count > 1 or l.role is Role.ROUTER for l in spec.lora_linears()):
         pytest.skip("MoE: PEFT wraps parameters, and not the plain MLP linears: see the parameter-count test")
     spec_leaves = collections.Counter(lin.name for lin in spec.lora_linears())
     assert spec_leaves == peft_leaves
@@ -265,6 +275,11 @@ def test_family_structure_is_typed():
     assert (ds.head_dim, ds.v_head_dim) == (10, 5) and ds.structure.router_fp32
     assert ds.layers[0].moe is None and ds.layers[1].moe.shared_intermediate == 28
     assert q["qwen3_moe"].layers[1].moe is None and q["qwen3_moe"].layers[0].moe.num_experts == 4
+    q2 = q["qwen2_moe"]
+    assert q2.layers[1].moe is None and q2.layers[0].moe.shared_gated and q2.layers[0].moe.shared_intermediate == 40
+    assert q2.layers[0].first(Role.SHARED_EXPERT_GATE).out_features == 1
+    assert not q2.layers[0].first(Role.EXPERTS_GATE_UP).lora_target and not q2.layers[0].first(Role.ROUTER).lora_target
+    assert q["qwen2_moe-step2-sliding"].structure.layer_types == ("sliding_attention", "full_attention")
     notes = dict(q["gemma3-sparse-text-config"].structure.notes)
     assert notes["multimodal"]["wrapper"] == "Gemma3ForConditionalGeneration"
     assert q["gemma3-sparse-text-config"].vocab_size == 262208  # Gemma3TextConfig default
@@ -306,7 +321,8 @@ def test_importing_the_planner_modules_pulls_no_heavy_stack():
     assert out.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("name", ["llama-bias", "phi3", "mixtral", "qwen3_moe-all-moe", "deepseek_v2-q-lora", "gpt2"])
+@pytest.mark.parametrize("name", ["llama-bias", "phi3", "mixtral", "qwen3_moe-all-moe", "deepseek_v2-q-lora", "gpt2",
+                                  "qwen2_moe"])
 def test_lora_parameter_count_equals_peft(name):
     """The planner's LoRA parameter count equals what get_peft_model(all-linear) really adds,
     MoE experts and routers included (PEFT wraps them as parameters). Known gap, not covered:
