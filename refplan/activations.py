@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from refplan.model import (AttentionKernel, Input, Layer, MlpStyle, ModelSpec, NormPlacement, NormStyle,
-                           Positions, QKNorm, Role)
+from refplan.model import (AttentionKernel, Input, KVToAttention, Layer, MlpStyle, ModelSpec, NormPlacement,
+                           NormStyle, Positions, QKNorm, Role)
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -153,7 +153,7 @@ def attention_masked(model: ModelSpec, train: TrainSpec, layer_idx: int | None =
     """True when the model builds an explicit mask for this layer: padding in the batch, or a
     sliding window shorter than the sequence on a sliding-attention layer (transformers
     masking_utils; without a mask SDPA runs causal and, on recent torch, with native GQA)."""
-    if train.padded:
+    if train.padded or model.structure.mask_always:
         return True
     window = model.structure.sliding_window
     # masking_utils._ignore_causal_mask_sdpa skips the mask only when kv_length < window
@@ -187,11 +187,27 @@ def attention_impl(model: ModelSpec, train: TrainSpec) -> str:
     return train.attn.value
 
 
+def _own_sdpa(model: ModelSpec, train: TrainSpec) -> bool:
+    """A model that calls attention itself (Falcon) runs SDPA's fused kernel: ``sdpa`` asked, and
+    K/V as many heads as Q (a single broadcast K/V head sends torch to its math kernel)."""
+    return (attention_impl(model, train) == "falcon" and train.attn.value != "eager"
+            and model.structure.kv_to_attention is not KVToAttention.BROADCAST)
+
+
 def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
                      layer_idx: int | None = None) -> int:
     """What attention itself keeps, per token (projections' inputs excluded)."""
     q, kv, heads, s = model.q_dim, model.kv_dim, model.num_heads, train.seq
     impl = attention_impl(model, train)
+    fused = layer.first(Role.QKV) is not None
+    if _own_sdpa(model, train):
+        # FalconAttention.forward: rotated q and k, v (a view of the fused output when not
+        # expanded), SDPA's output -- read by ``dense`` through a view -- and its logsumexp; and the
+        # float copy [rows, 1, S, S] SDPA makes of the boolean mask on every call, kept for backward
+        # (per token: one mask row of S)
+        expanded = model.structure.kv_to_attention is KVToAttention.EXPANDED
+        v_saved = q if expanded else (q + 2 * kv if fused else kv)
+        return (q + (q if expanded else kv) + v_saved + q) * m.a + heads * FP32 + s * m.a
     if impl in ("eager", "falcon"):
         # eager_attention_forward: matmul copies of q and of k, v expanded to all heads, the
         # softmax output (fp32 upcast, then cast back), soft-capped scores where capped
@@ -201,7 +217,6 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         if model.structure.attn_softcap:
             total += heads * s * m.a
         return total + q * m.a  # output reshaped for o_proj (a copy)
-    fused = layer.first(Role.QKV) is not None
     if fused and model.structure.fused_view_qkv:
         # no rotation: q, k and v are views of the fused output, which stays alive whole (GPT-2);
         # + the SDPA output (o_proj's input) and its logsumexp
@@ -327,6 +342,14 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """The explicit attention mask [rows, 1, S, S] built once per forward and saved by every
     layer's SDPA (activation dtype), when one is built (:func:`attention_masked`)."""
     impl = attention_impl(model, train)
+    if impl == "falcon":
+        # built every forward (``mask_always``), saved per layer by the SDPA call (see
+        # _attention_saved), and kept whole only as the input of checkpointed layers: boolean
+        # (masking_utils ``sdpa_mask``) unless eager attention asks for a float one
+        if not train.grad_ckpt:
+            return 0
+        elem = act_mode(train).a if train.attn.value == "eager" else 1
+        return rows * train.seq * train.seq * elem
     if impl == "eager":
         # eager attention always builds its masks (one per attention type: Gemma 2 has full and
         # sliding); they are saved only as inputs of checkpointed layers (non-reentrant

@@ -175,7 +175,22 @@ class Positions(str, enum.Enum):
 class AttentionKernel(str, enum.Enum):
     AS_CONFIGURED = "as-configured"  # ``attn_implementation`` as the user asks (sdpa, eager, flash)
     EAGER_ONLY = "eager-only"  # transformers supports eager only (Gemma 2's soft-capped scores)
-    OWN_MATH = "own-math"  # the model computes attention itself (Falcon)
+    #: the model calls attention itself (Falcon): its own softmax math under ``eager``, a direct
+    #: ``F.scaled_dot_product_attention`` call -- no repeat_kv, no output copy -- under ``sdpa``
+    OWN_MATH = "own-math"
+
+
+class KVToAttention(str, enum.Enum):
+    """How K and V reach the attention kernel."""
+
+    #: ``num_kv_heads`` heads; transformers' attention interface repeats them (repeat_kv) or runs GQA
+    GROUPED = "grouped"
+    #: materialized per query head by the model before attention (Falcon's new decoder architecture:
+    #: ``broadcast_to`` + ``flatten``): K and V each as wide as Q
+    EXPANDED = "expanded"
+    #: one K/V head handed to SDPA as is, broadcast over the query heads: torch runs its math kernel
+    #: (Falcon ``multi_query``), which keeps the attention probabilities like eager attention
+    BROADCAST = "broadcast"
 
 
 class MlpStyle(str, enum.Enum):
@@ -199,6 +214,10 @@ class Structure:
     #: learned absolute positions (GPT-2 ``n_positions``): one more embedding tensor
     learned_positions: int = 0
     attention: AttentionKernel = AttentionKernel.AS_CONFIGURED
+    kv_to_attention: KVToAttention = KVToAttention.GROUPED
+    #: the model always materializes its [rows, 1, S, S] attention mask, even where SDPA could run
+    #: causal without one (Falcon: ``create_causal_mask(..., allow_is_causal_skip=False)``)
+    mask_always: bool = False
     parallel_residual: bool = False
     #: attention and MLP read one shared norm output in a parallel block (one LayerNorm per layer)
     shared_block_norm: bool = False

@@ -38,6 +38,8 @@ FAMILIES = {
 MORE_FAMILIES = {
     "starcoder2": "LayerNorm with bias, plain c_fc/c_proj MLP, GQA with biases, sliding window",
     "qwen2_moe": "routed experts (frozen under LoRA) beside a shared expert with a sigmoid gate, dense layers",
+    "falcon": "fused query_key_value, own SDPA call with an always-built mask; new decoder (K/V expanded, "
+              "one or two LayerNorms), multi-query (math kernel) and multi-head layouts, parallel or sequential",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -113,6 +115,21 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         cfg["qkv_bias"] = rng.random() < 0.7
         cfg["tie_word_embeddings"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16
+    if family == "falcon":
+        for key in ("num_key_value_heads", "head_dim", "intermediate_size"):
+            cfg.pop(key, None)
+        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24])  # head_dim is hidden // heads
+        cfg["ffn_hidden_size"] = rng.choice([64, 100, 128, 176, 256])
+        cfg["bias"] = rng.random() < 0.5
+        cfg["tie_word_embeddings"] = rng.random() < 0.5
+        layout = rng.choice(["new", "multi-query", "multi-head"])
+        cfg["new_decoder_architecture"] = layout == "new"
+        if layout == "new":  # the new decoder needs parallel_attn (its LayerNorms are ln_attn / ln_mlp)
+            cfg["num_kv_heads"] = kv
+            cfg["num_ln_in_parallel_attn"] = rng.choice([1, 2])
+        else:
+            cfg["multi_query"] = layout == "multi-query"
+            cfg["parallel_attn"] = rng.random() < 0.6
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16

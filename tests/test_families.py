@@ -243,7 +243,8 @@ def test_falcon_refinedweb_key_names():
 
 
 def test_family_structure_is_typed():
-    from refplan.model import (AttentionKernel, MlpStyle, NormPlacement, NormStyle, Positions, QKNorm, Role)
+    from refplan.model import (AttentionKernel, KVToAttention, MlpStyle, NormPlacement, NormStyle, Positions, QKNorm,
+                               Role)
 
     q = {name: spec_from_config(cfg, name, "t") for name, cfg in TINY.items()}
     phi3 = q["phi3"].layers[0]
@@ -265,7 +266,10 @@ def test_family_structure_is_typed():
     assert neox.norm is NormStyle.LAYER and neox.mlp is MlpStyle.PLAIN
     falcon = q["falcon-multi-query"]
     assert falcon.num_kv_heads == 1 and falcon.structure.parallel_residual and falcon.structure.shared_block_norm
-    assert falcon.structure.attention is AttentionKernel.OWN_MATH
+    assert falcon.structure.attention is AttentionKernel.OWN_MATH and falcon.structure.mask_always
+    assert falcon.structure.kv_to_attention is KVToAttention.BROADCAST
+    assert q["falcon-new-decoder"].structure.kv_to_attention is KVToAttention.EXPANDED
+    assert q["falcon-mha-sequential"].structure.kv_to_attention is KVToAttention.GROUPED
     gpt2 = q["gpt2"].structure
     assert gpt2.positions is Positions.LEARNED and gpt2.mlp is MlpStyle.PLAIN_PY_GELU and gpt2.fused_view_qkv
     assert [l.role for l in q["gpt2"].layers[0].linears] == [Role.QKV, Role.O, Role.MLP_IN, Role.MLP_DOWN]
