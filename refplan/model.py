@@ -269,6 +269,9 @@ class ModelSpec:
     #: value-head dim where it differs from head_dim (MLA); query/key dim is head_dim
     v_head_dim: int | None = None
     generic_fallback: bool = False  # True when the family was unknown and a generic decoder was assumed
+    #: bytes of buffers every copy of the model holds beyond its parameters, whatever the dtype
+    #: (GPT-BigCode's [n_positions, n_positions] boolean causal mask)
+    buffer_bytes: int = 0
     config: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @cached_property

@@ -47,14 +47,15 @@ def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none", double_quant
 
     Source: bitsandbytes Linear4bit/Linear8bitLt storage (see NF4 constants above); the LM head,
     embeddings, norms and biases stay in ``dtype`` (transformers' BitsAndBytes integration skips
-    ``lm_head`` by default). Without double quantization each 64-weight block keeps an fp32 absmax
-    (bitsandbytes ``quantize_4bit``: 0.5 + 4/64 bytes per weight).
+    ``lm_head`` by default); non-parameter buffers (``buffer_bytes``) come with every copy. Without
+    double quantization each 64-weight block keeps an fp32 absmax (bitsandbytes ``quantize_4bit``:
+    0.5 + 4/64 bytes per weight).
     """
-    total = model.params * dtype_bytes(dtype)
+    total = model.params * dtype_bytes(dtype) + model.buffer_bytes
     if quant == "none":
         return total
     q = _quantizable_params(model)
-    rest = (model.params - q) * dtype_bytes(dtype)
+    rest = (model.params - q) * dtype_bytes(dtype) + model.buffer_bytes
     if quant == "4bit":
         if not double_quant:
             return rest + -(-q // 2) + -(-q // 64) * 4

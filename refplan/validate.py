@@ -40,6 +40,8 @@ MORE_FAMILIES = {
     "qwen2_moe": "routed experts (frozen under LoRA) beside a shared expert with a sigmoid gate, dense layers",
     "falcon": "fused query_key_value, own SDPA call with an always-built mask; new decoder (K/V expanded, "
               "one or two LayerNorms), multi-query (math kernel) and multi-head layouts, parallel or sequential",
+    "gpt_bigcode": "multi-query attention through a fused c_attn (views), learned positions, LayerNorm, "
+                   "a [n_positions, n_positions] boolean buffer in every copy",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -130,6 +132,13 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         else:
             cfg["multi_query"] = layout == "multi-query"
             cfg["parallel_attn"] = rng.random() < 0.6
+    if family == "gpt_bigcode":
+        cfg.pop("num_key_value_heads")
+        cfg.pop("head_dim", None)
+        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24, 32])  # head_dim is hidden // heads
+        cfg["n_inner"] = cfg.pop("intermediate_size")
+        cfg["multi_query"] = rng.random() < 0.7
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16

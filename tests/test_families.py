@@ -123,6 +123,12 @@ TINY = {
                                    num_ln_in_parallel_attn=1, tie_word_embeddings=False),
     "falcon-mha-sequential": dict(model_type="falcon", hidden_size=72, num_attention_heads=6, num_hidden_layers=2,
                                   vocab_size=101, multi_query=False, parallel_attn=False, bias=True),
+    # attn_pdrop reaches SDPA as a float, out of reach of TRL's disable_dropout: 0 as the validate harness sets it
+    "gpt_bigcode": dict(model_type="gpt_bigcode", n_embd=72, n_head=6, n_layer=2, n_inner=100, n_positions=50,
+                        vocab_size=101, attn_pdrop=0.0),
+    "gpt_bigcode-mha-untied": dict(model_type="gpt_bigcode", hidden_size=72, num_attention_heads=6, num_hidden_layers=2,
+                                   max_position_embeddings=40, vocab_size=101, multi_query=False,
+                                   tie_word_embeddings=False, attn_pdrop=0.0),
     "starcoder2": dict(model_type="starcoder2", **_ODD, sliding_window=16),
     "starcoder2-nobias-untied": dict(model_type="starcoder2", **{**_ODD, "head_dim": None}, use_bias=False,
                                      tie_word_embeddings=False),
@@ -148,7 +154,7 @@ def test_tiny_config_param_count_equals_transformers(name):
 
 @pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral", "starcoder2",
                                   "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text", "qwen2_moe",
-                                  "qwen2_moe-step2-sliding"])
+                                  "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied"])
 def test_lora_targets_are_what_peft_all_linear_wraps(name):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
@@ -273,6 +279,10 @@ def test_family_structure_is_typed():
     gpt2 = q["gpt2"].structure
     assert gpt2.positions is Positions.LEARNED and gpt2.mlp is MlpStyle.PLAIN_PY_GELU and gpt2.fused_view_qkv
     assert [l.role for l in q["gpt2"].layers[0].linears] == [Role.QKV, Role.O, Role.MLP_IN, Role.MLP_DOWN]
+    bigcode = q["gpt_bigcode"]
+    assert bigcode.num_kv_heads == 1 and bigcode.layers[0].first(Role.QKV).out_features == 72 + 2 * 12
+    assert bigcode.buffer_bytes == 50 * 50 and bigcode.structure.fused_view_qkv
+    assert q["gpt_bigcode-mha-untied"].num_kv_heads == 6 and q["gpt_bigcode-mha-untied"].buffer_bytes == 40 * 40
     mla = dict(q["deepseek_v2-q-lora"].structure.mla)
     assert mla["q_lora_rank"] == 12 and mla["cache_dim_per_token"] == 14
     ds = q["deepseek_v2-q-lora"]
