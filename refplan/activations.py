@@ -325,12 +325,15 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
 
 def embedding_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """Embedding backward keeps the token ids (int64) when the embedding is trainable; GPT-2's
-    learned position embedding keeps its [1, S] position ids."""
+    learned position embedding keeps its [1, S] position ids; a norm on the embeddings (BLOOM)
+    keeps what a norm keeps (nothing under PEFT: frozen weights, an input without grad)."""
     if train.finetune.peft:
         return 0
     out = rows * train.seq * 8
     if model.structure.learned_positions:
         out += train.seq * 8
+    if model.embed_norm is not None:
+        out += rows * train.seq * _norm_saved(model, model.hidden_size, act_mode(train))
     return out
 
 

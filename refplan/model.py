@@ -265,6 +265,8 @@ class ModelSpec:
     final_norm: Norm
     lm_head: Linear | None  # None when tied to the embeddings
     structure: Structure = Structure()
+    #: a norm applied to the embeddings before the first layer (BLOOM ``word_embeddings_layernorm``)
+    embed_norm: Norm | None = None
     hidden_act: str = "silu"
     #: value-head dim where it differs from head_dim (MLA); query/key dim is head_dim
     v_head_dim: int | None = None
@@ -278,7 +280,8 @@ class ModelSpec:
     def params(self) -> int:
         """Total parameters, counted once (tied embeddings are not double counted)."""
         head = self.lm_head.params if self.lm_head is not None else 0
-        return self.embed_params + sum(l.params for l in self.layers) + self.final_norm.params + head
+        embed_norm = self.embed_norm.params if self.embed_norm is not None else 0
+        return self.embed_params + embed_norm + sum(l.params for l in self.layers) + self.final_norm.params + head
 
     @cached_property
     def layer_groups(self) -> tuple[int, ...]:

@@ -82,6 +82,8 @@ def param_tensors(model: ModelSpec) -> int:
     n = 1  # embeddings
     n += sum(layer.tensor_count for layer in model.layers)
     n += 2 if model.final_norm.bias else 1
+    if model.embed_norm is not None:
+        n += 2 if model.embed_norm.bias else 1
     if model.lm_head is not None:
         n += 2 if model.lm_head.bias else 1
     if model.structure.learned_positions:
@@ -182,6 +184,8 @@ def _adafactor_elems(model: ModelSpec, train: TrainSpec) -> int:
     total += model.vocab_size + model.hidden_size  # embeddings (factored)
     if model.lm_head is not None:
         total += model.lm_head.in_features + model.lm_head.out_features
+    if model.embed_norm is not None:
+        total += model.embed_norm.params
     return total + model.final_norm.params
 
 

@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from refplan.methods import Finetune, Method, applicable_strategies
+from refplan.methods import Finetune, Method, Strategy, applicable_strategies
 
 #: families of the validation matrix and why each is there
 FAMILIES = {
@@ -42,6 +42,7 @@ MORE_FAMILIES = {
               "one or two LayerNorms), multi-query (math kernel) and multi-head layouts, parallel or sequential",
     "gpt_bigcode": "multi-query attention through a fused c_attn (views), learned positions, LayerNorm, "
                    "a [n_positions, n_positions] boolean buffer in every copy",
+    "bloom": "ALiBi, LayerNorm on the embeddings, eager-only own attention math, custom GELU",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -139,6 +140,12 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         cfg["n_inner"] = cfg.pop("intermediate_size")
         cfg["multi_query"] = rng.random() < 0.7
         cfg["tie_word_embeddings"] = rng.random() < 0.7
+    if family == "bloom":
+        for key in ("num_key_value_heads", "head_dim", "intermediate_size"):  # MLP: 4 x hidden
+            cfg.pop(key, None)
+        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24])
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
+        cfg["apply_residual_connection_post_layernorm"] = rng.random() < 0.3
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16
@@ -203,6 +210,18 @@ def build_model_dir(case: Case, root: Path) -> Path:
     return out
 
 
+def _attn_for(case: Case) -> str:
+    """``eager`` where the family supports nothing else in transformers 5.x (Gemma 2's soft-capped
+    scores, BLOOM), else ``sdpa``."""
+    from refplan.activations import attention_impl
+    from refplan.families import spec_from_config
+    from refplan.spec import TrainSpec
+
+    spec = spec_from_config(dict(case.config), case.name, "validate")
+    probe = TrainSpec(Method.ORPO, Strategy.NONE, device="cpu", padded=False)
+    return "eager" if attention_impl(spec, probe) == "eager" else "sdpa"
+
+
 def estimate_for(case_dir: Path, sc) -> tuple[int, str, dict]:
     """The formula engine for the burst's TrainSpec (CPU, exact-length synthetic data: no padding)."""
     from refplan.planner import estimate
@@ -230,9 +249,7 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
         sc = Scenario.from_dict({
             "method": c.method, "strategy": c.strategy, "finetune": c.finetune, "model": str(d),
             "dtype": "fp32", "batch": c.batch, "seq": c.seq, "steps": 2, "grad_ckpt": c.grad_ckpt,
-            "lora_r": c.lora_r, "device": "cpu", "seed": 0,
-            # transformers 5.x runs Gemma 2 with eager attention only (soft-capped scores)
-            "attn": "eager" if c.family == "gemma2" else "sdpa"})
+            "lora_r": c.lora_r, "device": "cpu", "seed": 0, "attn": _attn_for(c)})
         scenarios.append(sc)
         by_key[sc.key] = (c, d, sc)
     work = out / "validate-runs"

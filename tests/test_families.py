@@ -129,6 +129,10 @@ TINY = {
     "gpt_bigcode-mha-untied": dict(model_type="gpt_bigcode", hidden_size=72, num_attention_heads=6, num_hidden_layers=2,
                                    max_position_embeddings=40, vocab_size=101, multi_query=False,
                                    tie_word_embeddings=False, attn_pdrop=0.0),
+    "bloom": dict(model_type="bloom", hidden_size=72, n_head=6, n_layer=2, vocab_size=101),
+    "bloom-untied-n_embed": dict(model_type="bloom", n_embed=60, num_attention_heads=5, num_hidden_layers=3,
+                                 vocab_size=97, tie_word_embeddings=False,
+                                 apply_residual_connection_post_layernorm=True),
     "starcoder2": dict(model_type="starcoder2", **_ODD, sliding_window=16),
     "starcoder2-nobias-untied": dict(model_type="starcoder2", **{**_ODD, "head_dim": None}, use_bias=False,
                                      tie_word_embeddings=False),
@@ -154,7 +158,7 @@ def test_tiny_config_param_count_equals_transformers(name):
 
 @pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral", "starcoder2",
                                   "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text", "qwen2_moe",
-                                  "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied"])
+                                  "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied", "bloom"])
 def test_lora_targets_are_what_peft_all_linear_wraps(name):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
@@ -283,6 +287,10 @@ def test_family_structure_is_typed():
     assert bigcode.num_kv_heads == 1 and bigcode.layers[0].first(Role.QKV).out_features == 72 + 2 * 12
     assert bigcode.buffer_bytes == 50 * 50 and bigcode.structure.fused_view_qkv
     assert q["gpt_bigcode-mha-untied"].num_kv_heads == 6 and q["gpt_bigcode-mha-untied"].buffer_bytes == 40 * 40
+    bloom = q["bloom"]
+    assert bloom.embed_norm.name == "word_embeddings_layernorm" and bloom.embed_norm.bias
+    assert bloom.structure.positions is Positions.ALIBI and bloom.structure.attention is AttentionKernel.EAGER_ONLY
+    assert q["bloom-untied-n_embed"].hidden_size == 60 and q["bloom-untied-n_embed"].lm_head is not None
     mla = dict(q["deepseek_v2-q-lora"].structure.mla)
     assert mla["q_lora_rank"] == 12 and mla["cache_dim_per_token"] == 14
     ds = q["deepseek_v2-q-lora"]
@@ -336,7 +344,7 @@ def test_importing_the_planner_modules_pulls_no_heavy_stack():
 
 
 @pytest.mark.parametrize("name", ["llama-bias", "phi3", "mixtral", "qwen3_moe-all-moe", "deepseek_v2-q-lora", "gpt2",
-                                  "qwen2_moe"])
+                                  "qwen2_moe", "bloom"])
 def test_lora_parameter_count_equals_peft(name):
     """The planner's LoRA parameter count equals what get_peft_model(all-linear) really adds,
     MoE experts and routers included (PEFT wraps them as parameters). Known gap, not covered:
