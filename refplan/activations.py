@@ -78,8 +78,11 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     by_input: dict[Input, list] = {}
     for lin in layer.linears:
         by_input.setdefault(lin.role.input, []).append(lin)
+    # ReLU keeps its output, the down projection's input (see _mlp_saved) -- unless PEFT under
+    # autocast gives each wrapped linear its own compute-dtype copy
+    hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.autocast)
     widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size,
-              Input.ROUTER_IN: model.hidden_size, Input.MLP_HIDDEN: layer.mlp_intermediate,
+              Input.ROUTER_IN: model.hidden_size, Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
               Input.ATTN_OUT: 0 if m.a == FP32 else model.q_dim}
     if layer.moe is not None:
         by_input.pop(Input.MLP_HIDDEN, None)  # routed / shared experts keep their own (see _moe_saved)
@@ -270,12 +273,21 @@ def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) ->
 
 def _mlp_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
     """MLP intermediates per token: gated (gate = the activation's input, act(gate), up), plain
-    (fc_in's output, the activation's input), GPT-2's Python ``gelu_new`` (four intermediates)."""
+    (fc_in's output, the activation's input), GPT-2's Python ``gelu_new`` (four intermediates),
+    ReLU (its output, which the down projection's input group then does not count again)."""
     if layer.moe is not None:
         return _moe_saved(model, layer, train, m)
     style = model.structure.mlp
-    per = {MlpStyle.GATED: 3, MlpStyle.PLAIN: 1, MlpStyle.PLAIN_PY_GELU: 4}[style]
+    per = {MlpStyle.GATED: 3, MlpStyle.PLAIN: 1, MlpStyle.PLAIN_PY_GELU: 4, MlpStyle.PLAIN_RELU: 1}[style]
     return per * layer.mlp_intermediate * m.a
+
+
+def _functional_dropout_saved(model: ModelSpec, train: TrainSpec, m: ActMode) -> int:
+    """Config-driven ``F.dropout`` calls TRL leaves on (:attr:`Structure.functional_dropouts`), per
+    token: off CUDA, ATen's ``_dropout_impl`` multiplies by a scaled noise tensor of the input's
+    dtype and keeps it; CUDA's fused ``native_dropout`` keeps a boolean mask."""
+    per_elem = 1 if train.device == "cuda" else m.a
+    return model.structure.functional_dropouts * model.hidden_size * per_elem
 
 
 def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec,
@@ -290,6 +302,7 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
     total += _qk_norms_saved(model, m)
     total += _attention_saved(model, layer, train, m, layer_idx)
     total += _mlp_saved(model, layer, train, m)
+    total += _functional_dropout_saved(model, train, m)
     return total + _linear_inputs_saved(model, layer, train, m)
 
 
@@ -331,7 +344,7 @@ def embedding_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
         return 0
     out = rows * train.seq * 8
     if model.structure.learned_positions:
-        out += train.seq * 8
+        out += (rows if model.structure.positions_per_row else 1) * train.seq * 8
     if model.embed_norm is not None:
         out += rows * train.seq * _norm_saved(model, model.hidden_size, act_mode(train))
     return out

@@ -198,6 +198,9 @@ class MlpStyle(str, enum.Enum):
     PLAIN = "plain"  # act(fc_in) -> fc_out: fc_in's output saved (1 x width)
     #: GPT-2's ``gelu_new`` written in Python (tanh approximation): four intermediates of the width
     PLAIN_PY_GELU = "plain-py-gelu"
+    #: act(fc_in) -> fc_out with an activation that keeps its *output* (ReLU: ``threshold_backward``
+    #: reads the result) -- the very tensor fc_out keeps as its input: nothing beyond it
+    PLAIN_RELU = "plain-relu"
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,12 @@ class Structure:
     rotary_fraction: float | None = None
     #: learned absolute positions (GPT-2 ``n_positions``): one more embedding tensor
     learned_positions: int = 0
+    #: position ids computed per row from the attention mask (OPT: ``cumsum(mask) - 1``), so the
+    #: position embedding keeps [rows, S] ids rather than [1, S]
+    positions_per_row: bool = False
+    #: [hidden]-wide ``F.dropout`` calls per layer whose p comes from the config (OPT ``dropout``):
+    #: TRL's ``disable_dropout`` zeroes ``nn.Dropout`` modules only, so these stay on in training
+    functional_dropouts: int = 0
     attention: AttentionKernel = AttentionKernel.AS_CONFIGURED
     kv_to_attention: KVToAttention = KVToAttention.GROUPED
     #: the model always materializes its [rows, 1, S, S] attention mask, even where SDPA could run

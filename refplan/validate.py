@@ -43,6 +43,7 @@ MORE_FAMILIES = {
     "gpt_bigcode": "multi-query attention through a fused c_attn (views), learned positions, LayerNorm, "
                    "a [n_positions, n_positions] boolean buffer in every copy",
     "bloom": "ALiBi, LayerNorm on the embeddings, eager-only own attention math, custom GELU",
+    "opt": "learned positions (offset 2, ids per row), ReLU MLP, config dropout that TRL leaves on",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -146,6 +147,14 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24])
         cfg["tie_word_embeddings"] = rng.random() < 0.7
         cfg["apply_residual_connection_post_layernorm"] = rng.random() < 0.3
+    if family == "opt":
+        cfg.pop("num_key_value_heads")
+        cfg.pop("head_dim", None)
+        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24, 32])
+        cfg["ffn_dim"] = cfg.pop("intermediate_size")
+        cfg["enable_bias"] = rng.random() < 0.8
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
+        cfg["dropout"] = rng.choice([0.0, 0.1, 0.1])  # OPT's released configs say 0.1
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16

@@ -133,6 +133,11 @@ TINY = {
     "bloom-untied-n_embed": dict(model_type="bloom", n_embed=60, num_attention_heads=5, num_hidden_layers=3,
                                  vocab_size=97, tie_word_embeddings=False,
                                  apply_residual_connection_post_layernorm=True),
+    "opt": dict(model_type="opt", hidden_size=72, num_attention_heads=6, num_hidden_layers=2, ffn_dim=100,
+                max_position_embeddings=50, vocab_size=101),
+    "opt-nobias-untied-gelu": dict(model_type="opt", hidden_size=60, num_attention_heads=5, num_hidden_layers=3,
+                                   ffn_dim=88, max_position_embeddings=40, vocab_size=97, enable_bias=False,
+                                   tie_word_embeddings=False, activation_function="gelu", dropout=0.0),
     "starcoder2": dict(model_type="starcoder2", **_ODD, sliding_window=16),
     "starcoder2-nobias-untied": dict(model_type="starcoder2", **{**_ODD, "head_dim": None}, use_bias=False,
                                      tie_word_embeddings=False),
@@ -158,7 +163,7 @@ def test_tiny_config_param_count_equals_transformers(name):
 
 @pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral", "starcoder2",
                                   "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text", "qwen2_moe",
-                                  "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied", "bloom"])
+                                  "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied", "bloom", "opt"])
 def test_lora_targets_are_what_peft_all_linear_wraps(name):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
@@ -291,6 +296,12 @@ def test_family_structure_is_typed():
     assert bloom.embed_norm.name == "word_embeddings_layernorm" and bloom.embed_norm.bias
     assert bloom.structure.positions is Positions.ALIBI and bloom.structure.attention is AttentionKernel.EAGER_ONLY
     assert q["bloom-untied-n_embed"].hidden_size == 60 and q["bloom-untied-n_embed"].lm_head is not None
+    opt = q["opt"]
+    assert opt.embed_params == 101 * 72 + (50 + 2) * 72 and opt.structure.positions_per_row
+    assert opt.structure.mlp is MlpStyle.PLAIN_RELU and opt.structure.functional_dropouts == 2
+    assert q["opt-nobias-untied-gelu"].structure.functional_dropouts == 0
+    with pytest.raises(PlanError, match="word_embed_proj_dim"):
+        spec_from_config({**TINY["opt"], "word_embed_proj_dim": 36}, "x", "config.json")
     mla = dict(q["deepseek_v2-q-lora"].structure.mla)
     assert mla["q_lora_rank"] == 12 and mla["cache_dim_per_token"] == 14
     ds = q["deepseek_v2-q-lora"]
@@ -344,7 +355,7 @@ def test_importing_the_planner_modules_pulls_no_heavy_stack():
 
 
 @pytest.mark.parametrize("name", ["llama-bias", "phi3", "mixtral", "qwen3_moe-all-moe", "deepseek_v2-q-lora", "gpt2",
-                                  "qwen2_moe", "bloom"])
+                                  "qwen2_moe", "bloom", "opt"])
 def test_lora_parameter_count_equals_peft(name):
     """The planner's LoRA parameter count equals what get_peft_model(all-linear) really adds,
     MoE experts and routers included (PEFT wraps them as parameters). Known gap, not covered:
