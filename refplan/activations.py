@@ -81,8 +81,8 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     # ReLU keeps its output, the down projection's input (see _mlp_saved) -- unless PEFT under
     # autocast gives each wrapped linear its own compute-dtype copy
     hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.autocast)
-    widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size,
-              Input.ROUTER_IN: model.hidden_size, Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
+    widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size, Input.ROUTER_IN: model.hidden_size,
+              Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
               Input.ATTN_OUT: 0 if m.a == FP32 else model.q_dim}
     if layer.moe is not None:
         by_input.pop(Input.MLP_HIDDEN, None)  # routed / shared experts keep their own (see _moe_saved)
@@ -91,8 +91,8 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     if model.structure.shared_block_norm and Input.MLP_IN in by_input:
         by_input[Input.ATTN_IN] = by_input.get(Input.ATTN_IN, []) + by_input.pop(Input.MLP_IN)
     if Input.ROUTER_IN in by_input and Input.MLP_IN in by_input and not model.structure.router_fp32:
-        # a router that does not cast its input reads the very tensor the shared experts read (Qwen2-MoE:
-        # ``hidden_states.view(-1, h)`` feeds the gate, the experts and the shared expert)
+        # a router that does not cast its input reads the very tensor the shared experts read
+        # (Qwen2-MoE: ``hidden_states.view(-1, h)`` feeds the gate, the experts and the shared expert)
         by_input[Input.MLP_IN] = by_input.pop(Input.ROUTER_IN) + by_input[Input.MLP_IN]
     return [(tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
 
@@ -237,9 +237,10 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         v_saved = kv
     total = (q + k_saved + v_saved) * m.a  # rotated q and k, v
     total += q * m.a + heads * FP32  # SDPA output + logsumexp
-    if fused:
-        # q sliced from a fused projection: the SDPA output comes back head-major, so
-        # sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox)
+    if fused or model.structure.rotary_concat:
+        # q sliced from a fused projection, or rebuilt by ``torch.cat((q_rot, q_pass))`` around the
+        # rotation, reaches SDPA head-major and contiguous: its output comes back head-major,
+        # so sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox, phi)
         total += q * m.a
     return total
 
@@ -266,7 +267,7 @@ def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) ->
     total = _norm_saved(model, h, m, irg)
     if not st.parallel_residual:
         return total + _norm_saved(model, h, m)  # post_attention_layernorm on the residual sum
-    if st.norm is NormStyle.LAYER and len(layer.norms) >= 2:
+    if st.norm is NormStyle.LAYER and not st.shared_block_norm:
         total += 2 * FP32
     return total
 
@@ -313,8 +314,9 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
       the sort / floor_divide / index / scatter bookkeeping (int64 and int32, ~36 bytes per k),
       grouped gate_up output (k x 2i), act(gate) (k x i) and the down projection output (k x h)
       kept for the routing-weight multiply; when the experts' weights take a gradient, also the
-      token rows gathered per expert (k x h) and act*up (k x i), the grouped matmuls' inputs; shared experts (DeepSeek-V2, Qwen2-MoE) as a dense gated MLP, with Qwen2-MoE's
-      sigmoid gate on their output.
+      token rows gathered per expert (k x h) and act*up (k x i), the grouped matmuls' inputs;
+      shared experts (DeepSeek-V2, Qwen2-MoE) as a dense gated MLP, with Qwen2-MoE's sigmoid gate
+      on their output.
     Checked against bench/layer_inventory.py (Mixtral, Qwen3-MoE)."""
     moe = layer.moe
     k, h, i = moe.top_k, model.hidden_size, moe.expert_intermediate

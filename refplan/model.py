@@ -214,6 +214,9 @@ class Structure:
     positions: Positions = Positions.ROPE
     #: fraction of head_dim that is rotated (GPT-NeoX ``rotary_pct``); None: all of it
     rotary_fraction: float | None = None
+    #: q and k are rebuilt by ``torch.cat((rotated, passed_through), dim=-1)`` (Phi, StableLM,
+    #: GPT-NeoX), whatever the fraction: q reaches attention head-major and contiguous
+    rotary_concat: bool = False
     #: learned absolute positions (GPT-2 ``n_positions``): one more embedding tensor
     learned_positions: int = 0
     #: position ids computed per row from the attention mask (OPT: ``cumsum(mask) - 1``), so the
@@ -276,6 +279,9 @@ class ModelSpec:
     structure: Structure = Structure()
     #: a norm applied to the embeddings before the first layer (BLOOM ``word_embeddings_layernorm``)
     embed_norm: Norm | None = None
+    #: the LM head has a bias (Phi: ``nn.Linear(hidden, vocab, bias=True)``); with tied embeddings it
+    #: stays a parameter of its own (``lm_head``, when present, carries it)
+    head_bias: bool = False
     hidden_act: str = "silu"
     #: value-head dim where it differs from head_dim (MLA); query/key dim is head_dim
     v_head_dim: int | None = None
@@ -288,7 +294,7 @@ class ModelSpec:
     @cached_property
     def params(self) -> int:
         """Total parameters, counted once (tied embeddings are not double counted)."""
-        head = self.lm_head.params if self.lm_head is not None else 0
+        head = self.lm_head.params if self.lm_head is not None else (self.vocab_size if self.head_bias else 0)
         embed_norm = self.embed_norm.params if self.embed_norm is not None else 0
         return self.embed_params + embed_norm + sum(l.params for l in self.layers) + self.final_norm.params + head
 

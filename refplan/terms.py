@@ -86,6 +86,8 @@ def param_tensors(model: ModelSpec) -> int:
         n += 2 if model.embed_norm.bias else 1
     if model.lm_head is not None:
         n += 2 if model.lm_head.bias else 1
+    elif model.head_bias:
+        n += 1  # a tied head's bias
     if model.structure.learned_positions:
         n += 1  # learned position embeddings
     return n
@@ -183,7 +185,9 @@ def _adafactor_elems(model: ModelSpec, train: TrainSpec) -> int:
         total += sum(nm.params for nm in layer.norms) + layer.extra_params
     total += model.vocab_size + model.hidden_size  # embeddings (factored)
     if model.lm_head is not None:
-        total += model.lm_head.in_features + model.lm_head.out_features
+        total += model.lm_head.in_features + model.lm_head.out_features + (model.vocab_size if model.head_bias else 0)
+    elif model.head_bias:
+        total += model.vocab_size
     if model.embed_norm is not None:
         total += model.embed_norm.params
     return total + model.final_norm.params

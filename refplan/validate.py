@@ -44,6 +44,8 @@ MORE_FAMILIES = {
                    "a [n_positions, n_positions] boolean buffer in every copy",
     "bloom": "ALiBi, LayerNorm on the embeddings, eager-only own attention math, custom GELU",
     "opt": "learned positions (offset 2, ids per row), ReLU MLP, config dropout that TRL leaves on",
+    "phi": "parallel block on one LayerNorm, partial rotary (cat: head-major q), per-head q/k LayerNorms, "
+           "Python gelu_new, LM head bias",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -71,7 +73,7 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
     kv = rng.choice([d for d in (1, 2, 3, 6) if heads % d == 0 and d <= heads])
     head_dim = rng.choice([8, 12, 16, 20, 24, 32])
     hidden = heads * rng.choice([8, 12, 16, 20, 24, 32])  # configs validate hidden % heads == 0
-    if family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2") and rng.random() < 0.5:
+    if family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2", "phi") and rng.random() < 0.5:
         head_dim = None  # the default hidden // heads (needs divisibility)
         hidden = heads * rng.choice([12, 16, 20, 24, 32])
     cfg = {
@@ -155,6 +157,14 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         cfg["enable_bias"] = rng.random() < 0.8
         cfg["tie_word_embeddings"] = rng.random() < 0.7
         cfg["dropout"] = rng.choice([0.0, 0.1, 0.1])  # OPT's released configs say 0.1
+    if family == "phi":
+        cfg["tie_word_embeddings"] = rng.random() < 0.3
+        if rng.random() < 0.3:  # q/k LayerNorms are sized hidden // heads: no other head_dim then
+            cfg["qk_layernorm"] = True
+            cfg.pop("head_dim", None)
+        hd = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        factor = rng.choice([0.25, 0.4, 0.5, 1.0])
+        cfg["partial_rotary_factor"] = factor if (hd * factor).is_integer() and int(hd * factor) % 2 == 0 else 0.5
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16

@@ -138,6 +138,11 @@ TINY = {
     "opt-nobias-untied-gelu": dict(model_type="opt", hidden_size=60, num_attention_heads=5, num_hidden_layers=3,
                                    ffn_dim=88, max_position_embeddings=40, vocab_size=97, enable_bias=False,
                                    tie_word_embeddings=False, activation_function="gelu", dropout=0.0),
+    "phi": dict(model_type="phi", **{k: v for k, v in _ODD.items() if k != "head_dim"}),
+    # q_layernorm is sized hidden // heads: a head_dim key must agree for the forward to run
+    "phi-qk-ln-tied": dict(model_type="phi", **{k: v for k, v in _ODD.items() if k != "head_dim"}, qk_layernorm=True,
+                           tie_word_embeddings=True, partial_rotary_factor=0.4, hidden_act="gelu"),
+    "phi-headdim": dict(model_type="phi", **{**_ODD, "num_hidden_layers": 1}),
     "starcoder2": dict(model_type="starcoder2", **_ODD, sliding_window=16),
     "starcoder2-nobias-untied": dict(model_type="starcoder2", **{**_ODD, "head_dim": None}, use_bias=False,
                                      tie_word_embeddings=False),
@@ -163,7 +168,8 @@ def test_tiny_config_param_count_equals_transformers(name):
 
 @pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral", "starcoder2",
                                   "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text", "qwen2_moe",
-                                  "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied", "bloom", "opt"])
+                                  "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied", "bloom", "opt",
+                                  "phi", "phi-qk-ln-tied"])
 def test_lora_targets_are_what_peft_all_linear_wraps(name):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
@@ -302,6 +308,12 @@ def test_family_structure_is_typed():
     assert q["opt-nobias-untied-gelu"].structure.functional_dropouts == 0
     with pytest.raises(PlanError, match="word_embed_proj_dim"):
         spec_from_config({**TINY["opt"], "word_embed_proj_dim": 36}, "x", "config.json")
+    phi = q["phi"]
+    assert phi.structure.shared_block_norm and phi.structure.rotary_concat and phi.structure.rotary_fraction == 0.5
+    assert phi.lm_head.bias and phi.structure.mlp is MlpStyle.PLAIN_PY_GELU
+    tied = q["phi-qk-ln-tied"]
+    assert tied.lm_head is None and tied.head_bias and tied.structure.qk_norm is QKNorm.PER_HEAD
+    assert tied.structure.rotary_fraction == 0.4 and tied.structure.mlp is MlpStyle.PLAIN
     mla = dict(q["deepseek_v2-q-lora"].structure.mla)
     assert mla["q_lora_rank"] == 12 and mla["cache_dim_per_token"] == 14
     ds = q["deepseek_v2-q-lora"]
@@ -355,7 +367,7 @@ def test_importing_the_planner_modules_pulls_no_heavy_stack():
 
 
 @pytest.mark.parametrize("name", ["llama-bias", "phi3", "mixtral", "qwen3_moe-all-moe", "deepseek_v2-q-lora", "gpt2",
-                                  "qwen2_moe", "bloom", "opt"])
+                                  "qwen2_moe", "bloom", "opt", "phi-qk-ln-tied"])
 def test_lora_parameter_count_equals_peft(name):
     """The planner's LoRA parameter count equals what get_peft_model(all-linear) really adds,
     MoE experts and routers included (PEFT wraps them as parameters). Known gap, not covered:

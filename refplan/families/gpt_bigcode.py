@@ -13,8 +13,8 @@ no longer reads, but every copy of the model holds).
 """
 
 from refplan.errors import PlanError
-from refplan.families._blocks import layernorm
-from refplan.model import Layer, Linear, MlpStyle, NormStyle, Positions, Role, Structure
+from refplan.families._blocks import layernorm, plain_mlp_style
+from refplan.model import Layer, Linear, NormStyle, Positions, Role, Structure
 
 MODEL_TYPES = ("gpt_bigcode",)
 DEFAULTS = {
@@ -28,9 +28,6 @@ KEY_ALIASES = {
     "n_head": ("num_attention_heads",),
     "n_layer": ("num_hidden_layers",),
 }
-#: transformers activations written in Python from elementwise ops (activations.py), each keeping
-#: several intermediates of the MLP width; the others are single fused ops (input saved only)
-_PY_GELUS = ("gelu_new", "gelu_fast", "gelu_python_tanh")
 
 
 def build(r) -> dict:
@@ -51,7 +48,7 @@ def build(r) -> dict:
         Linear("c_proj", Role.MLP_DOWN, inner, h, True),
     )
     act = r.str("activation_function")
-    structure = Structure(norm=NormStyle.LAYER, mlp=MlpStyle.PLAIN_PY_GELU if act in _PY_GELUS else MlpStyle.PLAIN,
+    structure = Structure(norm=NormStyle.LAYER, mlp=plain_mlp_style(act),
                           positions=Positions.LEARNED, learned_positions=positions)
     return dict(
         hidden_size=h, num_layers=n_layers, num_heads=heads, num_kv_heads=kv, head_dim=hd,

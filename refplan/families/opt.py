@@ -17,8 +17,8 @@ Not planned yet (refused, naming the key): ``word_embed_proj_dim != hidden_size`
 """
 
 from refplan.errors import PlanError
-from refplan.families._blocks import layernorm
-from refplan.model import Layer, Linear, MlpStyle, NormStyle, Positions, Role, Structure
+from refplan.families._blocks import layernorm, plain_mlp_style
+from refplan.model import Layer, Linear, NormStyle, Positions, Role, Structure
 
 MODEL_TYPES = ("opt",)
 DEFAULTS = {
@@ -50,7 +50,7 @@ def build(r) -> dict:
     )
     act = r.str("activation_function")
     dropout = r.opt_float("dropout") or 0.0
-    structure = Structure(norm=NormStyle.LAYER, mlp=MlpStyle.PLAIN_RELU if act == "relu" else MlpStyle.PLAIN,
+    structure = Structure(norm=NormStyle.LAYER, mlp=plain_mlp_style(act),
                           positions=Positions.LEARNED, learned_positions=positions, positions_per_row=True,
                           functional_dropouts=2 if dropout > 0 else 0)
     if r.bool("_remove_final_layer_norm"):
@@ -60,5 +60,6 @@ def build(r) -> dict:
         vocab_size=vocab, intermediate_size=ffn, tie_word_embeddings=r.bool("tie_word_embeddings"),
         layers=tuple(Layer(linears, (layernorm("self_attn_layer_norm", h), layernorm("final_layer_norm", h)), ffn)
                      for _ in range(n_layers)),
-        embed_params=vocab * h + positions * h, final_norm=layernorm("final_layer_norm", h), hidden_act=act, structure=structure,
+        embed_params=vocab * h + positions * h, final_norm=layernorm("final_layer_norm", h), hidden_act=act,
+        structure=structure,
     )
