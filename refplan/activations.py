@@ -52,6 +52,8 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
     - RMSNorm, gemma style (``Gemma*RMSNorm``: ``y = norm(x.float()) * (1 + weight.float())``):
       x32, rsqrt, and y in fp32 when the weight is trainable.
     - LayerNorm (``native_layer_norm``): its input, mean and rstd (fp32 per row).
+    - Cohere's Python LayerNorm: two copies of the centred fp32 input, rsqrt, and y in fp32 when
+      the weight is trainable.
     ``rows_per_token`` > 1 for per-head q/k norms (Qwen3, Gemma3).
     """
     if not input_requires_grad:
@@ -59,6 +61,10 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
     style = model.structure.norm
     if style is NormStyle.LAYER:
         return width * m.w + 2 * FP32 * rows_per_token
+    if style is NormStyle.LAYER_FP32_PY:
+        # ``x - mean`` is computed twice (for the variance's pow and for the normalization's
+        # multiply) and each keeps its own copy
+        return 2 * width * FP32 + FP32 * rows_per_token + (0 if m.weights_frozen else width * FP32)
     saved = width * FP32 + FP32 * rows_per_token
     if not m.weights_frozen:
         saved += width * (FP32 if style is NormStyle.RMS_GEMMA else m.w)

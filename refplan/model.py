@@ -152,6 +152,10 @@ class NormStyle(str, enum.Enum):
     RMS_GEMMA = "rms-gemma"
     #: ``nn.LayerNorm`` (``native_layer_norm``): input, mean and rstd saved
     LAYER = "layer"
+    #: a LayerNorm written in Python in fp32, weight only (``CohereLayerNorm``: ``x32 - mean``,
+    #: ``rsqrt(var + eps)``, ``weight.float() * y``): the centred input twice (variance and
+    #: normalization each compute it), rsqrt, and y in fp32 when the weight is trainable
+    LAYER_FP32_PY = "layer-fp32-py"
 
 
 class NormPlacement(str, enum.Enum):

@@ -46,6 +46,9 @@ MORE_FAMILIES = {
     "opt": "learned positions (offset 2, ids per row), ReLU MLP, config dropout that TRL leaves on",
     "phi": "parallel block on one LayerNorm, partial rotary (cat: head-major q), per-head q/k LayerNorms, "
            "Python gelu_new, LM head bias",
+    "granite": "Llama layout with embedding / residual / attention / logits multipliers",
+    "cohere": "parallel block on one Python fp32 LayerNorm, per-head q/k norms, interleaved fp32 rotary, "
+              "logit scale",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -73,7 +76,8 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
     kv = rng.choice([d for d in (1, 2, 3, 6) if heads % d == 0 and d <= heads])
     head_dim = rng.choice([8, 12, 16, 20, 24, 32])
     hidden = heads * rng.choice([8, 12, 16, 20, 24, 32])  # configs validate hidden % heads == 0
-    if family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2", "phi") and rng.random() < 0.5:
+    if (family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2", "phi", "granite", "cohere")
+            and rng.random() < 0.5):
         head_dim = None  # the default hidden // heads (needs divisibility)
         hidden = heads * rng.choice([12, 16, 20, 24, 32])
     cfg = {
@@ -165,6 +169,19 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         hd = cfg.get("head_dim") or cfg["hidden_size"] // heads
         factor = rng.choice([0.25, 0.4, 0.5, 1.0])
         cfg["partial_rotary_factor"] = factor if (hd * factor).is_integer() and int(hd * factor) % 2 == 0 else 0.5
+    if family == "granite":
+        cfg["attention_bias"] = rng.random() < 0.3
+        cfg["mlp_bias"] = rng.random() < 0.3
+        cfg["tie_word_embeddings"] = rng.random() < 0.5
+        cfg["embedding_multiplier"] = rng.choice([1.0, 12.0])
+        cfg["residual_multiplier"] = rng.choice([1.0, 0.22])
+        cfg["attention_multiplier"] = rng.choice([0.0078125, 0.015625])
+        cfg["logits_scaling"] = rng.choice([1.0, 8.0])
+    if family == "cohere":
+        cfg["use_qk_norm"] = rng.random() < 0.4
+        cfg["attention_bias"] = rng.random() < 0.3
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
+        cfg["logit_scale"] = rng.choice([0.0625, 0.125, 1.0])
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16

@@ -143,6 +143,13 @@ TINY = {
     "phi-qk-ln-tied": dict(model_type="phi", **{k: v for k, v in _ODD.items() if k != "head_dim"}, qk_layernorm=True,
                            tie_word_embeddings=True, partial_rotary_factor=0.4, hidden_act="gelu"),
     "phi-headdim": dict(model_type="phi", **{**_ODD, "num_hidden_layers": 1}),
+    "granite": dict(model_type="granite", **_ODD, attention_bias=True, embedding_multiplier=12.0,
+                    residual_multiplier=0.22, attention_multiplier=0.015625, logits_scaling=8.0),
+    "granite-tied-nohd": dict(model_type="granite", **{k: v for k, v in _ODD.items() if k != "head_dim"},
+                              tie_word_embeddings=True, mlp_bias=True),
+    "cohere": dict(model_type="cohere", **_ODD),
+    "cohere-qk-norm-bias": dict(model_type="cohere", **{k: v for k, v in _ODD.items() if k != "head_dim"},
+                                use_qk_norm=True, attention_bias=True, tie_word_embeddings=False),
     "starcoder2": dict(model_type="starcoder2", **_ODD, sliding_window=16),
     "starcoder2-nobias-untied": dict(model_type="starcoder2", **{**_ODD, "head_dim": None}, use_bias=False,
                                      tie_word_embeddings=False),
@@ -169,7 +176,7 @@ def test_tiny_config_param_count_equals_transformers(name):
 @pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral", "starcoder2",
                                   "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text", "qwen2_moe",
                                   "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied", "bloom", "opt",
-                                  "phi", "phi-qk-ln-tied"])
+                                  "phi", "phi-qk-ln-tied", "granite", "cohere-qk-norm-bias"])
 def test_lora_targets_are_what_peft_all_linear_wraps(name):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
@@ -265,7 +272,7 @@ def test_falcon_refinedweb_key_names():
 
 def test_family_structure_is_typed():
     from refplan.model import (AttentionKernel, KVToAttention, MlpStyle, NormPlacement, NormStyle, Positions, QKNorm,
-                               Role)
+                               Role, Structure)
 
     q = {name: spec_from_config(cfg, name, "t") for name, cfg in TINY.items()}
     phi3 = q["phi3"].layers[0]
@@ -314,6 +321,11 @@ def test_family_structure_is_typed():
     tied = q["phi-qk-ln-tied"]
     assert tied.lm_head is None and tied.head_bias and tied.structure.qk_norm is QKNorm.PER_HEAD
     assert tied.structure.rotary_fraction == 0.4 and tied.structure.mlp is MlpStyle.PLAIN
+    assert q["granite"].structure == Structure() and q["granite"].layers[0].first(Role.O).bias
+    cohere = q["cohere-qk-norm-bias"]
+    assert cohere.structure.norm is NormStyle.LAYER_FP32_PY and cohere.structure.shared_block_norm
+    assert [n.name for n in cohere.layers[0].norms] == ["q_norm", "k_norm", "input_layernorm"]
+    assert cohere.layers[0].norms[0].size == 6 * 12 and cohere.final_norm.bias is False
     mla = dict(q["deepseek_v2-q-lora"].structure.mla)
     assert mla["q_lora_rank"] == 12 and mla["cache_dim_per_token"] == 14
     ds = q["deepseek_v2-q-lora"]
