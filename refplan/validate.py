@@ -49,6 +49,7 @@ MORE_FAMILIES = {
     "granite": "Llama layout with embedding / residual / attention / logits multipliers",
     "cohere": "parallel block on one Python fp32 LayerNorm, per-head q/k norms, interleaved fp32 rotary, "
               "logit scale",
+    "stablelm": "LayerNorm, partial rotary (cat), per-head q/k LayerNorm modules, sequential or parallel block",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -182,6 +183,15 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["tie_word_embeddings"] = rng.random() < 0.7
         cfg["logit_scale"] = rng.choice([0.0625, 0.125, 1.0])
+    if family == "stablelm":
+        cfg.pop("head_dim", None)  # head_dim is hidden // heads
+        hd = cfg["hidden_size"] // heads
+        factor = rng.choice([0.25, 0.5, 1.0])
+        cfg["partial_rotary_factor"] = factor if (hd * factor).is_integer() and int(hd * factor) % 2 == 0 else 0.5
+        cfg["use_qkv_bias"] = rng.random() < 0.5
+        cfg["qk_layernorm"] = rng.random() < 0.3
+        cfg["use_parallel_residual"] = rng.random() < 0.4
+        cfg["tie_word_embeddings"] = rng.random() < 0.3
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16

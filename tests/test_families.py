@@ -150,6 +150,12 @@ TINY = {
     "cohere": dict(model_type="cohere", **_ODD),
     "cohere-qk-norm-bias": dict(model_type="cohere", **{k: v for k, v in _ODD.items() if k != "head_dim"},
                                 use_qk_norm=True, attention_bias=True, tie_word_embeddings=False),
+    # head_dim 16: the default partial_rotary_factor 0.25 needs an even number of rotated dims
+    "stablelm": dict(model_type="stablelm", **{**{k: v for k, v in _ODD.items() if k != "head_dim"},
+                                               "hidden_size": 96}),
+    "stablelm-parallel-qk-ln-bias": dict(model_type="stablelm", **{k: v for k, v in _ODD.items() if k != "head_dim"},
+                                         use_parallel_residual=True, qk_layernorm=True, use_qkv_bias=True,
+                                         partial_rotary_factor=0.5, tie_word_embeddings=True),
     "starcoder2": dict(model_type="starcoder2", **_ODD, sliding_window=16),
     "starcoder2-nobias-untied": dict(model_type="starcoder2", **{**_ODD, "head_dim": None}, use_bias=False,
                                      tie_word_embeddings=False),
@@ -176,7 +182,8 @@ def test_tiny_config_param_count_equals_transformers(name):
 @pytest.mark.parametrize("name", ["llama-bias", "qwen2", "phi3", "gpt2", "falcon-new-decoder", "mixtral", "starcoder2",
                                   "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text", "qwen2_moe",
                                   "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied", "bloom", "opt",
-                                  "phi", "phi-qk-ln-tied", "granite", "cohere-qk-norm-bias"])
+                                  "phi", "phi-qk-ln-tied", "granite", "cohere-qk-norm-bias",
+                                  "stablelm-parallel-qk-ln-bias"])
 def test_lora_targets_are_what_peft_all_linear_wraps(name):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
@@ -326,6 +333,10 @@ def test_family_structure_is_typed():
     assert cohere.structure.norm is NormStyle.LAYER_FP32_PY and cohere.structure.shared_block_norm
     assert [n.name for n in cohere.layers[0].norms] == ["q_norm", "k_norm", "input_layernorm"]
     assert cohere.layers[0].norms[0].size == 6 * 12 and cohere.final_norm.bias is False
+    slm = q["stablelm-parallel-qk-ln-bias"]
+    assert slm.structure.shared_block_norm and slm.structure.rotary_concat and slm.head_dim == 12
+    assert sum(1 for n in slm.layers[0].norms if n.name.startswith("q_layernorm.norms.")) == 6
+    assert not q["stablelm"].structure.parallel_residual and q["stablelm"].structure.rotary_fraction == 0.25
     mla = dict(q["deepseek_v2-q-lora"].structure.mla)
     assert mla["q_lora_rank"] == 12 and mla["cache_dim_per_token"] == 14
     ds = q["deepseek_v2-q-lora"]
