@@ -395,8 +395,9 @@ def backbone_output_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
 
 def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """cos and sin tables [1, S, rotary_dim] computed once per forward and saved by every
-    layer's RoPE multiply (transformers ``*RotaryEmbedding``), in the activation dtype."""
-    if model.structure.positions is not Positions.ROPE:
+    layer's RoPE multiply (transformers ``*RotaryEmbedding``), in the activation dtype; none when
+    no layer rotates (all NoPE)."""
+    if model.structure.positions is not Positions.ROPE or len(model.structure.nope_layers) == model.num_layers:
         return 0
     rot = model.head_dim
     pct = model.structure.rotary_fraction

@@ -218,6 +218,9 @@ class Structure:
     positions: Positions = Positions.ROPE
     #: fraction of head_dim that is rotated (GPT-NeoX ``rotary_pct``); None: all of it
     rotary_fraction: float | None = None
+    #: layers that apply no rotary embedding (SmolLM3's NoPE layers): q and k are views of their
+    #: projections there; the rotary tables are kept only if some layer rotates
+    nope_layers: tuple[int, ...] = ()
     #: q and k are rebuilt by ``torch.cat((rotated, passed_through), dim=-1)`` (Phi, StableLM,
     #: GPT-NeoX), whatever the fraction: q reaches attention head-major and contiguous
     rotary_concat: bool = False

@@ -50,6 +50,7 @@ MORE_FAMILIES = {
     "cohere": "parallel block on one Python fp32 LayerNorm, per-head q/k norms, interleaved fp32 rotary, "
               "logit scale",
     "stablelm": "LayerNorm, partial rotary (cat), per-head q/k LayerNorm modules, sequential or parallel block",
+    "smollm3": "Llama layout with NoPE layers (no rotation every n-th layer), sliding window on NoPE layers",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -77,8 +78,8 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
     kv = rng.choice([d for d in (1, 2, 3, 6) if heads % d == 0 and d <= heads])
     head_dim = rng.choice([8, 12, 16, 20, 24, 32])
     hidden = heads * rng.choice([8, 12, 16, 20, 24, 32])  # configs validate hidden % heads == 0
-    if (family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2", "phi", "granite", "cohere")
-            and rng.random() < 0.5):
+    if (family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2", "phi", "granite", "cohere",
+                   "smollm3") and rng.random() < 0.5):
         head_dim = None  # the default hidden // heads (needs divisibility)
         hidden = heads * rng.choice([12, 16, 20, 24, 32])
     cfg = {
@@ -192,6 +193,13 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         cfg["qk_layernorm"] = rng.random() < 0.3
         cfg["use_parallel_residual"] = rng.random() < 0.4
         cfg["tie_word_embeddings"] = rng.random() < 0.3
+    if family == "smollm3":
+        cfg["no_rope_layer_interval"] = rng.choice([2, 3, 4])
+        cfg["use_sliding_window"] = rng.random() < 0.3
+        cfg["sliding_window"] = rng.choice([16, 64, 4096])
+        cfg["attention_bias"] = rng.random() < 0.3
+        cfg["mlp_bias"] = rng.random() < 0.3
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16

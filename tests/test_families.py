@@ -156,6 +156,11 @@ TINY = {
     "stablelm-parallel-qk-ln-bias": dict(model_type="stablelm", **{k: v for k, v in _ODD.items() if k != "head_dim"},
                                          use_parallel_residual=True, qk_layernorm=True, use_qkv_bias=True,
                                          partial_rotary_factor=0.5, tie_word_embeddings=True),
+    "smollm3": dict(model_type="smollm3", **{**_ODD, "num_hidden_layers": 4}, attention_bias=True, pad_token_id=None),
+    "smollm3-nope-sliding-untied": dict(model_type="smollm3", **{k: v for k, v in _ODD.items() if k != "head_dim"},
+                                        no_rope_layer_interval=2, use_sliding_window=True, sliding_window=8,
+                                        mlp_bias=True, tie_word_embeddings=False, pad_token_id=None),
+    "smollm3-all-nope": dict(model_type="smollm3", **_ODD, no_rope_layers=[0, 0], pad_token_id=None),
     "starcoder2": dict(model_type="starcoder2", **_ODD, sliding_window=16),
     "starcoder2-nobias-untied": dict(model_type="starcoder2", **{**_ODD, "head_dim": None}, use_bias=False,
                                      tie_word_embeddings=False),
@@ -183,7 +188,7 @@ def test_tiny_config_param_count_equals_transformers(name):
                                   "qwen3_moe", "deepseek_v2-q-lora", "olmo2", "gemma3_text", "qwen2_moe",
                                   "qwen2_moe-step2-sliding", "gpt_bigcode", "gpt_bigcode-mha-untied", "bloom", "opt",
                                   "phi", "phi-qk-ln-tied", "granite", "cohere-qk-norm-bias",
-                                  "stablelm-parallel-qk-ln-bias"])
+                                  "stablelm-parallel-qk-ln-bias", "smollm3"])
 def test_lora_targets_are_what_peft_all_linear_wraps(name):
     from peft import LoraConfig
     from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
@@ -337,6 +342,10 @@ def test_family_structure_is_typed():
     assert slm.structure.shared_block_norm and slm.structure.rotary_concat and slm.head_dim == 12
     assert sum(1 for n in slm.layers[0].norms if n.name.startswith("q_layernorm.norms.")) == 6
     assert not q["stablelm"].structure.parallel_residual and q["stablelm"].structure.rotary_fraction == 0.25
+    assert q["smollm3"].structure.nope_layers == (3,) and q["smollm3"].structure.sliding_window is None
+    smol = q["smollm3-nope-sliding-untied"].structure
+    assert smol.nope_layers == (1,) and smol.layer_types == ("full_attention", "sliding_attention")
+    assert q["smollm3-all-nope"].structure.nope_layers == (0, 1)
     mla = dict(q["deepseek_v2-q-lora"].structure.mla)
     assert mla["q_lora_rank"] == 12 and mla["cache_dim_per_token"] == 14
     ds = q["deepseek_v2-q-lora"]

@@ -23,14 +23,14 @@ from types import ModuleType
 from refplan.errors import PlanError
 from refplan.families import (bloom, cohere, deepseek_v2, falcon, gemma, gemma2, gemma3, gpt2, gpt_bigcode, gpt_neox,
                               granite, llama, mistral, mixtral, olmo2, opt, phi, phi3, qwen2, qwen2_moe, qwen3,
-                              qwen3_moe, stablelm, starcoder2)
+                              qwen3_moe, smollm3, stablelm, starcoder2)
 from refplan.families._reader import Reader
 from refplan.model import Linear, ModelSpec, Role
 
 #: family name -> module; every ``model_type`` a module lists resolves to it
 REGISTRY: dict[str, ModuleType] = {m.MODEL_TYPES[0]: m for m in (
     llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma, gemma2, gemma3, phi3, olmo2, deepseek_v2, gpt2,
-    gpt_neox, falcon, starcoder2, qwen2_moe, gpt_bigcode, bloom, opt, phi, granite, cohere, stablelm,
+    gpt_neox, falcon, starcoder2, qwen2_moe, gpt_bigcode, bloom, opt, phi, granite, cohere, stablelm, smollm3,
 )}
 _BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in REGISTRY.values() for t in m.MODEL_TYPES}
 
