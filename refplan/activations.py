@@ -210,13 +210,22 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
     impl = attention_impl(model, train)
     fused = layer.first(Role.QKV) is not None
     if _own_sdpa(model, train):
-        # FalconAttention.forward: rotated q and k, v (a view of the fused output when not
-        # expanded), SDPA's output -- read by ``dense`` through a view -- and its logsumexp; and the
-        # float copy [rows, 1, S, S] SDPA makes of the boolean mask on every call, kept for backward
-        # (per token: one mask row of S)
-        expanded = model.structure.kv_to_attention is KVToAttention.EXPANDED
-        v_saved = q if expanded else (q + 2 * kv if fused else kv)
-        return (q + (q if expanded else kv) + v_saved + q) * m.a + heads * FP32 + s * m.a
+        # FalconAttention.forward: q, k and v -- materialized at query width when expanded, else
+        # rotated copies of q and k (RoPE) or views (ALiBi) beside v, views of the fused output that
+        # keep it whole --, SDPA's output (read by ``dense`` through a view) and its logsumexp
+        rotated = model.structure.positions is Positions.ROPE
+        if model.structure.kv_to_attention is KVToAttention.EXPANDED:
+            qkv_saved = 3 * q
+        elif rotated:
+            qkv_saved = q + kv + (q + 2 * kv if fused else kv)
+        else:
+            qkv_saved = q + 2 * kv
+        total = (qkv_saved + q) * m.a + heads * FP32
+        if rotated:
+            # the mask is boolean: SDPA keeps its own float copy [rows, 1, S, S] from every call (per
+            # token, one row of S); with ALiBi the model folds the biases into one float mask (mask_bytes)
+            total += s * m.a
+        return total
     if impl in ("eager", "falcon"):
         # eager_attention_forward: matmul copies of q and of k, v expanded to all heads, the
         # softmax output (fp32 upcast, then cast back), soft-capped scores where capped
@@ -367,13 +376,18 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     layer's SDPA (activation dtype), when one is built (:func:`attention_masked`)."""
     impl = attention_impl(model, train)
     if impl == "falcon":
+        s, a = train.seq, act_mode(train).a
+        if model.structure.positions is Positions.ALIBI:
+            # FalconModel.forward folds the ALiBi biases into one float [rows, heads, S, S] mask:
+            # the same tensor in every layer, kept by the SDPA call (none under the math kernel or
+            # eager, which add it) and by checkpointed layers
+            return rows * model.num_heads * s * s * a if (_own_sdpa(model, train) or train.grad_ckpt) else 0
         # built every forward (``mask_always``), saved per layer by the SDPA call (see
         # _attention_saved), and kept whole only as the input of checkpointed layers: boolean
         # (masking_utils ``sdpa_mask``) unless eager attention asks for a float one
         if not train.grad_ckpt:
             return 0
-        elem = act_mode(train).a if train.attn.value == "eager" else 1
-        return rows * train.seq * train.seq * elem
+        return rows * s * s * (a if train.attn.value == "eager" else 1)
     if impl == "eager":
         # eager attention always builds its masks (one per attention type: Gemma 2 has full and
         # sliding); they are saved only as inputs of checkpointed layers (non-reentrant

@@ -39,7 +39,8 @@ MORE_FAMILIES = {
     "starcoder2": "LayerNorm with bias, plain c_fc/c_proj MLP, GQA with biases, sliding window",
     "qwen2_moe": "routed experts (frozen under LoRA) beside a shared expert with a sigmoid gate, dense layers",
     "falcon": "fused query_key_value, own SDPA call with an always-built mask; new decoder (K/V expanded, "
-              "one or two LayerNorms), multi-query (math kernel) and multi-head layouts, parallel or sequential",
+              "one or two LayerNorms), multi-query (math kernel) and multi-head layouts, parallel or sequential, "
+              "RoPE or ALiBi",
     "gpt_bigcode": "multi-query attention through a fused c_attn (views), learned positions, LayerNorm, "
                    "a [n_positions, n_positions] boolean buffer in every copy",
     "bloom": "ALiBi, LayerNorm on the embeddings, eager-only own attention math, custom GELU",
@@ -142,6 +143,7 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         else:
             cfg["multi_query"] = layout == "multi-query"
             cfg["parallel_attn"] = rng.random() < 0.6
+        cfg["alibi"] = rng.random() < 0.25  # falcon-rw: biases folded into a float [B, heads, S, S] mask
     if family == "gpt_bigcode":
         cfg.pop("num_key_value_heads")
         cfg.pop("head_dim", None)

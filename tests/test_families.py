@@ -161,6 +161,10 @@ TINY = {
                                         no_rope_layer_interval=2, use_sliding_window=True, sliding_window=8,
                                         mlp_bias=True, tie_word_embeddings=False, pad_token_id=None),
     "smollm3-all-nope": dict(model_type="smollm3", **_ODD, no_rope_layers=[0, 0], pad_token_id=None),
+    "falcon-alibi-mha": dict(model_type="falcon", hidden_size=72, num_attention_heads=6, num_hidden_layers=2,
+                             vocab_size=101, multi_query=False, parallel_attn=False, bias=True, alibi=True),
+    "falcon-alibi-new-decoder": dict(model_type="falcon", hidden_size=72, num_attention_heads=6, num_kv_heads=2,
+                                     num_hidden_layers=2, vocab_size=101, new_decoder_architecture=True, alibi=True),
     "starcoder2": dict(model_type="starcoder2", **_ODD, sliding_window=16),
     "starcoder2-nobias-untied": dict(model_type="starcoder2", **{**_ODD, "head_dim": None}, use_bias=False,
                                      tie_word_embeddings=False),
@@ -310,6 +314,7 @@ def test_family_structure_is_typed():
     assert falcon.structure.kv_to_attention is KVToAttention.BROADCAST
     assert q["falcon-new-decoder"].structure.kv_to_attention is KVToAttention.EXPANDED
     assert q["falcon-mha-sequential"].structure.kv_to_attention is KVToAttention.GROUPED
+    assert q["falcon-alibi-mha"].structure.positions is Positions.ALIBI
     gpt2 = q["gpt2"].structure
     assert gpt2.positions is Positions.LEARNED and gpt2.mlp is MlpStyle.PLAIN_PY_GELU and gpt2.fused_view_qkv
     assert [l.role for l in q["gpt2"].layers[0].linears] == [Role.QKV, Role.O, Role.MLP_IN, Role.MLP_DOWN]
