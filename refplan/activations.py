@@ -235,11 +235,16 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         if model.structure.attn_softcap:
             total += heads * s * m.a
         return total + q * m.a  # output reshaped for o_proj (a copy)
+    masked = attention_masked(model, train, layer_idx)
+    # torch's SDPA turns a boolean mask into a float copy on every call, and the CPU kernel keeps
+    # that copy for backward: one [rows, 1, S, S] per masked layer, one mask row of S per token
+    # (bench/layer_inventory.py: Mistral, StarCoder2; the trace check's padded rows). Counted on
+    # CPU only: CUDA's kernels were not measured with masks (the GPU bench runs unpadded)
+    mask_copy = s * m.a if masked and train.device == "cpu" else 0
     if fused and model.structure.fused_view_qkv:
         # no rotation: q, k and v are views of the fused output, which stays alive whole (GPT-2);
         # + the SDPA output (o_proj's input) and its logsumexp
-        return (q + 2 * kv) * m.a + q * m.a + heads * FP32
-    masked = attention_masked(model, train, layer_idx)
+        return (q + 2 * kv) * m.a + q * m.a + heads * FP32 + mask_copy
     # repeat_kv copies k and v when a mask is passed -- except for MQA (one KV head), where the
     # expand + reshape is a view
     expand = masked and 1 < model.num_kv_heads < model.num_heads
@@ -257,7 +262,7 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         # rotation, reaches SDPA head-major and contiguous: its output comes back head-major,
         # so sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox, phi)
         total += q * m.a
-    return total
+    return total + mask_copy
 
 
 def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:
@@ -372,8 +377,10 @@ def final_norm_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int
 
 
 def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """The explicit attention mask [rows, 1, S, S] built once per forward and saved by every
-    layer's SDPA (activation dtype), when one is built (:func:`attention_masked`)."""
+    """The explicit attention mask [rows, 1, S, S] built once per forward, when one is built
+    (:func:`attention_masked`): kept by every layer's SDPA in the activation dtype on CUDA; on
+    CPU each layer keeps its own float copy (counted per layer) and the boolean mask outlives the
+    forward only as the input of checkpointed layers."""
     impl = attention_impl(model, train)
     if impl == "falcon":
         s, a = train.seq, act_mode(train).a
@@ -399,6 +406,10 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
         return kinds * rows * train.seq * train.seq * act_mode(train).a
     if impl != "sdpa":
         return 0
+    if train.device == "cpu":
+        # the float copies each layer's SDPA keeps are counted per layer (_attention_saved); the
+        # boolean masks themselves outlive the forward only as inputs of checkpointed layers
+        return _mask_kinds(model, train) * rows * train.seq * train.seq if train.grad_ckpt else 0
     return _mask_kinds(model, train) * rows * train.seq * train.seq * act_mode(train).a
 
 
