@@ -221,9 +221,10 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         else:
             qkv_saved = q + 2 * kv
         total = (qkv_saved + q) * m.a + heads * FP32
-        if rotated:
-            # the mask is boolean: SDPA keeps its own float copy [rows, 1, S, S] from every call (per
-            # token, one row of S); with ALiBi the model folds the biases into one float mask (mask_bytes)
+        if rotated and train.device == "cpu":
+            # the mask is boolean: on CPU, SDPA keeps its own float copy [rows, 1, S, S] from every
+            # call (per token, one row of S; see the standard path below); with ALiBi the model
+            # folds the biases into one float mask (mask_bytes)
             total += s * m.a
         return total
     if impl in ("eager", "falcon"):
@@ -389,9 +390,12 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
             # the same tensor in every layer, kept by the SDPA call (none under the math kernel or
             # eager, which add it) and by checkpointed layers
             return rows * model.num_heads * s * s * a if (_own_sdpa(model, train) or train.grad_ckpt) else 0
-        # built every forward (``mask_always``), saved per layer by the SDPA call (see
-        # _attention_saved), and kept whole only as the input of checkpointed layers: boolean
-        # (masking_utils ``sdpa_mask``) unless eager attention asks for a float one
+        # built every forward (``mask_always``); on CPU each layer's SDPA call keeps its own float
+        # copy (_attention_saved), on CUDA one saved mask is assumed as on the standard path; else
+        # the mask is kept only as the input of checkpointed layers: boolean (masking_utils
+        # ``sdpa_mask``) unless eager attention asks for a float one
+        if _own_sdpa(model, train) and train.device != "cpu":
+            return rows * s * s * a
         if not train.grad_ckpt:
             return 0
         return rows * s * s * (a if train.attn.value == "eager" else 1)
