@@ -374,6 +374,8 @@ def embedding_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
 
 
 def final_norm_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    if model.final_norm is None:
+        return 0
     return rows * train.seq * _norm_saved(model, model.hidden_size, act_mode(train))
 
 
@@ -418,8 +420,30 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
 
 
 def backbone_output_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """The backbone's last hidden state (final norm output), alive until the head consumes it."""
-    return rows * train.seq * model.hidden_size * act_mode(train).a
+    """The backbone's last hidden state (final norm output, or OPT's ``project_out`` output), alive
+    until the head consumes it."""
+    return rows * train.seq * model.token_dim * act_mode(train).a
+
+
+def outer_linears_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    """What the linears outside the layers keep (OPT's ``project_in`` on the embeddings and
+    ``project_out`` on the last hidden state), one input each, as a layer's linears do: the input
+    for a trainable weight (under autocast from fp32 weights, a compute-dtype copy of the input and
+    of the weight), or, for a LoRA-wrapped one, what :func:`_linear_inputs_saved` counts for a group of
+    one -- the input (a compute-dtype copy under autocast) and A's output. ``project_in``'s input is
+    the frozen embedding's output under PEFT: it needs nothing unless wrapped."""
+    m = act_mode(train)
+    tokens = rows * train.seq
+    total = 0
+    for lin in model.outer_linears:
+        width = lin.in_features
+        if not train.finetune.peft:
+            total += tokens * width * m.a
+            if m.autocast and m.w != m.a:
+                total += lin.in_features * lin.out_features * m.a
+        elif model.wraps(lin, train.lora_targets):
+            total += tokens * ((width + train.lora_r) * m.a if m.autocast else (width + train.lora_r) * FP32)
+    return total
 
 
 def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
@@ -449,9 +473,12 @@ def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list
         return [tokens * checkpoint_saved_bytes_per_token(model, train)] * model.num_layers
     memo: dict = {}
     out = []
+    # with a frozen embedding (PEFT), the first layer's input does not require grad -- unless a
+    # LoRA-wrapped projection stands between them (OPT's project_in)
+    first_irg = not train.finetune.peft or any(
+        l.role is Role.PROJECT_IN and model.wraps(l, train.lora_targets) for l in model.outer_linears)
     for idx, layer in enumerate(model.layers):
-        # with a frozen embedding (PEFT), the first layer's input does not require grad
-        irg = not (train.finetune.peft and idx == 0)
+        irg = first_irg or idx > 0
         key = (model.layer_groups[idx], irg, attention_masked(model, train, idx))
         if key not in memo:
             memo[key] = (tokens * layer_saved_bytes_per_token(model, layer, train, irg, idx)
@@ -488,5 +515,4 @@ def autocast_weight_cache_bytes(model: ModelSpec, train: TrainSpec, requires_gra
     wbytes = dtype_bytes(ref_dtype) if ref_dtype else m.w
     if not m.autocast or wbytes == m.a or not requires_grad:
         return 0
-    return sum(l.in_features * l.out_features for layer in model.layers for l in layer.linears
-               if l.count == 1) * m.a
+    return sum(l.in_features * l.out_features for l in model.all_linears if l.count == 1) * m.a

@@ -52,6 +52,10 @@ class Role(str, enum.Enum):
     SHARED_DOWN = "shared-down"
     #: per-token scalar gate of a shared expert, Linear(hidden, 1) -> sigmoid (Qwen2-MoE ``shared_expert_gate``)
     SHARED_EXPERT_GATE = "shared-expert-gate"
+    #: between the token-embedding width and the hidden size, outside the layers (OPT-350m's
+    #: ``project_in`` / ``project_out``)
+    PROJECT_IN = "project-in"
+    PROJECT_OUT = "project-out"
     LM_HEAD = "lm-head"
 
     @property
@@ -281,7 +285,7 @@ class ModelSpec:
     tie_word_embeddings: bool
     layers: tuple[Layer, ...]
     embed_params: int  # token embeddings (+ learned position embeddings for gpt2)
-    final_norm: Norm
+    final_norm: Norm | None  # None when the model has none (post-norm OPT)
     lm_head: Linear | None  # None when tied to the embeddings
     structure: Structure = Structure()
     #: a norm applied to the embeddings before the first layer (BLOOM ``word_embeddings_layernorm``)
@@ -289,6 +293,12 @@ class ModelSpec:
     #: the LM head has a bias (Phi: ``nn.Linear(hidden, vocab, bias=True)``); with tied embeddings it
     #: stays a parameter of its own (``lm_head``, when present, carries it)
     head_bias: bool = False
+    #: width of the token embeddings and of the LM head's input when it differs from hidden_size
+    #: (OPT ``word_embed_proj_dim``); the decoder reaches it through ``outer_linears``
+    embed_dim: int | None = None
+    #: linears outside the decoder layers (OPT's ``project_in`` [embed_dim -> hidden] and
+    #: ``project_out`` [hidden -> embed_dim]): parameters, PEFT targets, quantized like the layers'
+    outer_linears: tuple[Linear, ...] = ()
     hidden_act: str = "silu"
     #: value-head dim where it differs from head_dim (MLA); query/key dim is head_dim
     v_head_dim: int | None = None
@@ -303,7 +313,19 @@ class ModelSpec:
         """Total parameters, counted once (tied embeddings are not double counted)."""
         head = self.lm_head.params if self.lm_head is not None else (self.vocab_size if self.head_bias else 0)
         embed_norm = self.embed_norm.params if self.embed_norm is not None else 0
-        return self.embed_params + embed_norm + sum(l.params for l in self.layers) + self.final_norm.params + head
+        final = self.final_norm.params if self.final_norm is not None else 0
+        outer = sum(l.params for l in self.outer_linears)
+        return self.embed_params + embed_norm + outer + sum(l.params for l in self.layers) + final + head
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the token embeddings and of the LM head's input."""
+        return self.embed_dim or self.hidden_size
+
+    @property
+    def all_linears(self) -> tuple[Linear, ...]:
+        """Every linear but the LM head: the decoder layers' and the outer ones."""
+        return tuple(l for layer in self.layers for l in layer.linears) + self.outer_linears
 
     @cached_property
     def layer_groups(self) -> tuple[int, ...]:
@@ -315,10 +337,9 @@ class ModelSpec:
     def linear_names(self) -> tuple[str, ...]:
         """Distinct module names of the decoder's linears, as ``--lora-targets`` may name them."""
         names: dict[str, None] = {}
-        for layer in self.layers:
-            for lin in layer.linears:
-                names.setdefault(lin.name.rsplit(".", 1)[-1], None)
-                names.setdefault(lin.name, None)
+        for lin in self.all_linears:
+            names.setdefault(lin.name.rsplit(".", 1)[-1], None)
+            names.setdefault(lin.name, None)
         if self.lm_head is not None:
             names.setdefault(self.lm_head.name, None)
         return tuple(names)
@@ -337,5 +358,5 @@ class ModelSpec:
         return lin.lora_target and (targets == ("all-linear",) or lin.name in targets)
 
     def lora_linears(self, targets: tuple[str, ...] = ("all-linear",)) -> list[Linear]:
-        """The linears PEFT wraps, over all layers."""
-        return [lin for layer in self.layers for lin in layer.linears if self.wraps(lin, targets)]
+        """The linears PEFT wraps, over all layers (and the outer linears)."""
+        return [lin for lin in self.all_linears if self.wraps(lin, targets)]

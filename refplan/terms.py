@@ -39,7 +39,7 @@ ALLOCATOR_SLACK_NUM, ALLOCATOR_SLACK_DEN = 7, 100
 def _quantizable_params(model: ModelSpec) -> int:
     """Parameters bitsandbytes quantizes: the decoder layers' nn.Linear weights (not embeddings,
     norms, LM head or biases)."""
-    return sum(l.count * l.in_features * l.out_features for layer in model.layers for l in layer.linears)
+    return sum(l.count * l.in_features * l.out_features for l in model.all_linears)
 
 
 def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none", double_quant: bool = True) -> int:
@@ -62,7 +62,7 @@ def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none", double_quant
         return rest + -(-q * NF4_NUM // NF4_DEN)
     if quant == "8bit":
         # one fp32 scale per output row of every quantized linear
-        rows = sum(l.count * l.out_features for layer in model.layers for l in layer.linears)
+        rows = sum(l.count * l.out_features for l in model.all_linears)
         return rest + q * INT8_BYTES_PER_WEIGHT + rows * 4
     raise ValueError(f"unknown quantization {quant!r}")
 
@@ -81,7 +81,9 @@ def param_tensors(model: ModelSpec) -> int:
     """Number of parameter tensors of the full model (AdamW keeps one ``step`` scalar per tensor)."""
     n = 1  # embeddings
     n += sum(layer.tensor_count for layer in model.layers)
-    n += 2 if model.final_norm.bias else 1
+    if model.final_norm is not None:
+        n += 2 if model.final_norm.bias else 1
+    n += sum(2 if l.bias else 1 for l in model.outer_linears)
     if model.embed_norm is not None:
         n += 2 if model.embed_norm.bias else 1
     if model.lm_head is not None:
@@ -183,14 +185,15 @@ def _adafactor_elems(model: ModelSpec, train: TrainSpec) -> int:
         for l in layer.linears:
             total += l.count * (l.in_features + l.out_features + (l.out_features if l.bias else 0))
         total += sum(nm.params for nm in layer.norms) + layer.extra_params
-    total += model.vocab_size + model.hidden_size  # embeddings (factored)
+    total += model.vocab_size + model.token_dim  # embeddings (factored)
+    total += sum(l.in_features + l.out_features + (l.out_features if l.bias else 0) for l in model.outer_linears)
     if model.lm_head is not None:
         total += model.lm_head.in_features + model.lm_head.out_features + (model.vocab_size if model.head_bias else 0)
     elif model.head_bias:
         total += model.vocab_size
     if model.embed_norm is not None:
         total += model.embed_norm.params
-    return total + model.final_norm.params
+    return total + (model.final_norm.params if model.final_norm is not None else 0)
 
 
 def master_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:

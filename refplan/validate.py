@@ -44,7 +44,8 @@ MORE_FAMILIES = {
     "gpt_bigcode": "multi-query attention through a fused c_attn (views), learned positions, LayerNorm, "
                    "a [n_positions, n_positions] boolean buffer in every copy",
     "bloom": "ALiBi, LayerNorm on the embeddings, eager-only own attention math, custom GELU",
-    "opt": "learned positions (offset 2, ids per row), ReLU MLP, config dropout that TRL leaves on",
+    "opt": "learned positions (offset 2, ids per row), ReLU MLP, config dropout that TRL leaves on, "
+           "OPT-350m's projected embeddings and post-norm layers",
     "phi": "parallel block on one LayerNorm, partial rotary (cat: head-major q), per-head q/k LayerNorms, "
            "Python gelu_new, LM head bias",
     "granite": "Llama layout with embedding / residual / attention / logits multipliers",
@@ -165,6 +166,9 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         cfg["enable_bias"] = rng.random() < 0.8
         cfg["tie_word_embeddings"] = rng.random() < 0.7
         cfg["dropout"] = rng.choice([0.0, 0.1, 0.1])  # OPT's released configs say 0.1
+        if rng.random() < 0.35:  # OPT-350m: narrow embeddings through project_in / project_out, post-norm
+            cfg["word_embed_proj_dim"] = rng.choice([16, 24, 40])
+            cfg["do_layer_norm_before"] = rng.random() < 0.3
     if family == "phi":
         cfg["tie_word_embeddings"] = rng.random() < 0.3
         if rng.random() < 0.3:  # q/k LayerNorms are sized hidden // heads: no other head_dim then

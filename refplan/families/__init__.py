@@ -72,7 +72,7 @@ def spec_from_config(config: dict, model_id: str, source: str) -> ModelSpec:
     if notes:
         s = fields["structure"]
         fields["structure"] = type(s)(**{**s.__dict__, "notes": s.notes + notes})
-    h, vocab = fields["hidden_size"], fields["vocab_size"]
+    h, vocab = fields.get("embed_dim") or fields["hidden_size"], fields["vocab_size"]
     head_bias = fields.get("head_bias", False)
     lm_head = None if fields["tie_word_embeddings"] else Linear("lm_head", Role.LM_HEAD, h, vocab, head_bias,
                                                                 lora_target=False)
