@@ -64,7 +64,8 @@ def measure(config: dict, finetune: str, dtype: str, rows: int, seq: int, r: int
                       seq=seq, device="cpu", lora_r=r, padded=False)
     est = (act.decoder_saved_bytes(spec, train, rows) + act.embedding_saved_bytes(spec, train, rows)
            + act.final_norm_saved_bytes(spec, train, rows) + act.backbone_output_bytes(spec, train, rows)
-           + act.rope_table_bytes(spec, train, rows) + act.mask_bytes(spec, train, rows))
+           + act.rope_table_bytes(spec, train, rows) + act.mask_bytes(spec, train, rows)
+           + act.outer_linears_saved_bytes(spec, train, rows))
     return measured, est
 
 

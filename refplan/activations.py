@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from refplan.model import (AttentionKernel, Input, Layer, MlpStyle, ModelSpec, NormPlacement, NormStyle,
-                           Positions, QKNorm, Role)
+from refplan.model import (AttentionKernel, Input, KVToAttention, Layer, MlpStyle, ModelSpec, NormPlacement,
+                           NormStyle, Positions, QKNorm, Role)
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -52,6 +52,8 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
     - RMSNorm, gemma style (``Gemma*RMSNorm``: ``y = norm(x.float()) * (1 + weight.float())``):
       x32, rsqrt, and y in fp32 when the weight is trainable.
     - LayerNorm (``native_layer_norm``): its input, mean and rstd (fp32 per row).
+    - Cohere's Python LayerNorm: two copies of the centred fp32 input, rsqrt, and y in fp32 when
+      the weight is trainable.
     ``rows_per_token`` > 1 for per-head q/k norms (Qwen3, Gemma3).
     """
     if not input_requires_grad:
@@ -59,6 +61,10 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
     style = model.structure.norm
     if style is NormStyle.LAYER:
         return width * m.w + 2 * FP32 * rows_per_token
+    if style is NormStyle.LAYER_FP32_PY:
+        # ``x - mean`` is computed twice (for the variance's pow and for the normalization's
+        # multiply) and each keeps its own copy
+        return 2 * width * FP32 + FP32 * rows_per_token + (0 if m.weights_frozen else width * FP32)
     saved = width * FP32 + FP32 * rows_per_token
     if not m.weights_frozen:
         saved += width * (FP32 if style is NormStyle.RMS_GEMMA else m.w)
@@ -78,8 +84,11 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     by_input: dict[Input, list] = {}
     for lin in layer.linears:
         by_input.setdefault(lin.role.input, []).append(lin)
-    widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size,
-              Input.ROUTER_IN: model.hidden_size, Input.MLP_HIDDEN: layer.mlp_intermediate,
+    # ReLU keeps its output, the down projection's input (see _mlp_saved) -- unless PEFT under
+    # autocast gives each wrapped linear its own compute-dtype copy
+    hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.autocast)
+    widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size, Input.ROUTER_IN: model.hidden_size,
+              Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
               Input.ATTN_OUT: 0 if m.a == FP32 else model.q_dim}
     if layer.moe is not None:
         by_input.pop(Input.MLP_HIDDEN, None)  # routed / shared experts keep their own (see _moe_saved)
@@ -87,6 +96,10 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
         by_input.pop(Input.ATTN_OUT, None)
     if model.structure.shared_block_norm and Input.MLP_IN in by_input:
         by_input[Input.ATTN_IN] = by_input.get(Input.ATTN_IN, []) + by_input.pop(Input.MLP_IN)
+    if Input.ROUTER_IN in by_input and Input.MLP_IN in by_input and not model.structure.router_fp32:
+        # a router that does not cast its input reads the very tensor the shared experts read
+        # (Qwen2-MoE: ``hidden_states.view(-1, h)`` feeds the gate, the experts and the shared expert)
+        by_input[Input.MLP_IN] = by_input.pop(Input.ROUTER_IN) + by_input[Input.MLP_IN]
     return [(tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
 
 
@@ -149,7 +162,7 @@ def attention_masked(model: ModelSpec, train: TrainSpec, layer_idx: int | None =
     """True when the model builds an explicit mask for this layer: padding in the batch, or a
     sliding window shorter than the sequence on a sliding-attention layer (transformers
     masking_utils; without a mask SDPA runs causal and, on recent torch, with native GQA)."""
-    if train.padded:
+    if train.padded or model.structure.mask_always:
         return True
     window = model.structure.sliding_window
     # masking_utils._ignore_causal_mask_sdpa skips the mask only when kv_length < window
@@ -183,11 +196,37 @@ def attention_impl(model: ModelSpec, train: TrainSpec) -> str:
     return train.attn.value
 
 
+def _own_sdpa(model: ModelSpec, train: TrainSpec) -> bool:
+    """A model that calls attention itself (Falcon) runs SDPA's fused kernel: ``sdpa`` asked, and
+    K/V as many heads as Q (a single broadcast K/V head sends torch to its math kernel)."""
+    return (attention_impl(model, train) == "falcon" and train.attn.value != "eager"
+            and model.structure.kv_to_attention is not KVToAttention.BROADCAST)
+
+
 def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
                      layer_idx: int | None = None) -> int:
     """What attention itself keeps, per token (projections' inputs excluded)."""
     q, kv, heads, s = model.q_dim, model.kv_dim, model.num_heads, train.seq
     impl = attention_impl(model, train)
+    fused = layer.first(Role.QKV) is not None
+    if _own_sdpa(model, train):
+        # FalconAttention.forward: q, k and v -- materialized at query width when expanded, else
+        # rotated copies of q and k (RoPE) or views (ALiBi) beside v, views of the fused output that
+        # keep it whole --, SDPA's output (read by ``dense`` through a view) and its logsumexp
+        rotated = model.structure.positions is Positions.ROPE
+        if model.structure.kv_to_attention is KVToAttention.EXPANDED:
+            qkv_saved = 3 * q
+        elif rotated:
+            qkv_saved = q + kv + (q + 2 * kv if fused else kv)
+        else:
+            qkv_saved = q + 2 * kv
+        total = (qkv_saved + q) * m.a + heads * FP32
+        if rotated and train.device == "cpu":
+            # the mask is boolean: on CPU, SDPA keeps its own float copy [rows, 1, S, S] from every
+            # call (per token, one row of S; see the standard path below); with ALiBi the model
+            # folds the biases into one float mask (mask_bytes)
+            total += s * m.a
+        return total
     if impl in ("eager", "falcon"):
         # eager_attention_forward: matmul copies of q and of k, v expanded to all heads, the
         # softmax output (fp32 upcast, then cast back), soft-capped scores where capped
@@ -197,12 +236,16 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         if model.structure.attn_softcap:
             total += heads * s * m.a
         return total + q * m.a  # output reshaped for o_proj (a copy)
-    fused = layer.first(Role.QKV) is not None
+    masked = attention_masked(model, train, layer_idx)
+    # torch's SDPA turns a boolean mask into a float copy on every call, and the CPU kernel keeps
+    # that copy for backward: one [rows, 1, S, S] per masked layer, one mask row of S per token
+    # (bench/layer_inventory.py: Mistral, StarCoder2; the trace check's padded rows). Counted on
+    # CPU only: CUDA's kernels were not measured with masks (the GPU bench runs unpadded)
+    mask_copy = s * m.a if masked and train.device == "cpu" else 0
     if fused and model.structure.fused_view_qkv:
         # no rotation: q, k and v are views of the fused output, which stays alive whole (GPT-2);
         # + the SDPA output (o_proj's input) and its logsumexp
-        return (q + 2 * kv) * m.a + q * m.a + heads * FP32
-    masked = attention_masked(model, train, layer_idx)
+        return (q + 2 * kv) * m.a + q * m.a + heads * FP32 + mask_copy
     # repeat_kv copies k and v when a mask is passed -- except for MQA (one KV head), where the
     # expand + reshape is a view
     expand = masked and 1 < model.num_kv_heads < model.num_heads
@@ -215,11 +258,12 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         v_saved = kv
     total = (q + k_saved + v_saved) * m.a  # rotated q and k, v
     total += q * m.a + heads * FP32  # SDPA output + logsumexp
-    if fused:
-        # q sliced from a fused projection: the SDPA output comes back head-major, so
-        # sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox)
+    if fused or model.structure.rotary_concat:
+        # q sliced from a fused projection, or rebuilt by ``torch.cat((q_rot, q_pass))`` around the
+        # rotation, reaches SDPA head-major and contiguous: its output comes back head-major,
+        # so sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox, phi)
         total += q * m.a
-    return total
+    return total + mask_copy
 
 
 def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:
@@ -244,19 +288,28 @@ def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) ->
     total = _norm_saved(model, h, m, irg)
     if not st.parallel_residual:
         return total + _norm_saved(model, h, m)  # post_attention_layernorm on the residual sum
-    if st.norm is NormStyle.LAYER and len(layer.norms) >= 2:
+    if st.norm is NormStyle.LAYER and not st.shared_block_norm:
         total += 2 * FP32
     return total
 
 
 def _mlp_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
     """MLP intermediates per token: gated (gate = the activation's input, act(gate), up), plain
-    (fc_in's output, the activation's input), GPT-2's Python ``gelu_new`` (four intermediates)."""
+    (fc_in's output, the activation's input), GPT-2's Python ``gelu_new`` (four intermediates),
+    ReLU (its output, which the down projection's input group then does not count again)."""
     if layer.moe is not None:
         return _moe_saved(model, layer, train, m)
     style = model.structure.mlp
-    per = {MlpStyle.GATED: 3, MlpStyle.PLAIN: 1, MlpStyle.PLAIN_PY_GELU: 4}[style]
+    per = {MlpStyle.GATED: 3, MlpStyle.PLAIN: 1, MlpStyle.PLAIN_PY_GELU: 4, MlpStyle.PLAIN_RELU: 1}[style]
     return per * layer.mlp_intermediate * m.a
+
+
+def _functional_dropout_saved(model: ModelSpec, train: TrainSpec, m: ActMode) -> int:
+    """Config-driven ``F.dropout`` calls TRL leaves on (:attr:`Structure.functional_dropouts`), per
+    token: off CUDA, ATen's ``_dropout_impl`` multiplies by a scaled noise tensor of the input's
+    dtype and keeps it; CUDA's fused ``native_dropout`` keeps a boolean mask."""
+    per_elem = 1 if train.device == "cuda" else m.a
+    return model.structure.functional_dropouts * model.hidden_size * per_elem
 
 
 def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec,
@@ -271,6 +324,7 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
     total += _qk_norms_saved(model, m)
     total += _attention_saved(model, layer, train, m, layer_idx)
     total += _mlp_saved(model, layer, train, m)
+    total += _functional_dropout_saved(model, train, m)
     return total + _linear_inputs_saved(model, layer, train, m)
 
 
@@ -279,38 +333,74 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
     3-D parameters), per token, k = experts per token:
       router softmax (E fp32), top-k indices (k int64) and normalized weights (k fp32 + a sum),
       the sort / floor_divide / index / scatter bookkeeping (int64 and int32, ~36 bytes per k),
-      the token rows gathered per expert (k x h), grouped gate_up output (k x 2i), act(gate) and
-      act*up (k x i each) and the down projection output (k x h) kept for the routing-weight
-      multiply; shared experts (DeepSeek-V2) as a dense gated MLP.
+      grouped gate_up output (k x 2i), act(gate) (k x i) and the down projection output (k x h)
+      kept for the routing-weight multiply; when the experts' weights take a gradient, also the
+      token rows gathered per expert (k x h) and act*up (k x i), the grouped matmuls' inputs;
+      shared experts (DeepSeek-V2, Qwen2-MoE) as a dense gated MLP, with Qwen2-MoE's sigmoid gate
+      on their output.
     Checked against bench/layer_inventory.py (Mixtral, Qwen3-MoE)."""
     moe = layer.moe
     k, h, i = moe.top_k, model.hidden_size, moe.expert_intermediate
     per = moe.num_experts * FP32 + FP32 + k * (FP32 + 36)
-    per += k * (2 * h + 4 * i) * m.a
+    per += k * (2 * i + i + h) * m.a  # gate_up output, act(gate), down output
+    experts = layer.first(Role.EXPERTS_GATE_UP)
+    if not train.finetune.peft or (experts is not None and model.wraps(experts, train.lora_targets)):
+        # grouped_mm keeps its inputs only for a weight gradient: frozen experts (PEFT without them
+        # in its targets) keep neither the gathered rows nor act * up
+        per += k * (h + i) * m.a
     if moe.shared_intermediate:
-        per += 4 * moe.shared_intermediate * m.a + h * m.a  # gated shared MLP + its input
+        per += 4 * moe.shared_intermediate * m.a  # gated shared MLP: gate, act(gate), up, act * up
+        if moe.shared_gated:
+            # ``sigmoid(shared_expert_gate(x)) * shared_expert(x)``: the multiply keeps the shared
+            # output [h] and the sigmoid its output [1] (Qwen2MoeSparseMoeBlock.forward)
+            per += (h + 1) * m.a
+        else:
+            per += h * m.a  # the shared MLP's input, as DeepSeek-V2 was first modelled
     return per
 
 
 def embedding_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """Embedding backward keeps the token ids (int64) when the embedding is trainable; GPT-2's
-    learned position embedding keeps its [1, S] position ids."""
+    learned position embedding keeps its [1, S] position ids; a norm on the embeddings (BLOOM)
+    keeps what a norm keeps (nothing under PEFT: frozen weights, an input without grad)."""
     if train.finetune.peft:
         return 0
     out = rows * train.seq * 8
     if model.structure.learned_positions:
-        out += train.seq * 8
+        out += (rows if model.structure.positions_per_row else 1) * train.seq * 8
+    if model.embed_norm is not None:
+        out += rows * train.seq * _norm_saved(model, model.hidden_size, act_mode(train))
     return out
 
 
 def final_norm_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    if model.final_norm is None:
+        return 0
     return rows * train.seq * _norm_saved(model, model.hidden_size, act_mode(train))
 
 
 def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """The explicit attention mask [rows, 1, S, S] built once per forward and saved by every
-    layer's SDPA (activation dtype), when one is built (:func:`attention_masked`)."""
+    """The explicit attention mask [rows, 1, S, S] built once per forward, when one is built
+    (:func:`attention_masked`): kept by every layer's SDPA in the activation dtype on CUDA; on
+    CPU each layer keeps its own float copy (counted per layer) and the boolean mask outlives the
+    forward only as the input of checkpointed layers."""
     impl = attention_impl(model, train)
+    if impl == "falcon":
+        s, a = train.seq, act_mode(train).a
+        if model.structure.positions is Positions.ALIBI:
+            # FalconModel.forward folds the ALiBi biases into one float [rows, heads, S, S] mask:
+            # the same tensor in every layer, kept by the SDPA call (none under the math kernel or
+            # eager, which add it) and by checkpointed layers
+            return rows * model.num_heads * s * s * a if (_own_sdpa(model, train) or train.grad_ckpt) else 0
+        # built every forward (``mask_always``); on CPU each layer's SDPA call keeps its own float
+        # copy (_attention_saved), on CUDA one saved mask is assumed as on the standard path; else
+        # the mask is kept only as the input of checkpointed layers: boolean (masking_utils
+        # ``sdpa_mask``) unless eager attention asks for a float one
+        if _own_sdpa(model, train) and train.device != "cpu":
+            return rows * s * s * a
+        if not train.grad_ckpt:
+            return 0
+        return rows * s * s * (a if train.attn.value == "eager" else 1)
     if impl == "eager":
         # eager attention always builds its masks (one per attention type: Gemma 2 has full and
         # sliding); they are saved only as inputs of checkpointed layers (non-reentrant
@@ -322,18 +412,45 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
         return kinds * rows * train.seq * train.seq * act_mode(train).a
     if impl != "sdpa":
         return 0
+    if train.device == "cpu":
+        # the float copies each layer's SDPA keeps are counted per layer (_attention_saved); the
+        # boolean masks themselves outlive the forward only as inputs of checkpointed layers
+        return _mask_kinds(model, train) * rows * train.seq * train.seq if train.grad_ckpt else 0
     return _mask_kinds(model, train) * rows * train.seq * train.seq * act_mode(train).a
 
 
 def backbone_output_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """The backbone's last hidden state (final norm output), alive until the head consumes it."""
-    return rows * train.seq * model.hidden_size * act_mode(train).a
+    """The backbone's last hidden state (final norm output, or OPT's ``project_out`` output), alive
+    until the head consumes it."""
+    return rows * train.seq * model.token_dim * act_mode(train).a
+
+
+def outer_linears_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    """What the linears outside the layers keep (OPT's ``project_in`` on the embeddings and
+    ``project_out`` on the last hidden state), one input each, as a layer's linears do: the input
+    for a trainable weight (under autocast from fp32 weights, a compute-dtype copy of the input and
+    of the weight), or, for a LoRA-wrapped one, what :func:`_linear_inputs_saved` counts for a group of
+    one -- the input (a compute-dtype copy under autocast) and A's output. ``project_in``'s input is
+    the frozen embedding's output under PEFT: it needs nothing unless wrapped."""
+    m = act_mode(train)
+    tokens = rows * train.seq
+    total = 0
+    for lin in model.outer_linears:
+        width = lin.in_features
+        if not train.finetune.peft:
+            total += tokens * width * m.a
+            if m.autocast and m.w != m.a:
+                total += lin.in_features * lin.out_features * m.a
+        elif model.wraps(lin, train.lora_targets):
+            total += tokens * ((width + train.lora_r) * m.a if m.autocast else (width + train.lora_r) * FP32)
+    return total
 
 
 def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """cos and sin tables [1, S, rotary_dim] computed once per forward and saved by every
-    layer's RoPE multiply (transformers ``*RotaryEmbedding``), in the activation dtype."""
-    if model.structure.positions is not Positions.ROPE:
+    layer's RoPE multiply (transformers ``*RotaryEmbedding``), in the activation dtype; none when
+    no layer rotates (all NoPE)."""
+    if model.structure.positions is not Positions.ROPE or len(model.structure.nope_layers) == model.num_layers:
         return 0
     rot = model.head_dim
     pct = model.structure.rotary_fraction
@@ -358,9 +475,12 @@ def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list
         return [tokens * checkpoint_saved_bytes_per_token(model, train)] * model.num_layers
     memo: dict = {}
     out = []
+    # with a frozen embedding (PEFT), the first layer's input does not require grad -- unless a
+    # LoRA-wrapped projection stands between them (OPT's project_in)
+    first_irg = not train.finetune.peft or any(
+        l.role is Role.PROJECT_IN and model.wraps(l, train.lora_targets) for l in model.outer_linears)
     for idx, layer in enumerate(model.layers):
-        # with a frozen embedding (PEFT), the first layer's input does not require grad
-        irg = not (train.finetune.peft and idx == 0)
+        irg = first_irg or idx > 0
         key = (model.layer_groups[idx], irg, attention_masked(model, train, idx))
         if key not in memo:
             memo[key] = (tokens * layer_saved_bytes_per_token(model, layer, train, irg, idx)
@@ -397,5 +517,4 @@ def autocast_weight_cache_bytes(model: ModelSpec, train: TrainSpec, requires_gra
     wbytes = dtype_bytes(ref_dtype) if ref_dtype else m.w
     if not m.autocast or wbytes == m.a or not requires_grad:
         return 0
-    return sum(l.in_features * l.out_features for layer in model.layers for l in layer.linears
-               if l.count == 1) * m.a
+    return sum(l.in_features * l.out_features for l in model.all_linears if l.count == 1) * m.a

@@ -37,7 +37,7 @@ def fused_head_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int
     N = rows * (seq - 1) (all positions on CPU; completion positions only on Triton devices,
     which we bound by all positions)."""
     n = rows * (train.seq - 1)
-    return n * (model.hidden_size * act_mode(train).a + 8 + FP32)
+    return n * (model.token_dim * act_mode(train).a + 8 + FP32)
 
 
 def fused_head_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
@@ -62,9 +62,9 @@ def fused_head_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows
     tok = min(n, FUSED_TOKEN_CHUNK)
     cols = min(model.vocab_size, FUSED_VOCAB_CHUNK)
     a = act_mode(train).a
-    out = n * model.hidden_size * FP32 + tok * FUSED_VOCAB_CHUNK * a
+    out = n * model.token_dim * FP32 + tok * FUSED_VOCAB_CHUNK * a
     if not train.finetune.peft:
-        out += model.vocab_size * model.hidden_size * FP32
+        out += model.vocab_size * model.token_dim * FP32
     if train.device == "cpu":
         # final logit soft-capping (Gemma 2/3) keeps tanh's output as one more tile
         tiles = 7 + (1 if model.structure.final_softcap else 0)
@@ -82,10 +82,10 @@ def full_logits_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> in
         # CUDA autocast runs log_softmax / cross_entropy in fp32 on casts of the logits; by the
         # backward peak (see full_logits_backward_transient_bytes) those are freed -- measured on
         # an H200 (reports/gpu/diagnose.json): only the head's input (when trainable) remains
-        return 0 if train.finetune.peft else rows * s * model.hidden_size * a
+        return 0 if train.finetune.peft else rows * s * model.token_dim * a
     saved = rows * s * v * a
     if not train.finetune.peft:
-        saved += rows * s * model.hidden_size * a  # a frozen LM head (PEFT) needs no input for backward
+        saved += rows * s * model.token_dim * a  # a frozen LM head (PEFT) needs no input for backward
     if model.structure.final_softcap:
         saved += rows * s * v * a  # Gemma's cap: tanh(logits / cap) is kept for backward
     if train.method.value == "orpo":
@@ -125,5 +125,5 @@ def reference_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: 
         width = max(width, moe.top_k * moe.expert_intermediate)
     layer_peak = tokens * (2 * model.hidden_size + 3 * width) * a
     n = rows * (train.seq - 1)
-    head = n * model.hidden_size * a + fused_head_forward_transient_bytes(model, train, rows) + n * FP32
+    head = n * model.token_dim * a + fused_head_forward_transient_bytes(model, train, rows) + n * FP32
     return max(layer_peak, head)

@@ -44,9 +44,8 @@ def _largest_param_tensor(model: ModelSpec, train: TrainSpec) -> int:
         lins = model.lora_linears(train.lora_targets)
         return max((l.count * l.lora_rank_mult * train.lora_r * max(l.in_features, l.out_features) for l in lins),
                    default=0)
-    cands = [model.vocab_size * model.hidden_size]
-    for layer in model.layers:
-        cands += [l.in_features * l.out_features * (l.count if not l.lora_target else 1) for l in layer.linears]
+    cands = [model.vocab_size * model.token_dim]
+    cands += [l.in_features * l.out_features * (l.count if not l.lora_target else 1) for l in model.all_linears]
     return max(cands)
 
 
@@ -159,7 +158,7 @@ class _Step:
         model, train, rows = self.model, self.train, self.rows
         return (sum(self.layer_saved) + act.embedding_saved_bytes(model, train, rows)
                 + act.final_norm_saved_bytes(model, train, rows) + act.rope_table_bytes(model, train, rows)
-                + act.mask_bytes(model, train, rows))
+                + act.mask_bytes(model, train, rows) + act.outer_linears_saved_bytes(model, train, rows))
 
     @cached_property
     def head(self) -> tuple[int, int, int]:
@@ -246,7 +245,7 @@ def _backward_moments(step: _Step) -> list[tuple[str, dict]]:
         # autograd.Function) and embedding_dense_backward's out of place -- three [V, h] fp32
         # tensors at once before the sum is accumulated into .grad
         moments.append(("embedding", {"activations": remaining,
-                                      "activation grads": 2 * model.vocab_size * model.hidden_size * act.FP32,
+                                      "activation grads": 2 * model.vocab_size * model.token_dim * act.FP32,
                                       "gradients": acc_grads}))
     return moments
 

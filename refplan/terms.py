@@ -39,7 +39,7 @@ ALLOCATOR_SLACK_NUM, ALLOCATOR_SLACK_DEN = 7, 100
 def _quantizable_params(model: ModelSpec) -> int:
     """Parameters bitsandbytes quantizes: the decoder layers' nn.Linear weights (not embeddings,
     norms, LM head or biases)."""
-    return sum(l.count * l.in_features * l.out_features for layer in model.layers for l in layer.linears)
+    return sum(l.count * l.in_features * l.out_features for l in model.all_linears)
 
 
 def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none", double_quant: bool = True) -> int:
@@ -47,21 +47,22 @@ def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none", double_quant
 
     Source: bitsandbytes Linear4bit/Linear8bitLt storage (see NF4 constants above); the LM head,
     embeddings, norms and biases stay in ``dtype`` (transformers' BitsAndBytes integration skips
-    ``lm_head`` by default). Without double quantization each 64-weight block keeps an fp32 absmax
-    (bitsandbytes ``quantize_4bit``: 0.5 + 4/64 bytes per weight).
+    ``lm_head`` by default); non-parameter buffers (``buffer_bytes``) come with every copy. Without
+    double quantization each 64-weight block keeps an fp32 absmax (bitsandbytes ``quantize_4bit``:
+    0.5 + 4/64 bytes per weight).
     """
-    total = model.params * dtype_bytes(dtype)
+    total = model.params * dtype_bytes(dtype) + model.buffer_bytes
     if quant == "none":
         return total
     q = _quantizable_params(model)
-    rest = (model.params - q) * dtype_bytes(dtype)
+    rest = (model.params - q) * dtype_bytes(dtype) + model.buffer_bytes
     if quant == "4bit":
         if not double_quant:
             return rest + -(-q // 2) + -(-q // 64) * 4
         return rest + -(-q * NF4_NUM // NF4_DEN)
     if quant == "8bit":
         # one fp32 scale per output row of every quantized linear
-        rows = sum(l.count * l.out_features for layer in model.layers for l in layer.linears)
+        rows = sum(l.count * l.out_features for l in model.all_linears)
         return rest + q * INT8_BYTES_PER_WEIGHT + rows * 4
     raise ValueError(f"unknown quantization {quant!r}")
 
@@ -80,9 +81,15 @@ def param_tensors(model: ModelSpec) -> int:
     """Number of parameter tensors of the full model (AdamW keeps one ``step`` scalar per tensor)."""
     n = 1  # embeddings
     n += sum(layer.tensor_count for layer in model.layers)
-    n += 2 if model.final_norm.bias else 1
+    if model.final_norm is not None:
+        n += 2 if model.final_norm.bias else 1
+    n += sum(2 if l.bias else 1 for l in model.outer_linears)
+    if model.embed_norm is not None:
+        n += 2 if model.embed_norm.bias else 1
     if model.lm_head is not None:
         n += 2 if model.lm_head.bias else 1
+    elif model.head_bias:
+        n += 1  # a tied head's bias
     if model.structure.learned_positions:
         n += 1  # learned position embeddings
     return n
@@ -178,10 +185,15 @@ def _adafactor_elems(model: ModelSpec, train: TrainSpec) -> int:
         for l in layer.linears:
             total += l.count * (l.in_features + l.out_features + (l.out_features if l.bias else 0))
         total += sum(nm.params for nm in layer.norms) + layer.extra_params
-    total += model.vocab_size + model.hidden_size  # embeddings (factored)
+    total += model.vocab_size + model.token_dim  # embeddings (factored)
+    total += sum(l.in_features + l.out_features + (l.out_features if l.bias else 0) for l in model.outer_linears)
     if model.lm_head is not None:
-        total += model.lm_head.in_features + model.lm_head.out_features
-    return total + model.final_norm.params
+        total += model.lm_head.in_features + model.lm_head.out_features + (model.vocab_size if model.head_bias else 0)
+    elif model.head_bias:
+        total += model.vocab_size
+    if model.embed_norm is not None:
+        total += model.embed_norm.params
+    return total + (model.final_norm.params if model.final_norm is not None else 0)
 
 
 def master_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:

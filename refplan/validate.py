@@ -20,7 +20,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from refplan.methods import Finetune, Method, applicable_strategies
+from refplan.methods import Finetune, Method, Strategy, applicable_strategies
 
 #: families of the validation matrix and why each is there
 FAMILIES = {
@@ -37,6 +37,22 @@ FAMILIES = {
 #: the eight above so that a seed draws the same scenarios as before they were added
 MORE_FAMILIES = {
     "starcoder2": "LayerNorm with bias, plain c_fc/c_proj MLP, GQA with biases, sliding window",
+    "qwen2_moe": "routed experts (frozen under LoRA) beside a shared expert with a sigmoid gate, dense layers",
+    "falcon": "fused query_key_value, own SDPA call with an always-built mask; new decoder (K/V expanded, "
+              "one or two LayerNorms), multi-query (math kernel) and multi-head layouts, parallel or sequential, "
+              "RoPE or ALiBi",
+    "gpt_bigcode": "multi-query attention through a fused c_attn (views), learned positions, LayerNorm, "
+                   "a [n_positions, n_positions] boolean buffer in every copy",
+    "bloom": "ALiBi, LayerNorm on the embeddings, eager-only own attention math, custom GELU",
+    "opt": "learned positions (offset 2, ids per row), ReLU MLP, config dropout that TRL leaves on, "
+           "OPT-350m's projected embeddings and post-norm layers",
+    "phi": "parallel block on one LayerNorm, partial rotary (cat: head-major q), per-head q/k LayerNorms, "
+           "Python gelu_new, LM head bias",
+    "granite": "Llama layout with embedding / residual / attention / logits multipliers",
+    "cohere": "parallel block on one Python fp32 LayerNorm, per-head q/k norms, interleaved fp32 rotary, "
+              "logit scale",
+    "stablelm": "LayerNorm, partial rotary (cat), per-head q/k LayerNorm modules, sequential or parallel block",
+    "smollm3": "Llama layout with NoPE layers (no rotation every n-th layer), sliding window on NoPE layers",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -64,7 +80,8 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
     kv = rng.choice([d for d in (1, 2, 3, 6) if heads % d == 0 and d <= heads])
     head_dim = rng.choice([8, 12, 16, 20, 24, 32])
     hidden = heads * rng.choice([8, 12, 16, 20, 24, 32])  # configs validate hidden % heads == 0
-    if family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2") and rng.random() < 0.5:
+    if (family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2", "phi", "granite", "cohere",
+                   "smollm3") and rng.random() < 0.5):
         head_dim = None  # the default hidden // heads (needs divisibility)
         hidden = heads * rng.choice([12, 16, 20, 24, 32])
     cfg = {
@@ -98,6 +115,97 @@ def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
         cfg["use_bias"] = rng.random() < 0.7
         cfg["tie_word_embeddings"] = rng.random() < 0.5
         cfg["sliding_window"] = rng.choice([None, 16, 64])
+    if family == "qwen2_moe":
+        n_exp = rng.choice([2, 3, 4, 6])
+        cfg["num_experts"] = n_exp
+        cfg["num_experts_per_tok"] = rng.randint(1, min(n_exp, 3))
+        cfg["moe_intermediate_size"] = rng.choice([16, 24, 40, 64])
+        cfg["shared_expert_intermediate_size"] = rng.choice([24, 48, 100, 128])
+        # at least one MoE layer: with none, the router-logit tuple TRL's aux loss indexes is empty
+        deep = cfg["num_hidden_layers"] >= 2
+        cfg["decoder_sparse_step"] = rng.choice([1, 1, 2]) if deep else 1
+        cfg["mlp_only_layers"] = [0] if deep and rng.random() < 0.3 else []
+        cfg["norm_topk_prob"] = rng.random() < 0.5
+        cfg["qkv_bias"] = rng.random() < 0.7
+        cfg["tie_word_embeddings"] = rng.random() < 0.3
+        cfg["head_dim"] = head_dim or 16
+    if family == "falcon":
+        for key in ("num_key_value_heads", "head_dim", "intermediate_size"):
+            cfg.pop(key, None)
+        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24])  # head_dim is hidden // heads
+        cfg["ffn_hidden_size"] = rng.choice([64, 100, 128, 176, 256])
+        cfg["bias"] = rng.random() < 0.5
+        cfg["tie_word_embeddings"] = rng.random() < 0.5
+        layout = rng.choice(["new", "multi-query", "multi-head"])
+        cfg["new_decoder_architecture"] = layout == "new"
+        if layout == "new":  # the new decoder needs parallel_attn (its LayerNorms are ln_attn / ln_mlp)
+            cfg["num_kv_heads"] = kv
+            cfg["num_ln_in_parallel_attn"] = rng.choice([1, 2])
+        else:
+            cfg["multi_query"] = layout == "multi-query"
+            cfg["parallel_attn"] = rng.random() < 0.6
+        cfg["alibi"] = rng.random() < 0.25  # falcon-rw: biases folded into a float [B, heads, S, S] mask
+    if family == "gpt_bigcode":
+        cfg.pop("num_key_value_heads")
+        cfg.pop("head_dim", None)
+        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24, 32])  # head_dim is hidden // heads
+        cfg["n_inner"] = cfg.pop("intermediate_size")
+        cfg["multi_query"] = rng.random() < 0.7
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
+    if family == "bloom":
+        for key in ("num_key_value_heads", "head_dim", "intermediate_size"):  # MLP: 4 x hidden
+            cfg.pop(key, None)
+        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24])
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
+        cfg["apply_residual_connection_post_layernorm"] = rng.random() < 0.3
+    if family == "opt":
+        cfg.pop("num_key_value_heads")
+        cfg.pop("head_dim", None)
+        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24, 32])
+        cfg["ffn_dim"] = cfg.pop("intermediate_size")
+        cfg["enable_bias"] = rng.random() < 0.8
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
+        cfg["dropout"] = rng.choice([0.0, 0.1, 0.1])  # OPT's released configs say 0.1
+        if rng.random() < 0.35:  # OPT-350m: narrow embeddings through project_in / project_out, post-norm
+            cfg["word_embed_proj_dim"] = rng.choice([16, 24, 40])
+            cfg["do_layer_norm_before"] = rng.random() < 0.3
+    if family == "phi":
+        cfg["tie_word_embeddings"] = rng.random() < 0.3
+        if rng.random() < 0.3:  # q/k LayerNorms are sized hidden // heads: no other head_dim then
+            cfg["qk_layernorm"] = True
+            cfg.pop("head_dim", None)
+        hd = cfg.get("head_dim") or cfg["hidden_size"] // heads
+        factor = rng.choice([0.25, 0.4, 0.5, 1.0])
+        cfg["partial_rotary_factor"] = factor if (hd * factor).is_integer() and int(hd * factor) % 2 == 0 else 0.5
+    if family == "granite":
+        cfg["attention_bias"] = rng.random() < 0.3
+        cfg["mlp_bias"] = rng.random() < 0.3
+        cfg["tie_word_embeddings"] = rng.random() < 0.5
+        cfg["embedding_multiplier"] = rng.choice([1.0, 12.0])
+        cfg["residual_multiplier"] = rng.choice([1.0, 0.22])
+        cfg["attention_multiplier"] = rng.choice([0.0078125, 0.015625])
+        cfg["logits_scaling"] = rng.choice([1.0, 8.0])
+    if family == "cohere":
+        cfg["use_qk_norm"] = rng.random() < 0.4
+        cfg["attention_bias"] = rng.random() < 0.3
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
+        cfg["logit_scale"] = rng.choice([0.0625, 0.125, 1.0])
+    if family == "stablelm":
+        cfg.pop("head_dim", None)  # head_dim is hidden // heads
+        hd = cfg["hidden_size"] // heads
+        factor = rng.choice([0.25, 0.5, 1.0])
+        cfg["partial_rotary_factor"] = factor if (hd * factor).is_integer() and int(hd * factor) % 2 == 0 else 0.5
+        cfg["use_qkv_bias"] = rng.random() < 0.5
+        cfg["qk_layernorm"] = rng.random() < 0.3
+        cfg["use_parallel_residual"] = rng.random() < 0.4
+        cfg["tie_word_embeddings"] = rng.random() < 0.3
+    if family == "smollm3":
+        cfg["no_rope_layer_interval"] = rng.choice([2, 3, 4])
+        cfg["use_sliding_window"] = rng.random() < 0.3
+        cfg["sliding_window"] = rng.choice([16, 64, 4096])
+        cfg["attention_bias"] = rng.random() < 0.3
+        cfg["mlp_bias"] = rng.random() < 0.3
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
     if family in ("qwen3", "olmo2"):
         cfg["attention_bias"] = rng.random() < 0.3
         cfg["head_dim"] = head_dim or 16
@@ -140,7 +248,11 @@ def build_model_dir(case: Case, root: Path) -> Path:
     from refplan.harness.tiny import build_tokenizer
 
     out = root / case.name
-    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+    # case names repeat across --families selections with other shapes: reuse a saved model only
+    # when it was built from this very config
+    drawn = json.dumps(case.config, sort_keys=True)
+    marker = out / "refplan-case.json"
+    if (out / "tokenizer.json").exists() and marker.exists() and marker.read_text() == drawn:
         return out
     tok = build_tokenizer(1024)
     cfg = dict(case.config)
@@ -154,7 +266,20 @@ def build_model_dir(case: Case, root: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
+    marker.write_text(drawn)
     return out
+
+
+def _attn_for(case: Case) -> str:
+    """``eager`` where the family supports nothing else in transformers 5.x (Gemma 2's soft-capped
+    scores, BLOOM), else ``sdpa``."""
+    from refplan.activations import attention_impl
+    from refplan.families import spec_from_config
+    from refplan.spec import TrainSpec
+
+    spec = spec_from_config(dict(case.config), case.name, "validate")
+    probe = TrainSpec(Method.ORPO, Strategy.NONE, device="cpu", padded=False)
+    return "eager" if attention_impl(spec, probe) == "eager" else "sdpa"
 
 
 def estimate_for(case_dir: Path, sc) -> tuple[int, str, dict]:
@@ -182,9 +307,7 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
         d = build_model_dir(c, root)
         train = bench_train_spec(
             method=c.method, strategy=c.strategy, finetune=c.finetune, dtype="fp32", batch=c.batch, seq=c.seq,
-            grad_ckpt=c.grad_ckpt, lora_r=c.lora_r, device="cpu",
-            # transformers 5.x runs Gemma 2 with eager attention only (soft-capped scores)
-            attn="eager" if c.family == "gemma2" else "sdpa")
+            grad_ckpt=c.grad_ckpt, lora_r=c.lora_r, device="cpu", attn=_attn_for(c))
         sc = Scenario(train, model=str(d), steps=2, seed=0)
         scenarios.append(sc)
         by_key[sc.key] = (c, d, sc)
