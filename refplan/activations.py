@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from refplan.methods import Finetune
 from refplan.model import (AttentionKernel, Input, KVToAttention, Layer, MlpStyle, ModelSpec, NormPlacement,
                            NormStyle, Positions, QKNorm, Role)
 from refplan.spec import TrainSpec
+from refplan.terms import adapter_dtype
 from refplan.units import dtype_bytes
 
 FP32 = 4
@@ -103,16 +105,20 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     return [(tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
 
 
-def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
+def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
+                         inputs: tuple[Input, ...] | None = None) -> int:
     """Inputs kept for the weight gradients of the layer's linears, per token.
 
     Full fine-tune: one saved copy per distinct input -- under autocast from fp32 weights, a
     norm-fed input is cast once per consuming matmul. PEFT: the frozen base saves nothing, each
     wrapped linear's LoRA A saves its input -- the shared tensor when adapters and activations
     share a dtype, else a compute-dtype copy per wrapped linear (``_cast_input_dtype``, peft
-    lora/layer.py) -- and LoRA B saves A's output (r per token)."""
+    lora/layer.py) -- and LoRA B saves A's output (r per token). ``inputs``: only the groups of
+    these input tensors."""
     total = 0
     for lins, width, norm_fed in _input_groups(model, layer, train, m):
+        if inputs is not None and lins[0].role.input not in inputs:
+            continue
         if not train.finetune.peft:
             per_matmul = m.autocast and m.w != m.a and norm_fed
             total += (len(lins) if per_matmul else 1) * width * m.a
@@ -144,13 +150,27 @@ def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -
 def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
     """Compute-dtype copies of the layer's linear weights that autocast makes from fp32 weights and
     the matmuls keep for backward (torch autocast's weight cache for leaves that require grad; a
-    frozen base weight is cast per op and kept too, since the input gradient needs it). Zero
-    unless the weights are fp32 and the forward is autocast to bf16/fp16."""
+    frozen base weight is cast per op and kept too, since the input gradient needs it), and of its
+    LoRA adapters (:func:`lora_adapter_copies_bytes`). Zero without autocast."""
     m = act_mode(train)
-    merged = lora_merged_weight_bytes(model, layer, train)
+    merged = lora_merged_weight_bytes(model, layer, train) + lora_adapter_copies_bytes(model, layer, train)
     if not m.autocast or m.w == m.a:
         return merged
     return merged + _autocast_copies(layer, m)
+
+
+def lora_adapter_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """Autocast's compute-dtype copies of the layer's LoRA A and B weights: PEFT keeps adapters in
+    fp32 (``autocast_adapter_dtype``), autocast casts each for its matmul (and caches the cast, the
+    weights requiring grad) and ``mm`` keeps it for the input gradient -- on bf16 and on fp32 bases
+    alike (measured: trace engine, llama tiny, r = 32). Zero without autocast. ParamWrapper
+    adapters (experts, router) are merged into the weight instead (:func:`lora_merged_weight_bytes`)."""
+    m = act_mode(train)
+    if not train.finetune.peft or not m.autocast or dtype_bytes(adapter_dtype(train)) == m.a:
+        return 0
+    return sum(l.lora_rank_mult * train.lora_r * (l.in_features + l.out_features) for l in layer.linears
+               if model.wraps(l, train.lora_targets) and l.count == 1
+               and not (layer.moe is not None and l.role is Role.ROUTER)) * m.a
 
 
 def _autocast_copies(layer: Layer, m: ActMode) -> int:
@@ -448,7 +468,8 @@ def outer_linears_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> 
 
 def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """cos and sin tables [1, S, rotary_dim] computed once per forward and saved by every
-    layer's RoPE multiply (transformers ``*RotaryEmbedding``), in the activation dtype; none when
+    layer's RoPE multiply (transformers ``*RotaryEmbedding``: ``cos.to(dtype=x.dtype)``, x the
+    hidden states), in the residual stream's dtype: fp32 under autocast from fp32 weights; none when
     no layer rotates (all NoPE)."""
     if model.structure.positions is not Positions.ROPE or len(model.structure.nope_layers) == model.num_layers:
         return 0
@@ -456,7 +477,7 @@ def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     pct = model.structure.rotary_fraction
     if pct:
         rot = int(model.head_dim * pct)
-    return 2 * train.seq * rot * act_mode(train).a
+    return 2 * train.seq * rot * act_mode(train).w
 
 
 def checkpoint_saved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
@@ -495,17 +516,98 @@ def decoder_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
 
 
 def recompute_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Checkpointing recomputes one layer in backward: its full activations live at once."""
+    """Checkpointing recomputes one layer in backward: its full activations live at once (the
+    largest layer's), less what is the checkpointed input itself (:func:`recompute_saved_bytes`)."""
     if not train.grad_ckpt:
         return 0
-    tokens = rows * train.seq
     memo: dict = {}
-    for idx, layer in enumerate(model.layers):
+    for idx in range(model.num_layers):
         key = (model.layer_groups[idx], attention_masked(model, train, idx))
         if key not in memo:
-            memo[key] = (tokens * layer_saved_bytes_per_token(model, layer, train, True, idx)
-                         + layer_weight_copies_bytes(model, layer, train))
+            memo[key] = recompute_saved_bytes(model, train, rows, idx)
     return max(memo.values())
+
+
+def recompute_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int, layer_idx: int) -> int:
+    """What the recompute of layer ``layer_idx`` saves for its backward: the layer's saved tensors
+    less those that are the checkpointed input itself (:func:`checkpoint_input_resaved_bytes_per_token`),
+    which :func:`checkpoint_saved_bytes_per_token` already counts."""
+    layer = model.layers[layer_idx]
+    per_token = (layer_saved_bytes_per_token(model, layer, train, True, layer_idx)
+                 - checkpoint_input_resaved_bytes_per_token(model, train))
+    return rows * train.seq * per_token + layer_weight_copies_bytes(model, layer, train)
+
+
+def checkpoint_input_resaved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
+    """Bytes of a layer's saved tensors that are its input itself, per token. The recompute runs on
+    the tensor the checkpoint kept, so what saves it unchanged adds no storage: ``nn.LayerNorm``
+    always (``native_layer_norm`` keeps its input), an RMSNorm when the residual stream is already
+    fp32 (``x.to(torch.float32)`` / ``x.float()`` return ``x``). Post-norm layers (no input norm)
+    feed the attention projections the input itself; they save it unchanged when
+    :func:`matmuls_save_input_as_is`. Measured: trace engine, llama tiny, fp32 and fp32 + bf16
+    autocast, full and LoRA: the recomputed layer holds ``h x 4`` bytes per token less than
+    :func:`layer_saved_bytes_per_token`."""
+    m = act_mode(train)
+    h, st = model.hidden_size, model.structure
+    if st.placement is NormPlacement.POST:
+        return h * m.w if matmuls_save_input_as_is(model, model.layers[0], train, Input.ATTN_IN) else 0
+    if st.norm is NormStyle.LAYER or m.w == FP32:
+        return h * m.w
+    return 0
+
+
+def mlp_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """The MLP's share of :func:`layer_saved_bytes_per_token`, per token: its intermediates and what
+    its linears keep of their inputs (the MLP input and hidden activation)."""
+    m = act_mode(train)
+    return _mlp_saved(model, layer, train, m) + _linear_inputs_saved(model, layer, train, m,
+                                                                     (Input.MLP_IN, Input.MLP_HIDDEN))
+
+
+def norm_saved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
+    """What one hidden-width norm whose input requires grad saves, per token (:func:`_norm_saved`)."""
+    return _norm_saved(model, model.hidden_size, act_mode(train))
+
+
+def norm_weight_operand_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
+    """The part of an RMSNorm's saved tensors kept for its weight's gradient (``weight * y`` keeps
+    ``y``), per token; zero with a frozen weight (PEFT) and for LayerNorm (one fused kernel)."""
+    if model.structure.norm is NormStyle.LAYER:
+        return 0
+    m = act_mode(train)
+    h = model.hidden_size
+    return _norm_saved(model, h, m) - _norm_saved(model, h, ActMode(m.a, True, m.w, m.autocast))
+
+
+def peft_input_cast_bytes(train: TrainSpec, input_bytes: int) -> int:
+    """Bytes per element of PEFT's copy of a LoRA layer's input in the adapter dtype
+    (``x = self._cast_input_dtype(x, lora_A.weight.dtype)``, peft lora/layer.py ``Linear.forward``):
+    none when the input has the adapter dtype already, and none for bitsandbytes 4-bit layers under
+    autocast (lora/bnb.py ``Linear4bit.forward``: ``requires_conversion = not
+    torch.is_autocast_enabled()``). The copy lives until the layer's forward returns."""
+    adapter = dtype_bytes(adapter_dtype(train))
+    if input_bytes == adapter or (train.finetune is Finetune.QLORA and act_mode(train).autocast):
+        return 0
+    return adapter
+
+
+def lora_keeps_input_as_is(train: TrainSpec, input_bytes: int) -> bool:
+    """True when ``lora_A`` keeps its input tensor itself for backward: neither PEFT's cast
+    (:func:`peft_input_cast_bytes`) nor autocast's (an input not in the compute dtype) copies it."""
+    m = act_mode(train)
+    return peft_input_cast_bytes(train, input_bytes) == 0 and (not m.autocast or input_bytes == m.a)
+
+
+def matmuls_save_input_as_is(model: ModelSpec, layer: Layer, train: TrainSpec, inp: Input) -> bool:
+    """True when the linears reading ``inp`` (a tensor in the residual dtype) keep that tensor
+    itself for backward rather than a copy: trainable weights without a dtype cast (autocast copies
+    an fp32 input per matmul), or a LoRA A that keeps its input as is
+    (:func:`lora_keeps_input_as_is`)."""
+    m = act_mode(train)
+    lins = [l for l in layer.linears if l.role.input is inp]
+    if not train.finetune.peft:
+        return bool(lins) and m.w == m.a
+    return lora_keeps_input_as_is(train, m.w) and any(model.wraps(l, train.lora_targets) for l in lins)
 
 
 def autocast_weight_cache_bytes(model: ModelSpec, train: TrainSpec, requires_grad: bool,

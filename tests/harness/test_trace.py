@@ -88,6 +88,34 @@ def test_tiny_trace_matches_the_formula_within_1_percent(setup):
     assert traced.peak_bytes == pytest.approx(formula.peak_bytes, rel=0.01)
 
 
+LAYER_BACKWARD = [train(method="orpo", strategy="none", finetune=ft, dtype=dt, autocast=ac, grad_ckpt=gc, seq=256,
+                         lora_r=8)
+                   for ft, dt, ac, gc in [("lora", "bf16", None, True), ("lora", "fp32", "bf16", True),
+                                          ("lora", "fp32", None, True), ("full", "fp32", "bf16", True),
+                                          ("full", "fp32", None, True), ("full", "bf16", None, True),
+                                          ("lora", "fp32", "bf16", False), ("full", "bf16", None, False)]]
+
+
+@pytest.mark.parametrize("setup", LAYER_BACKWARD, ids=_ids(LAYER_BACKWARD))
+def test_each_layer_backward_matches_the_trace(setup):
+    """Each decoder layer's backward peak in the trace against the formula's moments of that layer
+    (refplan.backward: the recompute's forward locals, the MLP's gradients, the norm's fp32 chain),
+    step tensors only (the static components are the same in both)."""
+    from refplan.planner import _Step, timeline
+    from refplan.reference import reference_plan
+
+    spec = model(LLAMA4)
+    traced = T.trace(spec, setup, spec.num_layers)
+    traced_static = sum(traced.static.values())
+    formula_static = sum(_Step(spec, setup, reference_plan(setup)).static.values())
+    points = timeline(spec, setup)
+    for i in range(spec.num_layers):
+        formula = max(v for phase, moment, v in points
+                      if phase == "backward" and (moment == f"layer {i}" or moment.startswith(f"layer {i} ")))
+        measured = traced.segments[("backward", ("layer", i))] - traced_static
+        assert formula - formula_static == pytest.approx(measured, rel=0.005), i
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(method="dpo", strategy="separate"),
                                 dict(method="dpo", strategy="unwrap", finetune="lora", dtype="bf16"),

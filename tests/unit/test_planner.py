@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from refplan import activations as act
-from refplan import logprob
+from refplan import backward, logprob
 from refplan import terms
 from refplan.errors import PlanError
 from refplan.methods import Finetune, Method, Strategy, applicable_strategies, check_combination
@@ -78,6 +78,50 @@ def test_fused_head_backward_transient_hand_derived(tiny):
     tile = n * 1024
     expected = n * 256 * 4 + n * 32768 * 4 + 1024 * 256 * 4 + 7 * tile * 4 + tile
     assert logprob.fused_head_backward_transient_bytes(tiny, t, 4) == expected
+
+
+def test_checkpoint_recompute_locals_hand_derived(tiny):
+    # LoRA on a bf16 base under autocast: the recompute stops at lora_B of down_proj with the
+    # residual, the post-attention norm output and down's base output (3 x 2h), down's input (2i)
+    # and PEFT's fp32 cast of it (4i) alive -- none of them saved
+    h, i = 256, 688
+    lora = spec(method=Method.ORPO, strategy=Strategy.NONE, finetune=Finetune.LORA, dtype="bf16", grad_ckpt=True)
+    assert backward.recompute_locals_bytes_per_token(tiny, tiny.layers[0], lora) == 3 * 2 * h + 2 * i + 4 * i
+    # fp32 LoRA: no casts; the peak is up_proj's output forming (base, B output, scaled: 3 x 4i),
+    # before the saved up output (4i), the product (4i, kept by down's A) and A's output (4r) exist
+    fp32 = spec(method=Method.ORPO, strategy=Strategy.NONE, finetune=Finetune.LORA, lora_r=8,
+                grad_ckpt=True)
+    assert backward.recompute_locals_bytes_per_token(tiny, tiny.layers[0], fp32) == 3 * 4 * i - 4 * i - 4 * i - 4 * 8
+    # full fine-tune in fp32: every local is saved by its consumer
+    full = spec(grad_ckpt=True)
+    assert backward.recompute_locals_bytes_per_token(tiny, tiny.layers[0], full) == 0
+    assert act.checkpoint_input_resaved_bytes_per_token(tiny, full) == 4 * h  # the norm keeps the input itself
+
+
+def test_mlp_backward_gradients_hand_derived(tiny):
+    i, h = 688, 256
+    full = spec()
+    # act(gate) * up backward: its incoming gradient and the two it returns
+    assert backward.mlp_backward_grad_bytes_per_token(tiny, tiny.layers[0], full) == 3 * 4 * i
+    assert backward.down_saved_bytes_per_token(tiny, tiny.layers[0], full) == 4 * i
+    # LoRA on a fp32 base under bf16 autocast: PEFT's cast backward holds the fp32 and bf16 gradients
+    # of down's input while the MLP output's bf16 gradient (cast by the residual add's backward) waits
+    lora = spec(finetune=Finetune.LORA, strategy=Strategy.UNWRAP, autocast="bf16")
+    assert backward.mlp_backward_grad_bytes_per_token(tiny, tiny.layers[0], lora) == i * (2 + 4) + 2 * h
+    assert backward.rms_norm_backward_grad_bytes_per_token(tiny) == 5 * 4 * h
+
+
+def test_backward_candidates_keep_the_peak(llama8b, tiny):
+    from refplan.planner import _backward_moments, _Step
+    from refplan.reference import reference_plan
+
+    for model in (llama8b, tiny):
+        lora = spec(finetune=Finetune.LORA, strategy=Strategy.UNWRAP, grad_ckpt=True, autocast="bf16")
+        for t in (spec(), spec(grad_ckpt=True, dtype="bf16"), lora):
+            step = _Step(model, t, reference_plan(t))
+            every = [sum(p.values()) for _, p in _backward_moments(step)]
+            some = [sum(p.values()) for _, p in _backward_moments(step, candidates_only=True)]
+            assert max(some) == max(every) and len(some) < len(every)
 
 
 def test_tiny_dpo_separate_matches_measured_run(tiny):
