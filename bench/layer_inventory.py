@@ -23,6 +23,7 @@ def measure(config: dict, finetune: str, dtype: str, rows: int, seq: int, r: int
     from transformers.utils import logging
 
     from refplan import activations as act
+    from refplan import forward_tensors as fwd
     from refplan.families import spec_from_config
     from refplan.harness.tracker import LiveBytes
     from refplan.methods import Finetune, Method, Strategy
@@ -62,10 +63,10 @@ def measure(config: dict, finetune: str, dtype: str, rows: int, seq: int, r: int
     del out
     train = TrainSpec(Method.ORPO, Strategy.NONE, finetune=Finetune(finetune), dtype=dtype, batch=rows // 2 or 1,
                       seq=seq, device="cpu", lora_r=r, padded=False)
-    est = (act.decoder_saved_bytes(spec, train, rows) + act.embedding_saved_bytes(spec, train, rows)
-           + act.final_norm_saved_bytes(spec, train, rows) + act.backbone_output_bytes(spec, train, rows)
-           + act.rope_table_bytes(spec, train, rows) + act.mask_bytes(spec, train, rows)
-           + act.outer_linears_saved_bytes(spec, train, rows))
+    est = (act.decoder_saved_bytes(spec, train, rows) + fwd.embedding_saved_bytes(spec, train, rows)
+           + fwd.final_norm_saved_bytes(spec, train, rows) + fwd.backbone_output_bytes(spec, train, rows)
+           + fwd.rope_table_bytes(spec, train, rows) + fwd.mask_bytes(spec, train, rows)
+           + fwd.outer_linears_saved_bytes(spec, train, rows))
     return measured, est
 
 

@@ -33,13 +33,59 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from refplan.activations import (FP32, act_mode, lora_keeps_input_as_is, matmuls_save_input_as_is,
-                                 mlp_saved_bytes_per_token, norm_saved_bytes_per_token,
-                                 norm_weight_operand_bytes_per_token, peft_input_cast_bytes)
-from refplan.model import Input, Layer, Linear, MlpStyle, ModelSpec, NormPlacement, NormStyle, Role
+from refplan.activations import (
+    FP32,
+    ActMode,
+    _linear_inputs_saved,
+    _mlp_saved,
+    _norm_saved,
+    act_mode,
+    lora_keeps_input_as_is,
+    matmuls_save_input_as_is,
+    peft_input_cast_bytes,
+)
+from refplan.model import (
+    Input,
+    Layer,
+    Linear,
+    MlpStyle,
+    ModelSpec,
+    NormPlacement,
+    NormStyle,
+    Role,
+)
 from refplan.spec import TrainSpec
 from refplan.terms import adapter_dtype
 from refplan.units import dtype_bytes
+
+
+def mlp_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """The MLP's share of :func:`layer_saved_bytes_per_token`, per token: its intermediates and what
+    its linears keep of their inputs (the MLP input and hidden activation)."""
+    m = act_mode(train)
+    return _mlp_saved(model, layer, train, m) + _linear_inputs_saved(model, layer, train, m,
+                                                                     (Input.MLP_IN, Input.MLP_HIDDEN))
+
+
+def norm_saved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
+    """What one hidden-width norm whose input requires grad saves, per token (:func:`_norm_saved`)."""
+    return _norm_saved(model, model.hidden_size, act_mode(train))
+
+
+def norm_weight_operand_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
+    """The part of an RMSNorm's saved tensors kept for its weight's gradient (``weight * y`` keeps
+    ``y``), per token; zero with a frozen weight (PEFT) and for LayerNorm (one fused kernel)."""
+    if model.structure.norm is NormStyle.LAYER:
+        return 0
+    m = act_mode(train)
+    h = model.hidden_size
+    return _norm_saved(model, h, m) - _norm_saved(model, h, ActMode(m.a, True, m.w, m.autocast))
+
+
+
+
+
+
 
 
 @dataclass(frozen=True)
@@ -155,7 +201,7 @@ def mlp_carry_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec) 
     returns): the residual sum, unless the MLP's norm keeps it as its own saved input (LayerNorm
     always; an RMSNorm when the residual stream is fp32: ``x.to(torch.float32)`` returns ``x``);
     the MLP input (the norm's output), unless its matmuls keep it as is
-    (:func:`refplan.activations.matmuls_save_input_as_is`). A post-norm layer's MLP reads the
+    (:func:`matmuls_save_input_as_is`). A post-norm layer's MLP reads the
     residual sum itself; a parallel block carries its attention output to the final three-way sum
     (``GPTNeoXLayer``: ``mlp_output + attn_output + hidden_states``), its residual being the layer
     input, which the checkpoint keeps."""
@@ -176,7 +222,7 @@ def recompute_locals_bytes_per_token(model: ModelSpec, layer: Layer, train: Trai
 
     - the down projection: the carried tensors (:func:`mlp_carry_bytes_per_token`) and, with LoRA
       on it, its input (unless A keeps it as is), PEFT's cast of it
-      (:func:`refplan.activations.peft_input_cast_bytes`) and the base layer's output. In a
+      (:func:`peft_input_cast_bytes`) and the base layer's output. In a
       pre-norm layer ``lora_B`` keeps the layer's last saved tensor, so the recompute stops there,
       before B's output; with a norm after the MLP it goes on through ``result +
       lora_B(lora_A(x)) * scaling`` (base output, B's output and its scaled copy, then the sum). A
@@ -332,7 +378,7 @@ def rms_norm_backward_grad_bytes_per_token(model: ModelSpec) -> int:
     until the ``rsqrt`` path's is added to it, that path's ``MeanBackward`` expansion and
     ``PowBackward``'s ``grad * (2 * x.pow(1))`` (three tensors: the C++ temporaries live to the end
     of the expression) -- five at once, once the weight's operand is freed
-    (:func:`refplan.activations.norm_weight_operand_bytes_per_token`). Measured with the trace
+    (:func:`norm_weight_operand_bytes_per_token`). Measured with the trace
     engine (llama with h > i, bf16; Gemma 2 and 3 shapes). Zero for ``nn.LayerNorm`` (one fused
     backward kernel)."""
     if model.structure.norm is NormStyle.LAYER:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from refplan import activations as act
+from refplan import forward_tensors as fwd
 from refplan import backward, logprob, terms
 from refplan.methods import Method, Strategy, applicable_strategies
 from refplan.model import ModelSpec
@@ -156,9 +157,9 @@ class _Step:
     def saved(self) -> int:
         """Everything the policy forward saves for backward, but the log-prob path."""
         model, train, rows = self.model, self.train, self.rows
-        return (sum(self.layer_saved) + act.embedding_saved_bytes(model, train, rows)
-                + act.final_norm_saved_bytes(model, train, rows) + act.rope_table_bytes(model, train, rows)
-                + act.mask_bytes(model, train, rows) + act.outer_linears_saved_bytes(model, train, rows))
+        return (sum(self.layer_saved) + fwd.embedding_saved_bytes(model, train, rows)
+                + fwd.final_norm_saved_bytes(model, train, rows) + fwd.rope_table_bytes(model, train, rows)
+                + fwd.mask_bytes(model, train, rows) + fwd.outer_linears_saved_bytes(model, train, rows))
 
     @cached_property
     def head(self) -> tuple[int, int, int]:
@@ -166,7 +167,7 @@ class _Step:
         return logprob.head_bytes(self.model, self.train, self.rows)
 
     def autocast_copies(self, requires_grad: bool, ref_dtype=None) -> int:
-        return act.autocast_weight_cache_bytes(self.model, self.train, requires_grad, ref_dtype)
+        return fwd.autocast_weight_cache_bytes(self.model, self.train, requires_grad, ref_dtype)
 
 
 def _precompute(step: _Step) -> Phase | None:
@@ -245,7 +246,7 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
     residual_grad = tokens * model.hidden_size * act.act_mode(train).w
     # each layer from the top: (index, kind, activations and gradients before its backward); the
     # final norm's backward runs between the head's and the top layer's, so its saved tensors go
-    remaining = step.saved - act.final_norm_saved_bytes(model, train, step.rows)
+    remaining = step.saved - fwd.final_norm_saved_bytes(model, train, step.rows)
     acc_grads = head_grad
     walk = []
     for idx in range(model.num_layers - 1, -1, -1):

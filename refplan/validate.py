@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from refplan.methods import Finetune, Method, Strategy, applicable_strategies
+from refplan.validate_shapes import odd_shape
 
 #: families of the validation matrix and why each is there
 FAMILIES = {
@@ -75,143 +76,6 @@ class Case:
     lora_r: int
 
 
-def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
-    heads = rng.choice([2, 3, 4, 6])
-    kv = rng.choice([d for d in (1, 2, 3, 6) if heads % d == 0 and d <= heads])
-    head_dim = rng.choice([8, 12, 16, 20, 24, 32])
-    hidden = heads * rng.choice([8, 12, 16, 20, 24, 32])  # configs validate hidden % heads == 0
-    if (family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2", "phi", "granite", "cohere",
-                   "smollm3") and rng.random() < 0.5):
-        head_dim = None  # the default hidden // heads (needs divisibility)
-        hidden = heads * rng.choice([12, 16, 20, 24, 32])
-    cfg = {
-        "hidden_size": hidden,
-        "intermediate_size": rng.choice([64, 100, 128, 176, 256, 344, 400]),
-        "num_hidden_layers": rng.randint(1, 4),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv,
-        "vocab_size": vocab + rng.randint(0, 300),
-        "max_position_embeddings": 1024,
-    }
-    if head_dim is not None:
-        cfg["head_dim"] = head_dim
-    if family == "qwen2":
-        cfg["tie_word_embeddings"] = rng.random() < 0.7
-    if family == "mistral":
-        cfg["sliding_window"] = rng.choice([16, 32, 64, 4096])
-    if family == "gemma2":
-        cfg["head_dim"] = head_dim or 16
-        cfg["query_pre_attn_scalar"] = cfg["head_dim"]
-        cfg["tie_word_embeddings"] = rng.random() < 0.5
-        cfg["sliding_window"] = rng.choice([16, 64, 4096])
-    if family == "gpt_neox":
-        cfg.pop("num_key_value_heads")
-        cfg.pop("head_dim", None)
-        cfg["hidden_size"] = heads * rng.choice([12, 16, 24])
-        cfg["rotary_pct"] = rng.choice([0.25, 0.5, 1.0])
-        cfg["tie_word_embeddings"] = False
-        cfg["use_parallel_residual"] = rng.random() < 0.7
-    if family == "starcoder2":
-        cfg["use_bias"] = rng.random() < 0.7
-        cfg["tie_word_embeddings"] = rng.random() < 0.5
-        cfg["sliding_window"] = rng.choice([None, 16, 64])
-    if family == "qwen2_moe":
-        n_exp = rng.choice([2, 3, 4, 6])
-        cfg["num_experts"] = n_exp
-        cfg["num_experts_per_tok"] = rng.randint(1, min(n_exp, 3))
-        cfg["moe_intermediate_size"] = rng.choice([16, 24, 40, 64])
-        cfg["shared_expert_intermediate_size"] = rng.choice([24, 48, 100, 128])
-        # at least one MoE layer: with none, the router-logit tuple TRL's aux loss indexes is empty
-        deep = cfg["num_hidden_layers"] >= 2
-        cfg["decoder_sparse_step"] = rng.choice([1, 1, 2]) if deep else 1
-        cfg["mlp_only_layers"] = [0] if deep and rng.random() < 0.3 else []
-        cfg["norm_topk_prob"] = rng.random() < 0.5
-        cfg["qkv_bias"] = rng.random() < 0.7
-        cfg["tie_word_embeddings"] = rng.random() < 0.3
-        cfg["head_dim"] = head_dim or 16
-    if family == "falcon":
-        for key in ("num_key_value_heads", "head_dim", "intermediate_size"):
-            cfg.pop(key, None)
-        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24])  # head_dim is hidden // heads
-        cfg["ffn_hidden_size"] = rng.choice([64, 100, 128, 176, 256])
-        cfg["bias"] = rng.random() < 0.5
-        cfg["tie_word_embeddings"] = rng.random() < 0.5
-        layout = rng.choice(["new", "multi-query", "multi-head"])
-        cfg["new_decoder_architecture"] = layout == "new"
-        if layout == "new":  # the new decoder needs parallel_attn (its LayerNorms are ln_attn / ln_mlp)
-            cfg["num_kv_heads"] = kv
-            cfg["num_ln_in_parallel_attn"] = rng.choice([1, 2])
-        else:
-            cfg["multi_query"] = layout == "multi-query"
-            cfg["parallel_attn"] = rng.random() < 0.6
-        cfg["alibi"] = rng.random() < 0.25  # falcon-rw: biases folded into a float [B, heads, S, S] mask
-    if family == "gpt_bigcode":
-        cfg.pop("num_key_value_heads")
-        cfg.pop("head_dim", None)
-        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24, 32])  # head_dim is hidden // heads
-        cfg["n_inner"] = cfg.pop("intermediate_size")
-        cfg["multi_query"] = rng.random() < 0.7
-        cfg["tie_word_embeddings"] = rng.random() < 0.7
-    if family == "bloom":
-        for key in ("num_key_value_heads", "head_dim", "intermediate_size"):  # MLP: 4 x hidden
-            cfg.pop(key, None)
-        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24])
-        cfg["tie_word_embeddings"] = rng.random() < 0.7
-        cfg["apply_residual_connection_post_layernorm"] = rng.random() < 0.3
-    if family == "opt":
-        cfg.pop("num_key_value_heads")
-        cfg.pop("head_dim", None)
-        cfg["hidden_size"] = heads * rng.choice([8, 12, 16, 20, 24, 32])
-        cfg["ffn_dim"] = cfg.pop("intermediate_size")
-        cfg["enable_bias"] = rng.random() < 0.8
-        cfg["tie_word_embeddings"] = rng.random() < 0.7
-        cfg["dropout"] = rng.choice([0.0, 0.1, 0.1])  # OPT's released configs say 0.1
-        if rng.random() < 0.35:  # OPT-350m: narrow embeddings through project_in / project_out, post-norm
-            cfg["word_embed_proj_dim"] = rng.choice([16, 24, 40])
-            cfg["do_layer_norm_before"] = rng.random() < 0.3
-    if family == "phi":
-        cfg["tie_word_embeddings"] = rng.random() < 0.3
-        if rng.random() < 0.3:  # q/k LayerNorms are sized hidden // heads: no other head_dim then
-            cfg["qk_layernorm"] = True
-            cfg.pop("head_dim", None)
-        hd = cfg.get("head_dim") or cfg["hidden_size"] // heads
-        factor = rng.choice([0.25, 0.4, 0.5, 1.0])
-        cfg["partial_rotary_factor"] = factor if (hd * factor).is_integer() and int(hd * factor) % 2 == 0 else 0.5
-    if family == "granite":
-        cfg["attention_bias"] = rng.random() < 0.3
-        cfg["mlp_bias"] = rng.random() < 0.3
-        cfg["tie_word_embeddings"] = rng.random() < 0.5
-        cfg["embedding_multiplier"] = rng.choice([1.0, 12.0])
-        cfg["residual_multiplier"] = rng.choice([1.0, 0.22])
-        cfg["attention_multiplier"] = rng.choice([0.0078125, 0.015625])
-        cfg["logits_scaling"] = rng.choice([1.0, 8.0])
-    if family == "cohere":
-        cfg["use_qk_norm"] = rng.random() < 0.4
-        cfg["attention_bias"] = rng.random() < 0.3
-        cfg["tie_word_embeddings"] = rng.random() < 0.7
-        cfg["logit_scale"] = rng.choice([0.0625, 0.125, 1.0])
-    if family == "stablelm":
-        cfg.pop("head_dim", None)  # head_dim is hidden // heads
-        hd = cfg["hidden_size"] // heads
-        factor = rng.choice([0.25, 0.5, 1.0])
-        cfg["partial_rotary_factor"] = factor if (hd * factor).is_integer() and int(hd * factor) % 2 == 0 else 0.5
-        cfg["use_qkv_bias"] = rng.random() < 0.5
-        cfg["qk_layernorm"] = rng.random() < 0.3
-        cfg["use_parallel_residual"] = rng.random() < 0.4
-        cfg["tie_word_embeddings"] = rng.random() < 0.3
-    if family == "smollm3":
-        cfg["no_rope_layer_interval"] = rng.choice([2, 3, 4])
-        cfg["use_sliding_window"] = rng.random() < 0.3
-        cfg["sliding_window"] = rng.choice([16, 64, 4096])
-        cfg["attention_bias"] = rng.random() < 0.3
-        cfg["mlp_bias"] = rng.random() < 0.3
-        cfg["tie_word_embeddings"] = rng.random() < 0.7
-    if family in ("qwen3", "olmo2"):
-        cfg["attention_bias"] = rng.random() < 0.3
-        cfg["head_dim"] = head_dim or 16
-    return cfg
-
-
 def generate(n: int, seed: int, vocab: int, families: tuple[str, ...] | None = None) -> list[Case]:
     """``n`` cases from ``seed`` over ``families`` (default: :data:`FAMILIES`). Every family and method
     appears; the rest is random."""
@@ -231,7 +95,7 @@ def generate(n: int, seed: int, vocab: int, families: tuple[str, ...] | None = N
         method = methods[(i // len(fams)) % len(methods)]
         finetune = rng.choice([Finetune.FULL, Finetune.LORA])
         strategy = rng.choice(applicable_strategies(method, finetune))
-        cfg = {"model_type": family, **_odd_shape(rng, family, vocab)}
+        cfg = {"model_type": family, **odd_shape(rng, family, vocab)}
         batch = rng.randint(2 if method is Method.KTO else 1, 4)
         seq = rng.choice([16, 24, 32, 48, 64, 96, 128, 160])
         cases.append(Case(f"v{seed}-{i:03d}-{family}", family, cfg, method.value, strategy.value, finetune.value,
