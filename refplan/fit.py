@@ -16,12 +16,17 @@ For every method x strategy row:
 Each boundary is found by a guess from two estimates (peaks grow about linearly in batch, about
 quadratically at most in length, and shrink about as 1/N in GPUs), then walked to the exact step
 with estimates; the planner's peak is monotonic in all three (tests/ property check).
+
+A model without a formula family (``ModelSpec.trace_only``) is refused: its rows come from the trace
+engine, seconds each, and the boundaries take dozens of estimates a row, sharded ones among them,
+which the trace engine does not run. ``refplan estimate --batch N --seq N`` tries a size instead.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from refplan.errors import PlanError
 from refplan.methods import Strategy
 from refplan.model import ModelSpec
 from refplan.planner import estimate
@@ -204,5 +209,10 @@ def recommend(rows: list[FitRow], capacity: int) -> dict:
 
 
 def fit(model: ModelSpec, trains: list[TrainSpec], capacity: int, effective_batch: int | None = None) -> FitAnswer:
+    if model.trace_only:
+        raise PlanError("--model", f"model_type {model.family!r} has no formula family, so only the trace engine "
+                                   "plans it: fit's boundaries take dozens of estimates a row, sharded ones among "
+                                   "them, which the trace engine does not run; try a size with `refplan estimate "
+                                   "--batch N --seq N` (seconds a row)")
     rows = [fit_row(model, t, capacity, effective_batch) for t in trains]
     return FitAnswer(tuple(rows), capacity, recommend(rows, capacity))

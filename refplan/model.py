@@ -302,7 +302,9 @@ class ModelSpec:
     hidden_act: str = "silu"
     #: value-head dim where it differs from head_dim (MLA); query/key dim is head_dim
     v_head_dim: int | None = None
-    generic_fallback: bool = False  # True when the family was unknown and a generic decoder was assumed
+    #: no formula family describes this model: the spec is read off the model transformers builds
+    #: (:mod:`refplan.families._traced`) and only the trace engine estimates it
+    trace_only: bool = False
     #: bytes of buffers every copy of the model holds beyond its parameters, whatever the dtype
     #: (GPT-BigCode's [n_positions, n_positions] boolean causal mask)
     buffer_bytes: int = 0

@@ -210,7 +210,8 @@ def estimate_page(inputs, rows, gpu, path) -> None:
                      f'{inputs.model.params / 1e9:.2f}B parameters){" on " + html.escape(gpu.name) if gpu else ""}.</p>'),
                 ("Peak memory per method × strategy", table),
                 ("Where the memory goes", _img(estimate_plot(inputs.model, rows, gpu), "stacked components")),
-                ("Memory over one step", _img(timeline_plot(inputs.model, trains, gpu), "timeline")),
+                *([] if inputs.model.trace_only else  # the timeline is the formula engine's
+                  [("Memory over one step", _img(timeline_plot(inputs.model, trains, gpu), "timeline"))]),
                 ("Settings and where they came from", _settings_html(inputs))]
     _write(path, _page(f"refplan estimate: {inputs.model.model_id}", sections))
 

@@ -4,11 +4,14 @@ command that compares methods x strategies) asks the library.
 An :class:`EstimateQuery` holds a model, the shared training settings and the methods / strategies
 asked for; :func:`answer` validates it once (each refusal names its flag), expands it into one
 :class:`~refplan.spec.TrainSpec` per applicable method x strategy, and estimates each with the
-formula engine or the trace engine. Standard library only unless the trace engine is asked for.
+formula engine or the trace engine. Standard library only unless the trace engine is asked for, or
+the model has no formula family (``ModelSpec.trace_only``): such a model is always traced, and the
+answer carries a note saying so and how long it took.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 
 from refplan.errors import PlanError
@@ -40,6 +43,23 @@ class EstimateAnswer:
     rows: tuple[Estimate, ...]
     #: KTO was left out because the batch is below TRL's minimum of 2
     skipped_kto: bool
+    #: what the reader must know about how the rows were computed (the trace fallback and its time)
+    notes: tuple[str, ...] = ()
+
+
+def estimate_one(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
+    """One row with the engine the model allows: the formula engine, or the trace engine for a model
+    without a formula family (what ``check`` and ``bench`` compare against)."""
+    if model.trace_only:
+        from refplan.trace import fallback_estimate
+
+        est = fallback_estimate(model, train)
+        if gpu is not None:
+            est = replace(est, fits=est.peak_bytes <= gpu.memory_bytes, gpu=gpu.name, gpu_bytes=gpu.memory_bytes)
+        return est
+    from refplan.planner import estimate
+
+    return estimate(model, train, gpu)
 
 
 def base_spec(settings: dict) -> TrainSpec:
@@ -75,7 +95,16 @@ def train_specs(query: EstimateQuery) -> tuple[list[TrainSpec], bool]:
 def answer(query: EstimateQuery) -> EstimateAnswer:
     """Estimate every row of ``query`` with its engine."""
     specs, skipped_kto = train_specs(query)
-    if query.engine is Engine.TRACE:
+    notes: tuple[str, ...] = ()
+    if query.model.trace_only:
+        from refplan.trace import check_fallback, fallback_estimate
+
+        for train in specs:
+            check_fallback(query.model, train)  # refuse before any row is traced
+        t0 = time.perf_counter()
+        estimates = [fallback_estimate(query.model, train) for train in specs]
+        notes = (trace_fallback_note(query.model, specs, time.perf_counter() - t0),)
+    elif query.engine is Engine.TRACE:
         from refplan.trace import check_traceable, trace_estimate
 
         for train in specs:
@@ -89,4 +118,18 @@ def answer(query: EstimateQuery) -> EstimateAnswer:
     if gpu is not None:
         estimates = [replace(e, fits=e.peak_bytes <= gpu.memory_bytes, gpu=gpu.name, gpu_bytes=gpu.memory_bytes)
                      for e in estimates]
-    return EstimateAnswer(tuple(estimates), skipped_kto)
+    return EstimateAnswer(tuple(estimates), skipped_kto, notes)
+
+
+def trace_fallback_note(model: ModelSpec, specs: list[TrainSpec], seconds: float) -> str:
+    """The line that says a model was traced rather than computed, how, and in how long."""
+    from refplan.trace import extrapolation_depths
+
+    n1, n2, _ = extrapolation_depths(model)
+    depth = (f"traced at {n1} and {n2} layers, extrapolated to {model.num_layers}" if model.num_layers > n2
+             else f"traced at its {model.num_layers} layers")
+    cuda = any(t.device == "cuda" for t in specs)
+    return (f"model_type {model.family!r} has no formula family: estimated by the trace engine (TRL's training "
+            f"step on fake tensors, {depth}) in {seconds:.1f} s for {len(specs)} row{'s' * (len(specs) != 1)}"
+            + ("; CUDA figures are the CPU code path plus the CUDA context, workspace and allocator slack "
+               "(unmeasured on a GPU)" if cuda else ""))

@@ -51,7 +51,7 @@ def model_record(model: ModelSpec) -> dict:
         "hidden_size": model.hidden_size,
         "vocab_size": model.vocab_size,
         "source": model.source,
-        "generic_fallback": model.generic_fallback,
+        "trace_only": model.trace_only,
     }
 
 
@@ -118,8 +118,10 @@ def _config_lines(inputs) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def estimate_output(inputs, rows: list[Estimate], engine: str = "formula", gpu=None, skipped_kto: bool = False) -> Output:
-    """The estimate table, JSON document and CSV rows, from the same :class:`Estimate` records."""
+def estimate_output(inputs, rows: list[Estimate], engine: str = "formula", gpu=None, skipped_kto: bool = False,
+                    notes: tuple[str, ...] = ()) -> Output:
+    """The estimate table, JSON document and CSV rows, from the same :class:`Estimate` records
+    (``notes``: how the rows were computed, e.g. the trace fallback's line)."""
     model = inputs.model
     best = cheapest_per_method(rows)
     comps = component_names(rows)
@@ -140,6 +142,8 @@ def estimate_output(inputs, rows: list[Estimate], engine: str = "formula", gpu=N
                          else None}
     if inputs.warnings:
         doc["warnings"] = list(inputs.warnings)
+    if notes:
+        doc["notes"] = list(notes)
     csv_columns = (["model", "method", "strategy", "finetune", "peak_bytes", "peak_phase", "fits", "gpu"]
                    + [f"{c.replace(' ', '_')}_bytes" for c in comps])
     csv_rows = [dict(zip(csv_columns, [model.model_id, r.method, r.strategy, r.finetune, r.peak_bytes,
@@ -162,16 +166,15 @@ def estimate_output(inputs, rows: list[Estimate], engine: str = "formula", gpu=N
             head = r.headroom_bytes / GIB
             row.append(f"[green]yes[/] ({head:+.1f})" if r.fits else f"[red]no[/] ({head:+.1f})")
         cells.append(tuple(row))
-    notes = []
-    if model.generic_fallback:
-        notes.append(f"[yellow]note:[/] unknown family {model.family!r}: parameters counted as a generic "
-                     "llama-style decoder")
+    from rich.markup import escape
+
+    lines = [f"[yellow]note:[/] {escape(n)}" for n in notes]
     if skipped_kto:
-        notes.append("[yellow]note:[/] kto is not shown: TRL needs a per-device batch of at least 2 for KTO "
+        lines.append("[yellow]note:[/] kto is not shown: TRL needs a per-device batch of at least 2 for KTO "
                      "(add --batch 2)")
-    notes.append("★ cheapest strategy per method. Components (GiB) are the breakdown at each row's peak phase: "
+    lines.append("★ cheapest strategy per method. Components (GiB) are the breakdown at each row's peak phase: "
                  + ", ".join(f"{SHORT.get(c, c)} = {c}" for c in comps if SHORT.get(c, c) != c)
                  + ". GiB = 2^30 bytes.")
-    return Output(document=doc, title=title, columns=tuple(columns), cells=tuple(cells), notes=tuple(notes),
+    return Output(document=doc, title=title, columns=tuple(columns), cells=tuple(cells), notes=tuple(lines),
                   header_lines=_config_lines(inputs), csv_columns=tuple(csv_columns), csv_rows=tuple(csv_rows),
                   width=max(120, 62 + 10 * len(comps)))

@@ -29,10 +29,11 @@ class Measurement:
 
 
 def estimate_peak(sc: BudgetScenario) -> int:
-    """The planner's peak for an estimate-mode scenario, bytes per device."""
-    from refplan.planner import estimate
+    """The planner's peak for an estimate-mode scenario, bytes per device (the trace engine's for a
+    model without a formula family)."""
+    from refplan.query import estimate_one
 
-    return estimate(sc.model_spec, sc.train, sc.gpu).peak_bytes
+    return estimate_one(sc.model_spec, sc.train, sc.gpu).peak_bytes
 
 
 def _cell(value) -> str:

@@ -36,11 +36,19 @@ def run(args) -> int:
     engine = Engine.parse(args.engine, "--engine")
     gpu = get_gpu(args.gpu) if args.gpu else None
     inputs = gather_inputs(args)
+    if inputs.model.trace_only:
+        from refplan.errors import PlanError
+
+        if args.timeline:
+            raise PlanError("--timeline", f"the step timeline is the formula engine's, and model_type "
+                                          f"{inputs.model.family!r} has no formula family; use --plot")
+        engine = Engine.TRACE  # the only engine that plans it (a note says so)
     for w in inputs.warnings:
         sys.stderr.write(f"refplan: warning: {w}\n")
     query = EstimateQuery(inputs.model, inputs.settings, inputs.methods, inputs.strategies, gpu, engine)
     result = answer(query)
-    emit(estimate_output(inputs, list(result.rows), engine.value, gpu, skipped_kto=result.skipped_kto), args.format)
+    emit(estimate_output(inputs, list(result.rows), engine.value, gpu, skipped_kto=result.skipped_kto,
+                         notes=result.notes), args.format)
     if args.plot or args.timeline or args.html:
         from refplan import pictures
         from refplan.query import train_specs

@@ -12,7 +12,8 @@ One module per family, registered in :data:`REGISTRY`. A family module holds
   part of a wrapper config).
 
 Adding a family is one module plus one entry in :data:`REGISTRY`. Pure standard library: no torch,
-no transformers. ``spec.params`` equals ``sum(p.numel())`` of ``AutoModelForCausalLM.from_config``
+no transformers -- except for a ``model_type`` no module describes: that model is built by transformers
+itself and planned by the trace engine (:mod:`refplan.families._traced`), never guessed. ``spec.params`` equals ``sum(p.numel())`` of ``AutoModelForCausalLM.from_config``
 (tests check every catalog entry and odd-shaped configs on the meta device).
 """
 
@@ -37,35 +38,26 @@ _BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in REGISTRY.values() for t i
 #: model_type values accepted by :func:`spec_from_config`
 SUPPORTED_FAMILIES = tuple(sorted(_BY_MODEL_TYPE))
 
-#: keys every standard decoder config carries; the generic fallback requires all of them
-_STANDARD_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
-
 
 def spec_from_config(config: dict, model_id: str, source: str) -> ModelSpec:
     """The :class:`ModelSpec` of the causal LM transformers 5.24 builds from ``config``.
 
     ``source`` says where the config came from (a path, ``hf-cache:...``, ``catalog: ...``) and is
-    what errors name. An unknown ``model_type`` whose config has the standard keys (``hidden_size``,
-    ``num_hidden_layers``, ``num_attention_heads``, ``intermediate_size``, ``vocab_size``) is planned
-    as a Llama-shaped decoder with ``generic_fallback=True``.
+    what errors name. A ``model_type`` without a family module gets the trace-only spec of the model
+    transformers builds from ``config`` (``trace_only=True``); a config transformers cannot build is a
+    PlanError with its reason.
     """
     where = source or "config.json"
     if not isinstance(config, dict):
         raise PlanError(where, f"expected a JSON object, got {type(config).__name__}")
-    model_type = config.get("model_type")
-    module = _BY_MODEL_TYPE.get(model_type)
-    generic = module is None
-    if generic:
-        missing = [k for k in _STANDARD_KEYS if k not in config]
-        if missing:
-            kind = f"model_type {model_type!r}" if model_type is not None else "a config without model_type"
-            raise PlanError(where, f"unsupported {kind} (supported: {', '.join(SUPPORTED_FAMILIES)}); "
-                            f"a generic decoder needs key '{missing[0]}'")
-        module, family = llama, str(model_type) if model_type is not None else "unknown"
-    else:
-        family = module.MODEL_TYPES[0]
+    module = _BY_MODEL_TYPE.get(config.get("model_type"))
+    if module is None:
+        from refplan.families._traced import traced_spec
+
+        return traced_spec(config, model_id, source)
+    family = module.MODEL_TYPES[0]
     text, where, notes = config, where, ()
-    if not generic and hasattr(module, "text_config"):
+    if hasattr(module, "text_config"):
         text, where, notes = module.text_config(config, where)
     reader = Reader(text, module.DEFAULTS, where, getattr(module, "KEY_ALIASES", None))
     fields = module.build(reader)
@@ -76,5 +68,5 @@ def spec_from_config(config: dict, model_id: str, source: str) -> ModelSpec:
     head_bias = fields.get("head_bias", False)
     lm_head = None if fields["tie_word_embeddings"] else Linear("lm_head", Role.LM_HEAD, h, vocab, head_bias,
                                                                 lora_target=False)
-    return ModelSpec(model_id=model_id, family=family, source=source, lm_head=lm_head, generic_fallback=generic,
-                     config=dict(text), **fields)
+    return ModelSpec(model_id=model_id, family=family, source=source, lm_head=lm_head, config=dict(text),
+                     **fields)

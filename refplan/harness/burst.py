@@ -328,14 +328,15 @@ def _summarize(sc: Scenario, phases, steps: list[float], logs: list[dict]) -> di
 
 
 def planner_estimate(sc: Scenario, model_dir: str | None) -> int | None:
-    """The planner's peak for this scenario, or None if the planner is missing or fails."""
+    """The planner's peak for this scenario, or None if the planner is missing or fails (a model
+    without a formula family: the trace engine's, as ``refplan estimate`` gives it)."""
     if not model_dir:
         return None
     try:
-        from refplan.planner import estimate
+        from refplan.query import estimate_one
         from refplan.resolve import resolve_model
 
-        return int(estimate(resolve_model(model_dir), sc.train).peak_bytes)
+        return int(estimate_one(resolve_model(model_dir), sc.train).peak_bytes)
     except Exception:
         return None
 

@@ -50,23 +50,29 @@ Differences from a real run, by design or by device:
 
 from __future__ import annotations
 
+import contextlib
+import sys
 import time
+from dataclasses import replace
 
+from refplan import terms
 from refplan.errors import PlanError
 from refplan.methods import Finetune
 from refplan.model import ModelSpec
-from refplan.result import Estimate
-from refplan.settings import Dtype
+from refplan.result import Estimate, Phase
+from refplan.settings import Device, Dtype
 from refplan.spec import TrainSpec
 from refplan.trace.extrapolate import (PHASES, STATIC, STEP_TENSORS, Trace, estimate_from_peaks, estimate_from_trace,
                                        extrapolate, extrapolation_depths, layer_pattern)
 
 __all__ = ["PHASES", "STATIC", "STEP_TENSORS", "Trace", "check_traceable", "decoder_config", "estimate_from_trace",
-           "extrapolate", "extrapolation_depths", "layer_pattern", "peak_inventory", "trace", "trace_estimate"]
+           "check_fallback", "extrapolate", "extrapolation_depths", "fallback_estimate", "layer_pattern", "peak_inventory", "trace",
+           "trace_estimate"]
 
 
-def check_traceable(train: TrainSpec) -> None:
-    """Refuse what the fake CPU device cannot run, naming the flag."""
+def check_traceable(train: TrainSpec, *, any_device: bool = False) -> None:
+    """Refuse what the fake CPU device cannot run, naming the flag (``any_device``: a CUDA setup is
+    accepted, for :func:`fallback_estimate`, which traces it on the CPU device)."""
     if train.finetune is Finetune.QLORA:
         raise PlanError("--finetune", "the trace engine cannot run QLoRA (bitsandbytes needs CUDA); use the "
                                       "formula engine or --finetune lora")
@@ -82,7 +88,7 @@ def check_traceable(train: TrainSpec) -> None:
         raise PlanError("--optim", f"the trace engine runs adamw (torch fused) or sgd, not {train.optim!r}")
     if train.gpus > 1 or train.sharding.value != "none":
         raise PlanError("--gpus", "the trace engine traces one unsharded device; drop --gpus/--zero/--fsdp")
-    if train.device != "cpu":
+    if train.device != "cpu" and not any_device:
         raise PlanError("--device", "the trace engine measures live tensor bytes on the fake CPU device; use "
                                     "--device cpu (CUDA adds its context, allocator slack and Triton kernels)")
 
@@ -106,6 +112,42 @@ def trace_estimate(model: ModelSpec, train: TrainSpec, *, layers: int | None = N
     return estimate_from_peaks(train, peaks, static)
 
 
+def fallback_estimate(model: ModelSpec, train: TrainSpec) -> Estimate:
+    """The estimate of a model without a formula family (``model.trace_only``), on either device.
+
+    ``--device cpu``: :func:`trace_estimate` as it stands (live tensor bytes of a CPU run).
+    ``--device cuda``: the same trace of the CPU code path, plus the CUDA-only terms the formula engine
+    adds to every phase (``refplan.planner._phase``: the cuBLAS workspace, the caching allocator's
+    slack on the allocated bytes, the CUDA context; :mod:`refplan.terms`). What the CPU path does
+    differently from CUDA stays in the figure -- TRL's fused log-prob head scores every position with
+    fp32 tile temporaries instead of the Triton kernel's completion tokens, SDPA's CPU kernels --
+    which errs high; it is not measured on a GPU.
+    """
+    check_fallback(model, train)
+    if train.device is Device.CPU:
+        return trace_estimate(model, train)
+    est = trace_estimate(model, replace(train, device=Device.CPU))
+    return replace(est, phases=tuple(_with_cuda_terms(p) for p in est.phases))
+
+
+def check_fallback(model: ModelSpec, train: TrainSpec) -> None:
+    """:func:`check_traceable` for a trace-only model, on either device, saying why the trace engine is used."""
+    try:
+        check_traceable(train, any_device=True)
+    except PlanError as err:
+        raise PlanError(err.where, f"{err.message} (model_type {model.family!r} has no formula family: "
+                                   "only the trace engine plans it)") from None
+
+
+def _with_cuda_terms(phase: Phase) -> Phase:
+    """``phase`` plus the CUDA-only components, computed as ``refplan.planner._phase`` computes them."""
+    allocated = phase.total_bytes + terms.CUBLAS_WORKSPACE_BYTES
+    extra = (("cublas workspace", terms.CUBLAS_WORKSPACE_BYTES),
+             ("allocator slack", allocated * terms.ALLOCATOR_SLACK_NUM // terms.ALLOCATOR_SLACK_DEN),
+             ("cuda context", terms.CUDA_CONTEXT_BYTES))
+    return Phase(phase.name, phase.components + extra)
+
+
 def trace(model: ModelSpec, train: TrainSpec, layers: int, *, inventory_phase: str | None = None,
           inventory_bytes: int | None = None, real: bool = False) -> Trace:
     """Run the two-step trace at ``layers`` decoder layers and return its per-segment peaks.
@@ -126,7 +168,8 @@ def trace(model: ModelSpec, train: TrainSpec, layers: int, *, inventory_phase: s
     from refplan.trace import fake, step
 
     t0 = time.perf_counter()
-    fake.preload()
+    with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed's import logs to stdout, where --format json goes
+        fake.preload()
     impl = attention_impl(model, train)
     attn = "eager" if impl in ("eager", "falcon") else impl
     inventory = (inventory_phase, inventory_bytes) if inventory_phase else None
@@ -134,7 +177,7 @@ def trace(model: ModelSpec, train: TrainSpec, layers: int, *, inventory_phase: s
     if real:
         torch.set_num_threads(1)  # tiny real ops: worker threads only spin, badly on a shared machine
     try:
-        with fake.quiet():
+        with fake.quiet(), contextlib.redirect_stdout(sys.stderr):
             segments, static, inventory = step.run(model, train, layers, attn, inventory, real)
     finally:
         torch.set_num_threads(threads)

@@ -26,6 +26,8 @@ TORCH_DTYPES = {Dtype.FP32: torch.float32, Dtype.BF16: torch.bfloat16, Dtype.FP1
 def decoder_config(model: ModelSpec, layers: int):
     """The transformers config of the text decoder, cut to ``layers`` decoder layers (per-layer
     lists such as ``layer_types`` and ``mlp_only_layers`` cut to match)."""
+    if model.trace_only:
+        return _trace_only_config(model, layers)
     from transformers import AutoConfig
 
     cfg = copy.deepcopy(model.config)
@@ -35,8 +37,8 @@ def decoder_config(model: ModelSpec, layers: int):
             text["tie_word_embeddings"] = cfg["tie_word_embeddings"]
         cfg = text
     model_type = cfg.pop("model_type", None)
-    if model.generic_fallback or model_type in (None, "RefinedWebModel", "RefinedWeb"):
-        model_type = model.family if not model.generic_fallback else "llama"
+    if model_type in (None, "RefinedWebModel", "RefinedWeb"):
+        model_type = model.family
     for key in ("architectures", "auto_map", "quantization_config", "torch_dtype", "dtype"):
         cfg.pop(key, None)
     try:
@@ -49,6 +51,21 @@ def decoder_config(model: ModelSpec, layers: int):
         hf.layer_types = hf.layer_types[:layers]
     if isinstance(getattr(hf, "mlp_only_layers", None), list):
         hf.mlp_only_layers = [i for i in hf.mlp_only_layers if i < layers]
+    hf.use_cache = False
+    return hf
+
+
+def _trace_only_config(model: ModelSpec, layers: int):
+    """A model without a formula family: its config as transformers reads it, with the depth set through
+    ``num_hidden_layers`` (transformers' attribute map reaches ``n_layer`` / ``num_layers`` ...) and every
+    per-layer list (one entry per decoder layer) cut to the first ``layers`` entries."""
+    from refplan.families._traced import hf_config, per_layer_lists
+
+    hf = hf_config(model.config, model.source or "--model")
+    lists = per_layer_lists(hf, model.num_layers)
+    hf.num_hidden_layers = layers
+    for key, values in lists.items():
+        setattr(hf, key, values[:layers])
     hf.use_cache = False
     return hf
 

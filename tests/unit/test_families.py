@@ -60,7 +60,7 @@ def _assert_matches_transformers(spec: ModelSpec, config: dict) -> None:
 @pytest.mark.parametrize("entry", CATALOG, ids=[e["model_id"] for e in CATALOG])
 def test_catalog_entry_param_count_equals_transformers(entry):
     spec = spec_from_config(entry["config"], entry["model_id"], "catalog")
-    assert not spec.generic_fallback
+    assert not spec.trace_only
     _assert_matches_transformers(spec, entry["config"])
 
 
@@ -244,22 +244,34 @@ def test_llama_count_by_hand():
     assert (spec.head_dim, spec.kv_dim, spec.q_dim) == (16, 32, 64)
 
 
-def test_generic_fallback_equals_llama_of_same_shape():
-    shape = dict(hidden_size=72, num_attention_heads=6, num_key_value_heads=2, intermediate_size=100,
-                 vocab_size=101, num_hidden_layers=3)
-    generic = spec_from_config(dict(model_type="brand_new_lm", **shape), "x", "test")
-    llama = spec_from_config(dict(model_type="llama", **shape), "x", "test")
-    assert generic.generic_fallback and not llama.generic_fallback
-    assert generic.family == "brand_new_lm"
-    assert generic.params == llama.params
-    assert generic.layers == llama.layers
+#: a model_type without a formula module that transformers 5.24 builds (GPT-J: n_embd / n_layer keys)
+GPTJ_TINY = dict(model_type="gptj", n_embd=64, n_layer=3, n_head=4, rotary_dim=8, vocab_size=101, n_positions=128)
 
 
-def test_unknown_family_without_standard_keys_is_refused():
-    with pytest.raises(PlanError, match="unsupported model_type 'mamba'.*'intermediate_size'") as err:
-        spec_from_config(dict(model_type="mamba", hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
-                              vocab_size=10), "x", "/tmp/config.json")
+def test_unknown_family_is_read_off_the_model_transformers_builds():
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = spec_from_config(dict(GPTJ_TINY), "x", "test")
+    assert spec.trace_only and spec.family == "gptj"
+    assert spec.num_layers == 3 and spec.hidden_size == 64 and spec.vocab_size == 101
+    cfg = {k: v for k, v in GPTJ_TINY.items() if k != "model_type"}
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model("gptj", **cfg))
+    assert spec.params == sum(p.numel() for p in model.parameters())
+    # three identical layers: one kind
+    assert len(set(spec.structure.layer_types)) == 1
+
+
+def test_a_config_transformers_cannot_build_is_refused_with_its_reason():
+    with pytest.raises(PlanError, match="transformers cannot build a causal LM .*divisible") as err:
+        spec_from_config(dict(GPTJ_TINY, n_head=5), "x", "/tmp/config.json")
     assert err.value.where == "/tmp/config.json"
+    with pytest.raises(PlanError, match="Unrecognized model identifier: brand_new_lm") as err:
+        spec_from_config(dict(model_type="brand_new_lm", hidden_size=8), "x", "/tmp/config.json")
+    assert "\n" not in err.value.message and len(err.value.message) < 400
+    with pytest.raises(PlanError, match="no model_type"):
+        spec_from_config(dict(hidden_size=8), "x", "/tmp/config.json")
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -380,7 +392,7 @@ def test_every_linear_has_a_role_and_every_family_a_module():
 
     for name, cfg in TINY.items():
         spec = spec_from_config(cfg, name, "t")
-        assert spec.family in REGISTRY and not spec.generic_fallback
+        assert spec.family in REGISTRY and not spec.trace_only
         for layer in spec.layers:
             roles = [l.role for l in layer.linears]
             assert len(roles) == len(layer.linears) and all(r.value for r in roles)
