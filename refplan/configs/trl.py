@@ -41,7 +41,6 @@ _OPTIM_SAME_BYTES = {"paged_adamw_8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit
 _UNMODELLED = {
     "activation_offloading": "moves saved activations to CPU",
     "use_liger_kernel": "replaces the loss and log-prob kernels",
-    "rpo_alpha": "adds an NLL term on the chosen completions",
     "use_dora": "adds DoRA's weight-norm path",
     "lora_modules_to_save": "trains full copies of the named modules",
     "lora_target_parameters": "wraps bare parameters",
@@ -77,6 +76,11 @@ def _value(f: ConfigFile, res: Resolution, key: str, method: Method, field: str 
 
 def read(f: ConfigFile, method: Method | None = None, model_type: str | None = None) -> ImportedRun:
     """Resolve a TRL CLI config. ``model_type`` is the trained model's (for PEFT's default targets)."""
+    if f.has("rpo_alpha"):
+        raise f.error("rpo_alpha", "TRL 1.16 has no rpo_alpha (no config dataclass declares it), and TrlParser "
+                                   "refuses a key none declares (\"Unknown arguments from config file\", "
+                                   "trl/scripts/utils.py); the NLL term on the chosen completions is "
+                                   "loss_type: [sigmoid, sft]")
     methods = methods_of(f, method)
     m = methods[0]
     res = Resolution()

@@ -110,6 +110,7 @@ def test_trl_qlora_keys(tmp_path):
     ("use_peft: true\nload_in_4bit: true\nload_in_8bit: true\n", "load_in_4bit", "8 bit and 4 bit"),
     ("bf16: true\nfp16: true\n", "bf16", "both"),
     ("dtype: float8\n", "dtype", "unknown dtype"),
+    ("rpo_alpha: 1.0\n", "rpo_alpha", "Unknown arguments from config file"),
 ])
 def test_combinations_trl_refuses_are_refused_quoting_the_rule(tmp_path, text, key, phrase):
     path = _write(tmp_path, "bad.yaml", "model_name_or_path: x\n" + text)
