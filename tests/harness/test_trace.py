@@ -274,3 +274,26 @@ def test_cli_engine_trace_runs_and_agrees_with_formula():
     t = json.loads(traced.stdout)["rows"][0]["peak_bytes"]
     f = json.loads(formula.stdout)["rows"][0]["peak_bytes"]
     assert abs(f - t) / t < 0.03
+
+
+@pytest.mark.parametrize("setup", [train(), train("dpo", "unwrap", "lora"), train("dpo", "precompute", "lora",
+                                                                                     grad_ckpt=True)])
+def test_dpo_sft_loss_term_adds_nothing_at_any_phase_peak(setup, monkeypatch):
+    """``loss_type: [sigmoid, sft]`` (dpo_trainer.py ``_compute_loss``, ``loss_type == "sft"``): the NLL
+    term reads the per-token log-probs the fused head already returned, through a [rows, S-1] mask and a
+    boolean gather, alive between the last forward and the first backward node -- never a phase's peak.
+    Measured on real CPU tensors: every phase peak is the same to the byte, so the planner adds no term."""
+    import refplan.trace.step as step
+
+    spec = model(LLAMA4)
+    plain = T.trace(spec, setup, spec.num_layers, real=True)
+    built = step.recipe_trainer
+
+    def with_sft(*a, **kw):
+        trainer, heads = built(*a, **kw)
+        trainer.loss_types, trainer.loss_weights = ["sigmoid", "sft"], [1.0, 1.0]
+        return trainer, heads
+
+    monkeypatch.setattr(step, "recipe_trainer", with_sft)
+    sft = T.trace(spec, setup, spec.num_layers, real=True)
+    assert {ph: sft.phase_peak(ph) for ph in T.PHASES} == {ph: plain.phase_peak(ph) for ph in T.PHASES}
