@@ -17,7 +17,8 @@ Each boundary is found by a guess from two estimates (peaks grow about linearly 
 quadratically at most in length, and shrink about as 1/N in GPUs), then walked to the exact step
 with estimates; the planner's peak is monotonic in all three (tests/ property check).
 
-A model without a formula family (``ModelSpec.trace_only``) is refused: its rows come from the trace
+A model without a formula family (``ModelSpec.trace_only``), or a setting only the trace engine plans
+(DoRA, ``modules_to_save``, LoRA on the LM head: ``refplan.query.needs_trace``), is refused: its rows come from the trace
 engine, seconds each, and the boundaries take dozens of estimates a row, sharded ones among them,
 which the trace engine does not run. ``refplan estimate --batch N --seq N`` tries a size instead.
 """
@@ -209,6 +210,13 @@ def recommend(rows: list[FitRow], capacity: int) -> dict:
 
 
 def fit(model: ModelSpec, trains: list[TrainSpec], capacity: int, effective_batch: int | None = None) -> FitAnswer:
+    from refplan.query import needs_trace, untraced_setting
+
+    if not model.trace_only and any(needs_trace(model, t) for t in trains):
+        flag, why = untraced_setting(trains).split(": ", 1)
+        raise PlanError(flag.split()[0], f"{why}, so only the trace engine plans it: fit's boundaries take dozens of "
+                                         "estimates a row, sharded ones among them, which the trace engine does not "
+                                         "run; try a size with `refplan estimate --batch N --seq N` (seconds a row)")
     if model.trace_only:
         raise PlanError("--model", f"model_type {model.family!r} has no formula family, so only the trace engine "
                                    "plans it: fit's boundaries take dozens of estimates a row, sharded ones among "

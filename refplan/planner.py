@@ -24,6 +24,7 @@ from functools import cached_property
 from refplan import activations as act
 from refplan import forward_tensors as fwd
 from refplan import backward, logprob, terms
+from refplan.errors import PlanError
 from refplan.methods import Method, Strategy, applicable_strategies
 from refplan.model import ModelSpec
 from refplan.reference import ReferencePlan, loads_reference_to_precompute, reference_plan
@@ -319,6 +320,7 @@ def timeline(model: ModelSpec, train: TrainSpec) -> list[tuple[str, str, int]]:
     """Memory over one step, moment by moment: ``(phase, moment, total bytes)`` for the precompute
     pass, the policy forward, the reference forward, each layer of the backward and the optimizer
     step -- the curve whose maximum :func:`estimate` reports."""
+    _check_formula(model, train)
     check_lora_targets(train.lora_targets, model.linear_names)
     step = _Step(model, train, reference_plan(train))
     points = []
@@ -332,11 +334,23 @@ def timeline(model: ModelSpec, train: TrainSpec) -> list[tuple[str, str, int]]:
     return points
 
 
+def _check_formula(model: ModelSpec, train: TrainSpec) -> None:
+    """Refuse what no term here describes (``refplan.query.estimate_one`` sends it to the trace engine)."""
+    if model.trace_only:
+        raise PlanError("--engine", f"model_type {model.family!r} has no formula family; the trace engine plans it")
+    from refplan.query import needs_trace, untraced_setting
+
+    if needs_trace(model, train):
+        flag, why = untraced_setting([train]).split(": ", 1)
+        raise PlanError(flag.split()[0], f"{why}; the trace engine plans it (refplan.query.estimate_one)")
+
+
 def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
     """Peak memory per device for one training step of ``train`` on ``model``.
 
     ``gpu`` is an optional :class:`refplan.gpus.GPU`; with it the estimate says whether it fits.
     """
+    _check_formula(model, train)
     check_lora_targets(train.lora_targets, model.linear_names)
     step = _Step(model, train, reference_plan(train))
     phases = [_precompute(step), _policy_forward(step), _reference_forward(step), _backward(step),

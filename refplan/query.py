@@ -47,10 +47,19 @@ class EstimateAnswer:
     notes: tuple[str, ...] = ()
 
 
+def needs_trace(model: ModelSpec, train: TrainSpec) -> bool:
+    """Only the trace engine plans this row: a model without a formula family, or a setting the formula
+    engine has no term for -- DoRA's weight-norm path, modules PEFT trains in full (``modules_to_save``), a
+    LoRA adapter on the LM head (ORPO/SimPO compute full logits through it; DPO/IPO/KTO refuse it)."""
+    return model.trace_only or train.dora or bool(train.modules_to_save) or (
+        train.finetune.peft and "lm_head" in train.lora_targets)
+
+
 def estimate_one(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
-    """One row with the engine the model allows: the formula engine, or the trace engine for a model
-    without a formula family (what ``check`` and ``bench`` compare against)."""
-    if model.trace_only:
+    """One row with the engine that plans it: the formula engine, or the trace engine where only it does
+    (:func:`needs_trace`; what ``check`` and ``bench`` compare against)."""
+    train.check_lm_head_adapter()
+    if needs_trace(model, train):
         from refplan.trace import fallback_estimate
 
         est = fallback_estimate(model, train)
@@ -89,6 +98,8 @@ def train_specs(query: EstimateQuery) -> tuple[list[TrainSpec], bool]:
                                  ref_quant=base.ref_quant if keeps_quant else Quant.NONE))
     if not specs:
         raise PlanError("--strategy", "no applicable method x strategy for these flags")
+    for spec in specs:
+        spec.check_lm_head_adapter()
     return specs, (not methods or Method.KTO in methods) and base.batch < 2
 
 
@@ -96,7 +107,7 @@ def answer(query: EstimateQuery) -> EstimateAnswer:
     """Estimate every row of ``query`` with its engine."""
     specs, skipped_kto = train_specs(query)
     notes: tuple[str, ...] = ()
-    if query.model.trace_only:
+    if any(needs_trace(query.model, t) for t in specs):
         from refplan.trace import check_fallback, fallback_estimate
 
         for train in specs:
@@ -129,7 +140,19 @@ def trace_fallback_note(model: ModelSpec, specs: list[TrainSpec], seconds: float
     depth = (f"traced at {n1} and {n2} layers, extrapolated to {model.num_layers}" if model.num_layers > n2
              else f"traced at its {model.num_layers} layers")
     cuda = any(t.device == "cuda" for t in specs)
-    return (f"model_type {model.family!r} has no formula family: estimated by the trace engine (TRL's training "
+    why = f"model_type {model.family!r} has no formula family" if model.trace_only else untraced_setting(specs)
+    return (f"{why}: estimated by the trace engine (TRL's training "
             f"step on fake tensors, {depth}) in {seconds:.1f} s for {len(specs)} row{'s' * (len(specs) != 1)}"
             + ("; CUDA figures are the CPU code path plus the CUDA context, workspace and allocator slack "
                "(unmeasured on a GPU)" if cuda else ""))
+
+
+def untraced_setting(specs: list[TrainSpec]) -> str:
+    """The flag that sent rows to the trace engine, and why, for the note."""
+    t = next(t for t in specs if t.dora or t.modules_to_save or "lm_head" in t.lora_targets)
+    if t.dora:
+        return "--dora: the formula engine has no term for DoRA's weight-norm path"
+    if t.modules_to_save:
+        return (f"--modules-to-save {','.join(t.modules_to_save)}: the formula engine has no term for PEFT's "
+                "trained module copies")
+    return "--lora-targets lm_head: the formula engine has no term for a LoRA adapter on the LM head"

@@ -45,6 +45,15 @@ def _parse_enum(cls, value, flag: str):
     return parse_enum(cls, str(value), flag)
 
 
+def _names(value, flag: str) -> tuple[str, ...]:
+    """Module names from a tuple, a list or a comma-separated string."""
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    names = tuple(str(v).strip() for v in items if str(v).strip())
+    if any(not n.replace("_", "").replace(".", "").isalnum() for n in names):
+        raise PlanError(flag, f"expects module names, e.g. embed_tokens,lm_head (got {value!r})")
+    return names
+
+
 @dataclass(frozen=True)
 class TrainSpec:
     """One preference-training run, per device.
@@ -86,6 +95,13 @@ class TrainSpec:
     #: NF4 double quantization (``bnb_4bit_use_double_quant``): the absmax constants quantized again
     double_quant: bool = True
     device: Device = Device.CUDA
+    #: DoRA (PEFT ``LoraConfig(use_dora=True)``): each adapter's update split into magnitude and
+    #: direction, with the weight norm recomputed every forward. The formula engine has no term for it:
+    #: rows with DoRA are estimated by the trace engine (PEFT's own ``DoraLinearLayer`` code)
+    dora: bool = False
+    #: modules PEFT trains as full copies beside the adapters (``LoraConfig(modules_to_save=...)``, e.g.
+    #: ``embed_tokens``, ``lm_head``): planned by the trace engine, like ``dora``
+    modules_to_save: tuple[str, ...] = ()
 
     def __post_init__(self):
         for name, (cls, flag) in _PARSED.items():
@@ -95,7 +111,7 @@ class TrainSpec:
         object.__setattr__(self, "lora_targets", parse_lora_targets(self.lora_targets))
         if self.autocast is self.dtype:  # autocast to the weights' own dtype casts nothing
             object.__setattr__(self, "autocast", None)
-        for name in ("grad_ckpt", "padded", "double_quant"):
+        for name in ("grad_ckpt", "padded", "double_quant", "dora"):
             if not isinstance(getattr(self, name), bool):
                 raise PlanError(f"--{name.replace('_', '-')}", f"must be true or false (got {getattr(self, name)!r})")
         _positive("batch", self.batch, "--batch", MAX_BATCH)
@@ -113,6 +129,12 @@ class TrainSpec:
             if self.offload.params_on_cpu and not caps.params:
                 raise PlanError("--offload", "parameter offload needs ZeRO-3 or FSDP (ZeRO-1/2 keep whole parameters "
                                              "on every GPU); use --offload optimizer")
+        if self.dora and not self.finetune.peft:
+            raise PlanError("--dora", "DoRA decomposes LoRA adapters; add --finetune lora")
+        object.__setattr__(self, "modules_to_save", _names(self.modules_to_save, "--modules-to-save"))
+        if self.modules_to_save and not self.finetune.peft:
+            raise PlanError("--modules-to-save", "PEFT trains these copies beside LoRA adapters; add --finetune lora "
+                                                 "(a full fine-tune trains every module already)")
         if self.method is Method.KTO and self.batch < 2:
             # TRL 1.16 kto_trainer: "Actual (not effective) batch size must be > 1"
             raise PlanError("--batch", "KTO needs a per-device batch of at least 2 (TRL computes its KL "
@@ -124,6 +146,17 @@ class TrainSpec:
         if self.device is Device.CPU and (self.gpus > 1 or self.sharding is not Sharding.NONE):
             raise PlanError("--device", "sharding (--gpus/--zero/--fsdp) applies to --device cuda only")
         check_combination(self.method, self.strategy, self.finetune, self.ref_quant)
+
+    def check_lm_head_adapter(self) -> None:
+        """TRL's DPO and KTO trainers refuse a LoRA adapter on the LM head (dpo_trainer.py / kto_trainer.py
+        ``__init__``: the fused log-prob head reads ``lm_head.weight`` directly); ORPO / CPO run it. Checked
+        per row (:func:`refplan.query.train_specs`), not at construction, where the shared settings are
+        validated on a DPO row."""
+        if "lm_head" in self.lora_targets and self.finetune.peft and self.method.caps.needs_reference:
+            raise PlanError("--lora-targets", "TRL refuses a LoRA adapter on lm_head for DPO/IPO/KTO: \"Applying a "
+                                              "PEFT adapter to `lm_head` is not supported: the log-probabilities are "
+                                              "computed from `lm_head.weight` directly\"; train it with "
+                                              "--modules-to-save lm_head, or pass --method orpo,simpo")
 
     @classmethod
     def parse(cls, *, zero: int | None = None, fsdp: bool | None = None, **kw) -> TrainSpec:

@@ -51,6 +51,8 @@ TRAIN_FLAGS = (
     ("--gpus", int, "data-parallel ranks (default 1)"),
     ("--zero", int, "DeepSpeed ZeRO stage 0-3"),
     ("--offload", str, "none | optimizer | params | all: what a ZeRO/FSDP run keeps in CPU memory"),
+    ("--modules-to-save", str, "modules PEFT trains as full copies beside LoRA, e.g. embed_tokens,lm_head "
+                                "(PEFT modules_to_save); estimated by the trace engine"),
     ("--quant-bits", int, "the policy's k-bit load under --finetune qlora: 4 | 8 (default 4)"),
     ("--device", str, "cuda | cpu (cpu drops CUDA-only terms; default cuda)"),
 )
@@ -58,6 +60,7 @@ TRAIN_SWITCHES = (
     ("--grad-ckpt", "gradient checkpointing (--no-grad-ckpt to turn a config's off)"),
     ("--fsdp", "FSDP full sharding"),
     ("--double-quant", "NF4 double quantization of the absmax constants (bnb_4bit_use_double_quant)"),
+    ("--dora", "DoRA adapters (PEFT use_dora); estimated by the trace engine, seconds a row"),
 )
 
 

@@ -43,8 +43,6 @@ _UNMODELLED = {
     "context_parallel_size": "splits sequences over GPUs",
     "sequence_parallel_degree": "splits sequences over GPUs (deprecated alias of context_parallel_size)",
     "dpo_use_liger_kernel": "replaces the loss kernels",
-    "peft_use_dora": "adds DoRA's weight-norm path",
-    "lora_modules_to_save": "trains full copies of the named modules",
 }
 
 
@@ -67,6 +65,12 @@ def read(f: ConfigFile, method: Method | None = None, model_type: str | None = N
     _optimizer(f, res)
     _attention(f, res)
     peft = _adapter(f, res)
+    if peft and f.data.get("peft_use_dora"):
+        res.set("dora", True, f.source("peft_use_dora"))  # PEFT LoraConfig(use_dora=True)
+    if peft and f.data.get("lora_modules_to_save"):
+        names = f.data["lora_modules_to_save"]
+        res.set("modules_to_save", names if isinstance(names, str) else ",".join(map(str, names)),
+                f.source("lora_modules_to_save"))  # PEFT LoraConfig(modules_to_save=...)
     strategy = _reference(f, res, configured, peft)
     _sharding(f, res)
     for key, what in _UNMODELLED.items():

@@ -41,8 +41,6 @@ _OPTIM_SAME_BYTES = {"paged_adamw_8bit": "adamw-8bit", "adamw_8bit": "adamw-8bit
 _UNMODELLED = {
     "activation_offloading": "moves saved activations to CPU",
     "use_liger_kernel": "replaces the loss and log-prob kernels",
-    "use_dora": "adds DoRA's weight-norm path",
-    "lora_modules_to_save": "trains full copies of the named modules",
     "lora_target_parameters": "wraps bare parameters",
     "torch_empty_cache_steps": "empties the CUDA cache (reserved, not allocated, memory)",
     "context_parallel_size": "splits sequences over GPUs",
@@ -105,6 +103,11 @@ def read(f: ConfigFile, method: Method | None = None, model_type: str | None = N
     if attn not in _ATTN:
         res.warn(f"{f.where('attn_implementation')}: {attn!r} is modelled as flash attention")
     peft = _peft(f, res, m, model_type)
+    if peft and f.data.get("use_dora"):
+        res.set("dora", True, f.source("use_dora"))  # ModelConfig.use_dora -> LoraConfig(use_dora=...)
+    if peft and f.data.get("lora_modules_to_save"):
+        # ModelConfig.lora_modules_to_save -> LoraConfig(modules_to_save=...)
+        res.set("modules_to_save", _names(f.data["lora_modules_to_save"]), f.source("lora_modules_to_save"))
     strategy = _reference(f, res, m, peft)
     _sharding(f, res)
     for key, what in _UNMODELLED.items():
@@ -240,3 +243,7 @@ def apply_sharding(res: Resolution, plan: sh.ShardingPlan) -> None:
     res.set("offload", plan.offload, plan.source)
     for w in plan.warnings:
         res.warn(w)
+
+
+def _names(value) -> str:
+    return value if isinstance(value, str) else ",".join(map(str, value))

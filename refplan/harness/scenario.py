@@ -30,8 +30,9 @@ BENCH_DEFAULTS = {"dtype": "fp32", "lora_r": 8, "batch": 2, "seq": 128, "device"
 FLAT_KEYS = ("method", "strategy", "finetune", "model", "dataset", "dtype", "autocast", "ref_dtype", "lora_r",
              "batch", "seq", "steps", "grad_ckpt", "attn", "device", "seed", "optim")
 #: flat keys a scenario carries only when they differ from what the bench derives (so that every other
-#: scenario keeps its key): LoRA targets other than all-linear, a precompute batch other than the train batch
-OPTIONAL_KEYS = ("lora_targets", "precompute_batch")
+#: scenario keeps its key): LoRA targets other than all-linear, a precompute batch other than the train batch,
+#: DoRA, modules PEFT trains in full
+OPTIONAL_KEYS = ("lora_targets", "precompute_batch", "dora", "modules_to_save")
 #: flat keys that are a burst's own, not the training setup's
 BENCH_KEYS = ("model", "dataset", "steps", "seed")
 #: flat keys that are TrainSpec fields
@@ -108,6 +109,10 @@ class Scenario:
             out["lora_targets"] = ",".join(t.lora_targets)
         if t.precompute_batch != t.batch:
             out["precompute_batch"] = t.precompute_batch
+        if t.dora:
+            out["dora"] = True
+        if t.modules_to_save:
+            out["modules_to_save"] = ",".join(t.modules_to_save)
         return out
 
     @property

@@ -113,7 +113,9 @@ def trace_estimate(model: ModelSpec, train: TrainSpec, *, layers: int | None = N
 
 
 def fallback_estimate(model: ModelSpec, train: TrainSpec) -> Estimate:
-    """The estimate of a model without a formula family (``model.trace_only``), on either device.
+    """The estimate of a row only the trace engine plans (a model without a formula family,
+    ``model.trace_only``, or a setting the formula has no term for: ``refplan.query.needs_trace``), on
+    either device.
 
     ``--device cpu``: :func:`trace_estimate` as it stands (live tensor bytes of a CPU run).
     ``--device cuda``: the same trace of the CPU code path, plus the CUDA-only terms the formula engine
@@ -121,22 +123,30 @@ def fallback_estimate(model: ModelSpec, train: TrainSpec) -> Estimate:
     slack on the allocated bytes, the CUDA context; :mod:`refplan.terms`). What the CPU path does
     differently from CUDA stays in the figure -- TRL's fused log-prob head scores every position with
     fp32 tile temporaries instead of the Triton kernel's completion tokens, SDPA's CPU kernels --
-    which errs high; it is not measured on a GPU.
+    and this sum is not measured on a GPU.
     """
     check_fallback(model, train)
+    try:
+        est = trace_estimate(model, replace(train, device=Device.CPU))
+    except ValueError as err:
+        if "arget modules" in str(err):  # PEFT: "Target modules {...} not found in the base model"
+            raise PlanError("--lora-targets", " ".join(str(err).split())) from None
+        raise
     if train.device is Device.CPU:
-        return trace_estimate(model, train)
-    est = trace_estimate(model, replace(train, device=Device.CPU))
+        return est
     return replace(est, phases=tuple(_with_cuda_terms(p) for p in est.phases))
 
 
 def check_fallback(model: ModelSpec, train: TrainSpec) -> None:
-    """:func:`check_traceable` for a trace-only model, on either device, saying why the trace engine is used."""
+    """:func:`check_traceable` for a row only the trace engine plans, on either device, saying why."""
     try:
         check_traceable(train, any_device=True)
     except PlanError as err:
-        raise PlanError(err.where, f"{err.message} (model_type {model.family!r} has no formula family: "
-                                   "only the trace engine plans it)") from None
+        from refplan.query import untraced_setting
+
+        why = (f"model_type {model.family!r} has no formula family" if model.trace_only else
+               untraced_setting([train]))
+        raise PlanError(err.where, f"{err.message} ({why}: only the trace engine plans it)") from None
 
 
 def _with_cuda_terms(phase: Phase) -> Phase:

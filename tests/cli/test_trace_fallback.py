@@ -68,3 +68,28 @@ def test_what_the_trace_engine_cannot_run_is_refused_naming_the_flag(tiny_config
     r = run_cli("estimate", "--model", str(tiny_config), "--finetune", "qlora")
     assert r.returncode == 2
     assert "--finetune" in r.stderr and "only the trace engine plans it" in r.stderr
+
+
+def test_dora_rows_are_traced_with_a_note_and_refused_without_lora(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96,
+                                "vocab_size": 256}))
+    r = run_cli("estimate", "--model", str(path), "--finetune", "lora", "--dora", "--method", "orpo", "--seq", "32",
+                "--device", "cpu", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert not doc["model"]["trace_only"] and any(n.startswith("--dora:") for n in doc["notes"])
+    r = run_cli("estimate", "--model", str(path), "--dora")
+    assert r.returncode == 2 and "--dora" in r.stderr and "--finetune lora" in r.stderr
+
+
+def test_modules_to_save_is_traced_and_a_lora_lm_head_is_refused_for_dpo(tiny_config):
+    r = run_cli("estimate", "--model", str(tiny_config), "--finetune", "lora", "--modules-to-save", "wte,lm_head",
+                "--method", "simpo", "--seq", "32", "--device", "cpu", "--format", "json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["rows"][0]["components"]["lora weights"] > 0
+    r = run_cli("estimate", "--model", str(tiny_config), "--finetune", "lora", "--lora-targets", "q_proj,lm_head",
+                "--method", "dpo")
+    assert r.returncode == 2 and "Applying a PEFT adapter to `lm_head` is not supported" in r.stderr

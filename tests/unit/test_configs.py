@@ -93,6 +93,22 @@ def test_trl_use_peft_without_targets_takes_peft_architecture_default(tmp_path):
         configs.read_config(path, method=Method.DPO, model_type="phi3")
 
 
+def test_trl_use_dora_sets_dora_without_a_warning(tmp_path):
+    path = _write(tmp_path, "dpo.yaml", "model_name_or_path: x\nuse_peft: true\nuse_dora: true\n"
+                                        "lora_target_modules: all-linear\n")
+    run = configs.read_config(path, method=Method.DPO, model_type="llama")
+    assert run.settings["dora"] is True and "use_dora" in str(run.provenance["dora"])
+    assert not any("dora" in w.lower() for w in run.warnings)
+
+
+def test_trl_lora_modules_to_save_is_a_setting(tmp_path):
+    path = _write(tmp_path, "dpo.yaml", "model_name_or_path: x\nuse_peft: true\nlora_target_modules: all-linear\n"
+                                        "lora_modules_to_save: [embed_tokens, lm_head]\n")
+    run = configs.read_config(path, method=Method.DPO, model_type="llama")
+    assert run.settings["modules_to_save"] == "embed_tokens,lm_head"
+    assert not any("modules" in w for w in run.warnings)
+
+
 def test_trl_qlora_keys(tmp_path):
     path = _write(tmp_path, "q.yaml", "model_name_or_path: x\nuse_peft: true\nload_in_4bit: true\n"
                                       "lora_target_modules: [q_proj, k_proj]\n")

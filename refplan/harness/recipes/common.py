@@ -39,12 +39,12 @@ def load_model(model_dir: str | Path, dtype: Dtype, train: TrainSpec):
 
 def lora_config(train: TrainSpec):
     """LoRA on the setup's target modules (PEFT's "all-linear": every linear layer but the LM head), dropout 0
-    for exact parity."""
+    for exact parity; DoRA and full trained copies (``modules_to_save``) where the setup asks for them."""
     from peft import LoraConfig
 
     targets = ALL_LINEAR if train.lora_targets == (ALL_LINEAR,) else list(train.lora_targets)
     return LoraConfig(r=train.lora_r, lora_alpha=2 * train.lora_r, lora_dropout=0.0, target_modules=targets,
-                      task_type="CAUSAL_LM")
+                      task_type="CAUSAL_LM", use_dora=train.dora, modules_to_save=list(train.modules_to_save) or None)
 
 
 def policy_and_reference(sc: Scenario, model_dir: str | Path):
