@@ -121,8 +121,10 @@ class TrainSpec:
             raise PlanError("--finetune", "QLoRA needs bitsandbytes on CUDA; use --device cuda")
         if self.ref_quant is not Quant.NONE and self.device is Device.CPU:
             raise PlanError("--ref-quant", "8/4-bit references need bitsandbytes on CUDA; use --device cuda")
-        if self.device is Device.CPU and (self.gpus > 1 or self.sharding is not Sharding.NONE):
-            raise PlanError("--device", "sharding (--gpus/--zero/--fsdp) applies to --device cuda only")
+        if self.device is Device.CPU and self.offload is not Offload.NONE:
+            # CPU ranks (gloo, what the bench measures) are sharded like GPUs, but there is no device
+            # memory to offload from
+            raise PlanError("--offload", "CPU offload applies to --device cuda only")
         check_combination(self.method, self.strategy, self.finetune, self.ref_quant)
 
     @classmethod

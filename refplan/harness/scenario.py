@@ -30,8 +30,11 @@ BENCH_DEFAULTS = {"dtype": "fp32", "lora_r": 8, "batch": 2, "seq": 128, "device"
 FLAT_KEYS = ("method", "strategy", "finetune", "model", "dataset", "dtype", "autocast", "ref_dtype", "lora_r",
              "batch", "seq", "steps", "grad_ckpt", "attn", "device", "seed", "optim")
 #: flat keys a scenario carries only when they differ from what the bench derives (so that every other
-#: scenario keeps its key): LoRA targets other than all-linear, a precompute batch other than the train batch
-OPTIONAL_KEYS = ("lora_targets", "precompute_batch")
+#: scenario keeps its key): LoRA targets other than all-linear, a precompute batch other than the train batch,
+#: and a sharded burst's ranks, sharding and offload (:mod:`refplan.harness.launch`)
+OPTIONAL_KEYS = ("lora_targets", "precompute_batch", "gpus", "sharding", "offload")
+#: shardings a burst can launch (ZeRO-1 is ZeRO-2 without gradient partitioning: not measured)
+BENCH_SHARDINGS = (Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP)
 #: flat keys that are a burst's own, not the training setup's
 BENCH_KEYS = ("model", "dataset", "steps", "seed")
 #: flat keys that are TrainSpec fields
@@ -108,7 +111,14 @@ class Scenario:
             out["lora_targets"] = ",".join(t.lora_targets)
         if t.precompute_batch != t.batch:
             out["precompute_batch"] = t.precompute_batch
+        if t.sharding is not Sharding.NONE:
+            out.update(gpus=t.gpus, sharding=t.sharding.value, offload=t.offload.value)
         return out
+
+    @property
+    def sharded(self) -> bool:
+        """Launched as ``gpus`` ranks through accelerate (:mod:`refplan.harness.launch`)."""
+        return self.train.sharding is not Sharding.NONE
 
     @property
     def key(self) -> str:
@@ -116,6 +126,9 @@ class Scenario:
         t = self.train
         ref = f"-ref{t.ref_dtype.value}" if t.ref_dtype else ""
         lora = f"-r{t.lora_r}" if t.finetune.peft else ""
+        if t.sharding is not Sharding.NONE:
+            off = f"-off{t.offload.value}" if t.offload.value != "none" else ""
+            lora += f"-{t.sharding.value}x{t.gpus}{off}"
         digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
         return (f"{t.method.value}-{t.strategy.value}{ref}-{t.finetune.value}{lora}-{t.dtype.value}"
                 f"-b{t.batch}-s{t.seq}-{digest}")
@@ -158,5 +171,13 @@ def _check_benchable(train: TrainSpec, dataset: str) -> None:
         raise PlanError("--finetune", "the bench runs full and lora fine-tuning (its recipes load no 4-bit model)")
     if train.ref_quant is not Quant.NONE:
         raise PlanError("--ref-quant", "the bench runs full-precision references only")
-    if train.gpus != 1 or train.sharding is not Sharding.NONE:
-        raise PlanError("--gpus", "the bench runs one unsharded device; drop --gpus/--zero/--fsdp")
+    if train.sharding is Sharding.NONE and train.gpus != 1:
+        raise PlanError("--gpus", "several ranks need a sharding: add --zero 2|3 or --fsdp")
+    if train.sharding is not Sharding.NONE:
+        if train.sharding not in BENCH_SHARDINGS:
+            raise PlanError("--zero", "the bench launches ZeRO-2, ZeRO-3 or FSDP (got ZeRO-1)")
+        if train.gpus < 2:
+            raise PlanError("--gpus", f"a sharded burst needs at least 2 ranks (got {train.gpus})")
+        if train.strategy.value in ("sync", "ref-adapter"):
+            raise PlanError("--strategy", f"sharded bursts run separate, unwrap, precompute and none "
+                                          f"(got {train.strategy.value!r})")

@@ -75,9 +75,9 @@ def expand(suite: dict, overrides: dict | None = None) -> list[Scenario | Unsupp
                 cells = [(Strategy(s), None) for s in names]
                 if Strategy.SEPARATE.value in names:
                     cells += [(Strategy.SEPARATE, d) for d in block.get("ref_dtypes", [])]
-                for strat, ref_dtype in cells:
+                for (strat, ref_dtype), shard in ((c, sh) for c in cells for sh in _shardings(block)):
                     params = {**defaults, **block.get("set", {}), "method": m, "strategy": strat,
-                              "finetune": ft, "ref_dtype": ref_dtype}
+                              "finetune": ft, "ref_dtype": ref_dtype, **shard}
                     item = make_item(params)
                     if item.key not in seen:
                         seen.add(item.key)
@@ -88,6 +88,13 @@ def expand(suite: dict, overrides: dict | None = None) -> list[Scenario | Unsupp
             seen.add(item.key)
             out.append(item)
     return order_baselines_first(out)
+
+
+def _shardings(block: dict) -> list[dict]:
+    """A block's ``shardings = ["zero2", "zero3", "fsdp"]`` axis (each sharded over ``gpus``), or the
+    defaults' single setting."""
+    names = block.get("shardings")
+    return [{"sharding": n} for n in names] if names else [{}]
 
 
 def make_item(params: dict) -> Scenario | Unsupported:
