@@ -107,6 +107,46 @@ def test_tracker_registers_weights_loaded_from_safetensors():
         assert module_state_bytes(model) >= 4 * n_params
 
 
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_tracker_counts_a_linear4bit_and_its_quant_state_exactly(double_quant):
+    bnb = pytest.importorskip("bitsandbytes")
+    from refplan.harness.tracker import LiveBytes, module_state_bytes
+
+    def quantized(out_f, in_f):
+        layer = bnb.nn.Linear4bit(in_f, out_f, bias=False, compute_dtype=torch.float32,
+                                  compress_statistics=double_quant, quant_type="nf4")
+        return layer.to("cpu")  # quantization happens here (Params4bit._quantize)
+
+    quantized(64, 64)  # bitsandbytes caches its 8-bit dynamic map once per process: not this layer's
+    out_f, in_f = 96, 160  # 15360 weights, 240 blocks of 64
+    tr = LiveBytes()
+    with tr:
+        layer = quantized(out_f, in_f)
+        # packed 4-bit codes + absmax (fp32, or uint8 + an fp32 per 256 blocks + 1 KiB code + offset) + 64 B code
+        n, blocks = out_f * in_f, 240
+        expected = n // 2 + 64 + (blocks + 4 * 1 + 1024 + 4 if double_quant else 4 * blocks)
+        assert module_state_bytes(layer) == expected
+        assert tr.live == expected  # made through the dispatcher: counted without registering anything
+        x = torch.randn(8, in_f, requires_grad=True)
+        tr.reset_peak()
+        before = tr.live
+        y = layer(x)
+        # inside bitsandbytes::gemm_4bit: the weight dequantized to fp32 (and a nested absmax in fp32)
+        assert tr.peak - before == 8 * out_f * 4 + 4 * n + (4 * blocks if double_quant else 0)
+        del y
+
+
+def test_tracker_counts_a_linear8bit_exactly():
+    bnb = pytest.importorskip("bitsandbytes")
+    from refplan.harness.tracker import LiveBytes, module_state_bytes
+
+    tr = LiveBytes()
+    with tr:
+        layer = bnb.nn.Linear8bitLt(160, 96, bias=False, has_fp16_weights=False, threshold=6.0).to("cpu")
+        # int8 weight + one fp32 scale per output row
+        assert module_state_bytes(layer) == tr.live == 96 * 160 + 4 * 96
+
+
 # --------------------------------------------------------------------------------------------------
 # bursts: every method and strategy family, parity
 # --------------------------------------------------------------------------------------------------
