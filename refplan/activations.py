@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from refplan.model import (AttentionKernel, Input, Layer, MlpStyle, ModelSpec, NormPlacement, NormStyle,
                            Positions, QKNorm, Role)
+from refplan.settings import Quant
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -33,12 +34,23 @@ class ActMode:
     #: every matmul casts its fp32 inputs to its own copy, and weights not already in the compute
     #: dtype are cast (and, when they require grad, cached) per forward
     autocast: bool = False
+    #: bytes per element of the trained LoRA adapters (``terms.adapter_dtype``): 4, or 2 for QLoRA's
+    #: bf16 adapters under DPO/KTO
+    adapter: int = FP32
+    #: the frozen base linears are bitsandbytes 8-bit ones, which keep their input for the input
+    #: gradient (``MatMul8bitFp`` / ``MatMul8bitLt``: ``ctx.A = A`` / ``ctx.tensors = (.., A)``); a
+    #: 4-bit base keeps only its packed weight (``MatMul4Bit``: ``ctx.tensors = (None, B)``)
+    base_keeps_input: bool = False
 
 
 def act_mode(train: TrainSpec) -> ActMode:
+    from refplan.terms import adapter_dtype  # terms imports this module's dependencies, not this module
+
     a = dtype_bytes(train.compute_dtype)
     w = dtype_bytes(train.dtype)
-    return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32)
+    return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32,
+                   adapter=dtype_bytes(adapter_dtype(train)) if train.finetune.peft else FP32,
+                   base_keeps_input=train.policy_quant is Quant.INT8)
 
 
 def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: bool = True,
@@ -69,9 +81,9 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
 _NORM_FED = (Input.ATTN_IN, Input.MLP_IN, Input.ROUTER_IN)
 
 
-def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> list[tuple[tuple, int, bool]]:
-    """The tensors the layer's linears keep for their weight gradients, per token: ``(linears reading
-    it, width, fed by a norm)``. One group per distinct input tensor: the attention input, the
+def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> list[tuple]:
+    """The tensors the layer's linears keep for their weight gradients, per token: ``(input, linears
+    reading it, width, fed by a norm)``. One group per distinct input tensor: the attention input, the
     router's input, the MLP input (one shared norm output in a single-norm parallel block), the
     MLP's hidden activation, and -- with PEFT, where the base saves nothing -- the attention output
     that LoRA A on the output projection keeps (already counted by SDPA when fp32)."""
@@ -80,35 +92,47 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
         by_input.setdefault(lin.role.input, []).append(lin)
     widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size,
               Input.ROUTER_IN: model.hidden_size, Input.MLP_HIDDEN: layer.mlp_intermediate,
-              Input.ATTN_OUT: 0 if m.a == FP32 else model.q_dim}
+              Input.ATTN_OUT: model.q_dim}
     if layer.moe is not None:
         by_input.pop(Input.MLP_HIDDEN, None)  # routed / shared experts keep their own (see _moe_saved)
     if not train.finetune.peft:
         by_input.pop(Input.ATTN_OUT, None)
     if model.structure.shared_block_norm and Input.MLP_IN in by_input:
         by_input[Input.ATTN_IN] = by_input.get(Input.ATTN_IN, []) + by_input.pop(Input.MLP_IN)
-    return [(tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
+    return [(inp, tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
 
 
-def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
+def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
+                         input_requires_grad: bool = True) -> int:
     """Inputs kept for the weight gradients of the layer's linears, per token.
 
     Full fine-tune: one saved copy per distinct input -- under autocast from fp32 weights, a
-    norm-fed input is cast once per consuming matmul. PEFT: the frozen base saves nothing, each
-    wrapped linear's LoRA A saves its input -- the shared tensor when adapters and activations
-    share a dtype, else a compute-dtype copy per wrapped linear (``_cast_input_dtype``, peft
-    lora/layer.py) -- and LoRA B saves A's output (r per token)."""
+    norm-fed input is cast once per consuming matmul. PEFT: the frozen base saves nothing (a
+    bitsandbytes 8-bit base keeps its input: :attr:`ActMode.base_keeps_input`), each wrapped
+    linear's LoRA A saves its input -- the shared tensor when adapters and activations share a
+    dtype, else its own copy in the adapter dtype (``_cast_input_dtype``, peft lora/layer.py and
+    lora/bnb.py: QLoRA's bf16 adapters on fp32 activations) -- and LoRA B saves A's output (r per
+    token, adapter dtype)."""
     total = 0
-    for lins, width, norm_fed in _input_groups(model, layer, train, m):
+    for inp, lins, width, norm_fed in _input_groups(model, layer, train, m):
         if not train.finetune.peft:
             per_matmul = m.autocast and m.w != m.a and norm_fed
             total += (len(lins) if per_matmul else 1) * width * m.a
             continue
         n = sum(1 for l in lins if model.wraps(l, train.lora_targets))
+        # the width of an input SDPA already keeps in fp32 (o_proj's), counted there when shared
+        own = 0 if (inp is Input.ATTN_OUT and m.a == FP32) else width
+        if m.base_keeps_input and not m.autocast and (input_requires_grad or inp is not Input.ATTN_IN):
+            # kept by the 8-bit base whether or not LoRA wraps the linear -- when autograd records it:
+            # the first layer's norm output does not require grad under a frozen embedding
+            total += own * m.a
+            own = 0
         if n == 0:
             continue
-        if not m.autocast:
-            total += width * FP32 + n * train.lora_r * FP32
+        if not m.autocast and m.adapter == m.a:
+            total += own * m.a + n * train.lora_r * m.a
+        elif not m.autocast:
+            total += n * (width + train.lora_r) * m.adapter
         else:
             # PEFT casts the input to the fp32 adapter dtype, autocast casts it back for lora_A:
             # each wrapped linear keeps its own compute-dtype copy, and B keeps A's output
@@ -271,7 +295,7 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
     total += _qk_norms_saved(model, m)
     total += _attention_saved(model, layer, train, m, layer_idx)
     total += _mlp_saved(model, layer, train, m)
-    return total + _linear_inputs_saved(model, layer, train, m)
+    return total + _linear_inputs_saved(model, layer, train, m, input_requires_grad)
 
 
 def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:

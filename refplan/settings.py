@@ -58,7 +58,15 @@ class Quant(_Choice):
 
     NONE = "none"
     INT8 = "8bit"  # load_in_8bit: LLM.int8 (Linear8bitLt)
-    NF4 = "4bit"  # load_in_4bit: NF4 (Linear4bit)
+    NF4 = "4bit"  # load_in_4bit: NF4 or FP4, see QuantType (Linear4bit)
+
+
+class QuantType(_Choice):
+    """The 4-bit data type of a ``load_in_4bit`` load (``bnb_4bit_quant_type``). Both store the same
+    bytes (two codes per byte, one absmax per 64-weight block); they differ in the 16 code values."""
+
+    NF4 = "nf4"  # NormalFloat4 (Dettmers et al. 2023); TRL's ModelConfig default
+    FP4 = "fp4"  # transformers' BitsAndBytesConfig default
 
 
 class Attn(_Choice):
