@@ -140,6 +140,24 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
     return total
 
 
+def kbit_ctx_inputs_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """Under gradient checkpointing, what a layer of 8-bit base linears still keeps per token besides its
+    input: bitsandbytes stores each 8-bit matmul's input as a plain ``ctx`` attribute
+    (``MatMul8bitFp.forward``: ``ctx.A = A``; CUDA's ``MatMul8bitLt``: ``ctx.tensors = (CAt, subA,
+    A)``), not through ``save_for_backward``, so torch's non-reentrant checkpoint -- which drops what
+    ``save_for_backward`` keeps, via saved-tensor hooks -- cannot drop it. One tensor per distinct
+    input (the attention and MLP inputs, the attention output, the MLP hidden state), in the compute
+    dtype; a post-norm block's attention input is the layer input the checkpoint keeps anyway.
+    Measured: bench QLoRA 8-bit bursts with checkpointing (the inputs live at the peak, made by the
+    norms' ``mul``, SDPA and the MLP's ``mul``)."""
+    m = act_mode(train)
+    if not m.base_keeps_input or m.autocast:
+        return 0
+    post = model.structure.placement is NormPlacement.POST
+    return sum(width * m.a for inp, _, width, _ in _input_groups(model, layer, train, m)
+               if not (post and inp is Input.ATTN_IN))
+
+
 def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
     """PEFT's ParamWrapper (LoRA on bare parameters: MoE experts and router) adds ``B @ A`` to the
     weight in every forward (``baddbmm`` over experts) and the merged [E, out, in] weight is what
@@ -207,11 +225,20 @@ def attention_impl(model: ModelSpec, train: TrainSpec) -> str:
     return train.attn.value
 
 
+def _o_proj_input_kept(train: TrainSpec, m: ActMode) -> bool:
+    """Whether what attention hands o_proj is itself kept for backward: by o_proj's weight gradient (full
+    fine-tuning), by its LoRA A when the adapters share the activations' dtype, by an 8-bit base. Not
+    with QLoRA's bf16 adapters on a 4-bit base and fp32 activations: LoRA A keeps its own bf16 cast
+    (counted with the linears' inputs) and the 4-bit matmul keeps nothing."""
+    return not (train.finetune.peft and not m.autocast and m.adapter != m.a and not m.base_keeps_input)
+
+
 def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
                      layer_idx: int | None = None) -> int:
     """What attention itself keeps, per token (projections' inputs excluded)."""
     q, kv, heads, s = model.q_dim, model.kv_dim, model.num_heads, train.seq
     impl = attention_impl(model, train)
+    o_in = q * m.a if _o_proj_input_kept(train, m) else 0
     if impl in ("eager", "falcon"):
         # eager_attention_forward: matmul copies of q and of k, v expanded to all heads, the
         # softmax output (fp32 upcast, then cast back), soft-capped scores where capped
@@ -220,7 +247,7 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
             total += heads * s * m.a
         if model.structure.attn_softcap:
             total += heads * s * m.a
-        return total + q * m.a  # output reshaped for o_proj (a copy)
+        return total + o_in  # output reshaped for o_proj (a copy)
     fused = layer.first(Role.QKV) is not None
     if fused and model.structure.fused_view_qkv:
         # no rotation: q, k and v are views of the fused output, which stays alive whole (GPT-2);
@@ -242,7 +269,7 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
     if fused:
         # q sliced from a fused projection: the SDPA output comes back head-major, so
         # sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox)
-        total += q * m.a
+        total += o_in
     return total
 
 
@@ -377,7 +404,8 @@ def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list
     layers are computed once)."""
     tokens = rows * train.seq
     if train.grad_ckpt:
-        return [tokens * checkpoint_saved_bytes_per_token(model, train)] * model.num_layers
+        return [tokens * (checkpoint_saved_bytes_per_token(model, train)
+                          + kbit_ctx_inputs_bytes_per_token(model, layer, train)) for layer in model.layers]
     memo: dict = {}
     out = []
     for idx, layer in enumerate(model.layers):

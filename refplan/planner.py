@@ -23,6 +23,7 @@ from functools import cached_property
 
 from refplan import activations as act
 from refplan import logprob, terms
+from refplan import quant as quant_terms
 from refplan.methods import Method, Strategy, applicable_strategies
 from refplan.model import ModelSpec
 from refplan.reference import ReferencePlan, loads_reference_to_precompute, reference_plan
@@ -169,6 +170,39 @@ class _Step:
     def autocast_copies(self, requires_grad: bool, ref_dtype=None) -> int:
         return act.autocast_weight_cache_bytes(self.model, self.train, requires_grad, ref_dtype)
 
+    @cached_property
+    def kbit_reference(self) -> tuple[Quant, bool, bool] | None:
+        """How the reference forward's k-bit linears run, as ``(quant, eval mode, repacked for the CPU
+        kernel)``, or None when they are not k-bit: a quantized separate copy (eval mode: TRL never
+        trains it; ``from_pretrained`` returns it in eval mode), or a QLoRA policy's base with its
+        adapters disabled or switched to "ref" (train mode: the policy is training)."""
+        train = self.train
+        if self.ref.holds_copy and train.ref_quant is not Quant.NONE:
+            return train.ref_quant, True, terms.reference_repacked_on_cpu(self.model, train)
+        if self.ref.forward_per_step and not self.ref.holds_copy and train.policy_quant is not Quant.NONE:
+            return train.policy_quant, False, terms.policy_repacked_on_cpu(self.model, train)
+        return None
+
+    def kbit_forward_extra(self, rows: int, quant: Quant, eval_mode: bool, cpu_packed: bool) -> int:
+        """The largest k-bit matmul temporaries of a no-grad forward of ``rows`` sequences
+        (:func:`refplan.quant.no_grad_forward_transient_bytes`)."""
+        train = self.train
+        return quant_terms.largest_no_grad_forward_transient_bytes(
+            self.model, rows * train.seq, quant, train.double_quant, train.compute_dtype, train.kbit_compute_dtype,
+            train.device, eval_mode, cpu_packed)
+
+    @cached_property
+    def cpu_repack_bytes(self) -> int:
+        """bitsandbytes' one-time CPU repack of a 4-bit model run in eval mode without grad (the separate
+        reference's first forward; the policy's first precompute forward):
+        :func:`refplan.quant.cpu_repack_transient_bytes` when it happens, else 0."""
+        model, train = self.model, self.train
+        if terms.reference_repacked_on_cpu(model, train) and self.ref.holds_copy:
+            return quant_terms.largest_cpu_repack_transient_bytes(model)
+        if terms.policy_repacked_on_cpu(model, train):
+            return quant_terms.largest_cpu_repack_transient_bytes(model)
+        return 0
+
 
 def _precompute(step: _Step) -> Phase | None:
     """Reference log-probs computed before training (precompute strategy): the policy (and, under
@@ -181,11 +215,16 @@ def _precompute(step: _Step) -> Phase | None:
     if loads_reference_to_precompute(train):
         pre_ref = _div(terms.weight_bytes(model, train.reference_dtype, train.ref_quant, train.double_quant),
                        train.shards_of("params"))
+    kbit = 0
+    if train.policy_quant is not Quant.NONE:
+        # the policy (adapters disabled) runs in eval mode: from_pretrained leaves it there
+        packed = terms.policy_repacked_on_cpu(model, train)
+        kbit = max(step.kbit_forward_extra(pre_rows, train.policy_quant, True, packed), step.cpu_repack_bytes)
     return _phase("precompute", {
         "policy weights": step.policy_weight_bytes,
         "lora weights": terms.lora_weight_bytes(model, train),
         "reference weights": pre_ref,
-        "activations": logprob.reference_forward_transient_bytes(model, train, pre_rows),
+        "activations": logprob.reference_forward_transient_bytes(model, train, pre_rows, kbit),
         "autocast weight copies": step.autocast_copies(not train.finetune.peft),
     }, train)
 
@@ -211,13 +250,21 @@ def _reference_forward(step: _Step) -> Phase | None:
     copies = 0
     if step.ref.holds_copy and step.ref.quant is Quant.NONE:
         copies = step.autocast_copies(True, train.reference_dtype)
-    return _phase("reference forward", {
+    kbit = step.kbit_forward_extra(step.rows, *step.kbit_reference) if step.kbit_reference else 0
+    parts = {
         **step.static,
         "activations": step.saved,
         "logprob path": step.head[0],
-        "reference forward": logprob.reference_forward_transient_bytes(step.model, train, step.rows),
+        "reference forward": logprob.reference_forward_transient_bytes(step.model, train, step.rows, kbit),
         "autocast weight copies": copies,
-    }, train)
+    }
+    if step.cpu_repack_bytes and step.ref.holds_copy:
+        # the first step's reference forward repacks the 4-bit copy, before any optimizer state exists
+        first = {**parts, "optimizer state": 0, "reference forward": logprob.reference_forward_transient_bytes(
+            step.model, train, step.rows, step.cpu_repack_bytes)}
+        if sum(first.values()) > sum(parts.values()):
+            parts = first
+    return _phase("reference forward", parts, train)
 
 
 def _backward_moments(step: _Step) -> list[tuple[str, dict]]:
@@ -236,7 +283,13 @@ def _backward_moments(step: _Step) -> list[tuple[str, dict]]:
     moments = [("head", {"activations": step.saved, "logprob path": head_saved + head_bwd, "gradients": 0})]
     remaining, acc_grads = step.saved, head_grad
     grad_flow = step.rows * train.seq * model.hidden_size * act.act_mode(train).a * 2  # incoming + outgoing
+    dequant = [_layer_dequant_bytes(step, layer) for layer in model.layers]
     for idx in range(model.num_layers - 1, -1, -1):
+        if dequant[idx]:
+            # the layer's first k-bit input gradient (its last linear, the MLP's down projection): the
+            # layer's activations all alive, its own gradients not yet made
+            moments.append((f"layer {idx} k-bit", {"activations": remaining + recompute, "activation grads": grad_flow,
+                                                   "gradients": acc_grads, "k-bit dequant": dequant[idx]}))
         acc_grads += layer_grads[idx]
         moments.append((f"layer {idx}", {"activations": remaining + recompute, "activation grads": grad_flow,
                                          "gradients": acc_grads}))
@@ -249,6 +302,17 @@ def _backward_moments(step: _Step) -> list[tuple[str, dict]]:
                                       "activation grads": 2 * model.vocab_size * model.hidden_size * act.FP32,
                                       "gradients": acc_grads}))
     return moments
+
+
+def _layer_dequant_bytes(step: _Step, layer) -> int:
+    """A QLoRA layer's backward: its frozen k-bit linears dequantize their weight for the input gradient
+    (:func:`refplan.quant.backward_transient_bytes`), one at a time. None after bitsandbytes' CPU
+    repack: the repacked kernel passes no gradient back (see ``terms.policy_repacked_on_cpu``)."""
+    train = step.train
+    if train.policy_quant is Quant.NONE or terms.policy_repacked_on_cpu(step.model, train):
+        return 0
+    return quant_terms.layer_backward_transient_bytes(step.model, layer, train.policy_quant, train.double_quant,
+                                                      train.dtype, train.kbit_compute_dtype, train.device)
 
 
 def _backward(step: _Step) -> Phase:

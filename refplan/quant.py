@@ -118,61 +118,93 @@ def nested_absmax_bytes(n: int, double_quant: bool) -> int:
 
 def backward_transient_bytes(lin: Linear, quant: Quant, double_quant: bool, load: Dtype, compute: Dtype,
                              device: Device) -> int:
-    """Extra bytes while the input gradient of one frozen k-bit linear is computed (training mode).
+    """Extra bytes while the input gradient of one frozen k-bit linear is computed (training mode), on top
+    of the activation gradients (incoming and outgoing) the planner counts anyway:
 
     - 4-bit (``MatMul4Bit.backward``), measured (CPU), the same code on CUDA: the weight dequantized
       in ``quant_state.dtype`` -- the dtype the weight had when quantized, i.e. the load dtype --
-      (``F.dequantize_4bit``), a cast of it to the gradient's dtype (the compute dtype) when the two
-      differ, and a nested absmax in fp32.
+      (``F.dequantize_4bit``), and its cast to the gradient's dtype (the compute dtype) when the two
+      differ; peak op ``aten.mm`` (same dtypes) or ``aten._to_copy`` (the cast). A nested absmax is
+      dequantized too but freed before the matmul.
     - 8-bit, measured (CPU: ``MatMul8bitFp.backward``; CUDA ``MatMul8bitLt.backward`` does the
-      same): ``CB.to(dtype_A).mul_(SCB / 127)``, the weight in the input's dtype (the compute dtype).
-    The input gradient itself is an activation gradient, counted with those."""
+      same): ``CB.to(dtype_A).mul_(SCB / 127)``, the weight in the input's dtype; peak op ``aten.mm``.
+    Added to the moment where the layer's outgoing gradient is also counted, this is exact when the
+    weight and the gradient share a dtype and an upper bound by the outgoing gradient otherwise (the
+    fp32 dequant is freed before the bf16 matmul makes it): bench/quant_inventory.py."""
     n = lin.in_features * lin.out_features
     if quant is Quant.INT8:
         return n * dtype_bytes(compute)
-    out = n * dtype_bytes(load) + nested_absmax_bytes(n, double_quant)
+    out = n * dtype_bytes(load)
     if compute is not load:
         out += n * dtype_bytes(compute)
     return out
 
 
-def eval_forward_transient_bytes(lin: Linear, tokens: int, quant: Quant, double_quant: bool, act: Dtype,
-                                 compute: Dtype, device: Device) -> int:
-    """Extra bytes of one frozen k-bit linear's no-grad forward in eval mode (a reference model, or the
-    policy in TRL's precompute pass), beyond its input and its output in ``act``:
+def no_grad_forward_transient_bytes(lin: Linear, tokens: int, quant: Quant, double_quant: bool, act: Dtype,
+                                    compute: Dtype, device: Device, eval_mode: bool, cpu_packed: bool) -> int:
+    """Extra bytes of one frozen k-bit linear's forward without grad (a reference forward, or the policy in
+    TRL's precompute pass), beyond its input and its output in ``act``:
 
-    - 4-bit on CPU, measured (CPU, AVX512-BF16): after the repack, ``gemv_4bit`` runs bitsandbytes'
-      bf16 kernel whatever the compute dtype: the input cast to bf16 and the bf16 output, cast back to
-      ``act`` (functional.gemv_4bit, backends/cpu/ops.py).
-    - 4-bit on CUDA, from the code (CUDA): past 1536 rows ``gemm_4bit`` dequantizes the weight into
-      the compute dtype (with a nested absmax in fp32, twice) and calls ``F.linear``; the input and
-      output cast when the compute dtype is not ``act`` (Linear4bit.forward).
-    - 8-bit, measured (CPU): ``MatMul8bitLt`` quantizes the input row-wise to int8 (T x in bytes + an
-      fp32 scale per row), multiplies into int32 (``int8_linear_matmul``, 4 T x out) and dequantizes
-      with ``A * (row_stats * col_stats) * c`` -- two more fp32 T x out tensors alive at once
-      (``int8_mm_dequant``), cast to ``act`` if it is not fp32. CUDA runs the same ops (its kernels
-      fuse the dequant: counted the same, an upper bound). Outlier columns (LLM.int8's threshold 6.0
-      decomposition) are data-dependent and not counted: with none the path allocates nothing more.
+    - 4-bit repacked for the CPU kernel (``cpu_packed``), measured (CPU, AVX512-BF16): ``gemv_4bit``
+      runs bitsandbytes' bf16 kernel whatever the compute dtype: the input cast to bf16 and the bf16
+      output, then cast to ``act`` (functional.gemv_4bit, backends/cpu/ops.py).
+    - 4-bit otherwise (``matmul_4bit`` without grad -> ``gemm_4bit``), measured (CPU: the default
+      kernel); from the code (CUDA, past 1536 rows: ``_dequant_linear_fallback``): the weight
+      dequantized into the compute dtype, a nested absmax in fp32 (CUDA keeps two), and, when the
+      compute dtype is not ``act``, the input and output casts of ``Linear4bit.forward`` (its peak is
+      the larger of the dequant moment and the cast back).
+    - 8-bit, eval mode, or any mode on CUDA (``MatMul8bitLt``), measured (CPU): the input quantized
+      row-wise to int8 (T x in bytes + an fp32 scale per row), the int32 product
+      (``int8_linear_matmul``: 4 T x out) and ``int8_mm_dequant``'s ``A * (row * col) * c``: the
+      fp32 ``row * col`` and the product are alive with the int32 tensor (peak op ``aten.mul``
+      inside ``bitsandbytes::int8_mm_dequant``), the last multiply makes the output (its cast to a
+      16-bit ``act`` happens with the int32 tensor still alive: the same bytes). Outlier columns (LLM.int8's threshold 6.0) are data-dependent and not
+      counted; without any the path allocates nothing more. CUDA runs the same ops (its dequant
+      kernel fused: an upper bound there).
+    - 8-bit, train mode on CPU (``MatMul8bitFp``), measured (CPU): the weight dequantized into the
+      input's dtype (``CB.to(A.dtype).mul_(SCB / 127)``).
     """
     n_in, n_out = lin.in_features, lin.out_features
+    n = n_in * n_out
     a = dtype_bytes(act)
     if quant is Quant.INT8:
-        out = tokens * n_in + 4 * tokens + 12 * tokens * n_out
-        return out + (tokens * n_out * a if act is not Dtype.FP32 else 0)
-    if device is Device.CPU:
-        out = tokens * n_out * 2 + (tokens * n_in * 2 if act is not Dtype.BF16 else 0)
-        return out
-    n = n_in * n_out
+        if device is Device.CPU and not eval_mode:
+            return n * a
+        return tokens * n_in + 4 * tokens + 8 * tokens * n_out
+    if cpu_packed:
+        return tokens * n_out * 2 + (tokens * n_in * 2 if act is not Dtype.BF16 else 0)
     c = dtype_bytes(compute)
-    out = n * c + 2 * nested_absmax_bytes(n, double_quant)
-    if compute is not act:
-        out += tokens * (n_in + n_out) * c
-    return out
+    absmax = nested_absmax_bytes(n, double_quant) * (2 if device is Device.CUDA else 1)
+    if compute is act:
+        return n * c + absmax
+    x_c, y_c, y_a = tokens * n_in * c, tokens * n_out * c, tokens * n_out * a
+    return max(x_c + n * c + absmax + y_c, x_c + y_c + y_a) - y_a
 
 
-def cpu_repack_transient_bytes(model: ModelSpec) -> int:
-    """The one-time repack of a 4-bit model's largest linear at its first eval-mode no-grad forward on
-    an AVX512-BF16 CPU, measured (CPU): ``_convert_weight_packed_for_cpu`` keeps the int32 unpacked
-    codes (4n), their uint8 copy (n), the re-tiled copy (n) and the two shifted halves (n / 2 each)
-    alive at once: 7n bytes."""
-    return 7 * max((l.in_features * l.out_features for l in quantized_linears(model)), default=0)
+def largest_no_grad_forward_transient_bytes(model: ModelSpec, tokens: int, quant: Quant, double_quant: bool,
+                                            act: Dtype, compute: Dtype, device: Device, eval_mode: bool,
+                                            cpu_packed: bool) -> int:
+    """:func:`no_grad_forward_transient_bytes` of the linear where it is largest (one matmul runs at a time)."""
+    return max((no_grad_forward_transient_bytes(l, tokens, quant, double_quant, act, compute, device, eval_mode,
+                                                cpu_packed) for l in quantized_linears(model)), default=0)
+
+
+def layer_backward_transient_bytes(model: ModelSpec, layer, quant: Quant, double_quant: bool, load: Dtype,
+                                   compute: Dtype, device: Device) -> int:
+    """:func:`backward_transient_bytes` of the layer's quantized linear where it is largest."""
+    return max((backward_transient_bytes(l, quant, double_quant, load, compute, device) for l in layer.linears
+                if l.count == 1 and l.role is not Role.ROUTER), default=0)
+
+
+def cpu_repack_transient_bytes(n: int) -> int:
+    """The one-time repack of a 4-bit linear of ``n`` weights at its first eval-mode no-grad forward on an
+    AVX512-BF16 CPU, measured (CPU): ``_convert_weight_packed_for_cpu`` keeps the int32 unpacked codes
+    (4n), their uint8 copy (n), the re-tiled copy (n) and the two shifted halves (n / 2 each) alive at
+    once: 7n bytes, made by ``aten.bitwise_or`` (its peak op)."""
+    return 7 * n
+
+
+def largest_cpu_repack_transient_bytes(model: ModelSpec) -> int:
+    """:func:`cpu_repack_transient_bytes` of the model's largest quantized linear (one repacks at a time)."""
+    return max((cpu_repack_transient_bytes(l.in_features * l.out_features) for l in quantized_linears(model)),
+               default=0)
