@@ -193,6 +193,26 @@ def test_lora_unwrap_holds_no_reference_copy():
     assert adapter["loaded_bytes"] > unwrap["loaded_bytes"]  # the frozen 'ref' adapter copy
 
 
+@pytest.mark.parametrize("setup", [
+    # a QLoRA policy: 4-bit NF4 base, bf16 compute, TRL's bf16 adapters; the reference is the base itself
+    dict(method="dpo", strategy="unwrap", finetune="qlora", quant_compute_dtype="bf16"),
+    # a full-precision LoRA policy against a 4-bit reference (double quantization; CPU-repacked at its first
+    # forward) and an 8-bit QLoRA policy under checkpointing (its inputs outlive the checkpoint)
+    dict(method="kto", strategy="separate", finetune="lora", ref_quant="4bit", double_quant=True),
+    dict(method="orpo", strategy="none", finetune="qlora", quant_bits=8, grad_ckpt=True),
+], ids=["qlora-4bit-unwrap", "lora-4bit-reference", "qlora-8bit-ckpt"])
+def test_kbit_bursts_match_the_planner(setup):
+    pytest.importorskip("bitsandbytes")
+    from refplan.harness.tiny import build_model
+    from refplan.planner import estimate
+    from refplan.resolve import resolve_model
+
+    rec = burst(**setup)
+    sc = scenario(**setup)
+    est = estimate(resolve_model(str(build_model("micro"))), sc.train).peak_bytes
+    assert abs(est - rec["peak_bytes"]) / rec["peak_bytes"] < 0.005, (est, rec["peak_bytes"])
+
+
 def test_sync_matches_separate_until_the_first_sync():
     sep, sync = burst("dpo", "separate"), burst("dpo", "sync")
     assert abs(sep["losses"][0] - sync["losses"][0]) <= TOL
@@ -268,6 +288,12 @@ def test_suites_expand_without_torch_errors():
     (["--dataset", "/nonexistent.jsonl"], "--dataset"),
     (["--method", "kto", "--batch", "1", "--list"], "--batch"),
     (["--suite", "no-such-suite"], "--suite"),
+    (["--finetune", "qlora", "--quant-bits", "3", "--list"], "--quant-bits"),
+    (["--finetune", "qlora", "--quant-type", "int4", "--list"], "--quant-type"),
+    (["--finetune", "qlora", "--quant-compute-dtype", "fp8", "--list"], "--quant-compute-dtype"),
+    (["--ref-quant", "2bit", "--list"], "--ref-quant"),
+    (["--method", "dpo", "--strategy", "precompute", "--finetune", "lora", "--ref-quant", "4bit",
+      "--double-quant", "--list"], "--double-quant"),
 ])
 def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
     from refplan.cli import main

@@ -150,10 +150,14 @@ class Scenario:
     @property
     def baseline(self) -> Scenario | None:
         """The scenario this one's losses are compared with: same everything, strategy 'separate' at the
-        policy's dtype. None for the baseline itself and for reference-free methods."""
+        policy's dtype with a full-precision reference. None for the baseline itself and for
+        reference-free methods."""
         if not self.train.method.caps.needs_reference:
             return None
-        base = replace(self, train=replace(self.train, strategy=Strategy.SEPARATE, ref_dtype=None, ref_quant=Quant.NONE))
+        train = replace(self.train, strategy=Strategy.SEPARATE, ref_dtype=None, ref_quant=Quant.NONE)
+        read = kbit_keys_read({"finetune": train.finetune, "quant_bits": train.quant_bits})
+        train = replace(train, **{k: v for k, v in _QUANT_DEFAULTS.items() if k not in read})
+        base = replace(self, train=train)
         return None if base == self else base
 
 
@@ -170,6 +174,23 @@ def _check_benchable(train: TrainSpec, dataset: str) -> None:
                                        "reference log-probs); drop --ref-quant")
     if train.gpus != 1 or train.sharding is not Sharding.NONE:
         raise PlanError("--gpus", "the bench runs one unsharded device; drop --gpus/--zero/--fsdp")
+
+
+def kbit_keys_read(flat: dict) -> set[str]:
+    """The k-bit keys (:data:`QUANT_KEYS`) a scenario's flat spelling reads: ``ref_quant`` always; the
+    policy's bits and ``prepare_kbit`` under QLoRA; the 4-bit settings when something loads 4-bit."""
+    def value(k):
+        v = flat.get(k)
+        return getattr(v, "value", v)
+
+    qlora = value("finetune") == "qlora"
+    four = (qlora and int(value("quant_bits") or 4) == 4) or value("ref_quant") == "4bit"
+    keys = {"ref_quant"}
+    if qlora:
+        keys |= {"quant_bits", "prepare_kbit"}
+    if four:
+        keys |= {"quant_type", "double_quant", "quant_compute_dtype"}
+    return keys
 
 
 def _check_quant_spelling(train: TrainSpec) -> None:
