@@ -8,6 +8,8 @@ still active, so the temporaries inside their kernels count):
   without grad in train mode (an unwrapped QLoRA reference) and in eval mode (a k-bit reference: on an
   AVX512-BF16 CPU its first call repacks the weight, later calls run the bf16 kernel) -- each with the
   aten/bitsandbytes op that held the peak.
+- ``optimizers``: bitsandbytes' 8-bit and paged 32-bit AdamW on CPU (bitsandbytes 0.50 has CPU kernels for
+  both; paged memory falls back to plain memory there): state and step temporaries of one tensor.
 - ``models``: a small Llama-shaped model loaded k-bit with ``BitsAndBytesConfig``, wrapped with LoRA the
   way TRL's DPOTrainer leaves it (adapters cast to bf16 on a k-bit base): the bytes its backbone forward
   saves for backward against ``refplan.activations``, and its weights against ``refplan.terms``.
@@ -231,9 +233,47 @@ def models(tokens: int) -> int:
     return bad
 
 
+def optimizers() -> int:
+    """bitsandbytes' AdamW8bit and PagedAdamW32bit on CPU: the state and the step temporaries of one tensor
+    (the second step on: the states exist), against ``terms.bnb8_state_bytes`` / 8 bytes per element
+    and ``terms.bnb_cpu_step_bytes``."""
+    import bitsandbytes as bnb
+    import torch
+
+    from refplan import terms
+    from refplan.harness.tracker import LiveBytes
+
+    bad = 0
+    print("\nbitsandbytes optimizers on CPU, one parameter tensor")
+    print(f"{'optimizer':14s} {'param':16s} {'what':10s} {'measured':>10s} {'planner':>10s} {'diff':>6s}")
+    for optim, cls in (("adamw-8bit", bnb.optim.AdamW8bit), ("paged-adamw", bnb.optim.PagedAdamW32bit)):
+        for dt, dname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            for rows in (8, 256):  # 2048 elements (under min_8bit_size) and 65536
+                t = LiveBytes()
+                with t:
+                    p = torch.nn.Parameter(torch.randn(rows, 256, dtype=dt))
+                    opt = cls([p], lr=1e-3)
+                    for step in range(3):
+                        p.grad = torch.randn_like(p)
+                        t.reset_peak()
+                        base = t.live
+                        opt.step()
+                        transient = t.peak - t.live
+                        if step == 0:
+                            state = t.live - base
+                        p.grad = None
+                n = rows * 256
+                planned_state = terms.bnb8_state_bytes(n) if optim == "adamw-8bit" else 8 * n
+                planned_step = terms.bnb_cpu_step_bytes(n, optim == "adamw-8bit", dname == "fp32")
+                for what, m, pl in (("state", state, planned_state), ("step", transient, planned_step)):
+                    bad += m != pl
+                    print(f"{optim:14s} {dname + ' x ' + str(n):16s} {what:10s} {m:10d} {pl:10d} {m - pl:6d}")
+    return bad
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", default="all", choices=("layers", "models", "all"))
+    p.add_argument("--part", default="all", choices=("layers", "models", "optimizers", "all"))
     p.add_argument("--tokens", type=int, default=256)
     p.add_argument("--out-features", type=int, default=1024)
     p.add_argument("--in-features", type=int, default=384)
@@ -244,6 +284,8 @@ def main(argv=None) -> int:
         bad += layers(a.tokens, a.out_features, a.in_features)
     if a.part in ("models", "all"):
         bad += models(a.tokens)
+    if a.part in ("optimizers", "all"):
+        bad += optimizers()
     print(f"\n{bad} row(s) differ")
     return 1 if bad else 0
 

@@ -28,7 +28,7 @@ from refplan.methods import Method, Strategy, applicable_strategies
 from refplan.model import ModelSpec
 from refplan.reference import ReferencePlan, loads_reference_to_precompute, reference_plan
 from refplan.result import Estimate, Phase
-from refplan.settings import Device, Quant, TransientRule, check_lora_targets
+from refplan.settings import Device, Quant, StateRule, TransientRule, check_lora_targets
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -56,7 +56,8 @@ def optimizer_transient_bytes(model: ModelSpec, train: TrainSpec) -> int:
 
     ``adamw`` is the HF Trainer's default ``adamw_torch_fused`` (training_args.py, torch >= 2.8):
     ``torch._fused_adamw_`` updates in place, no temporaries, on CPU and CUDA. ``adamw-8bit`` and
-    ``paged-adamw`` (bitsandbytes) update blockwise in place. Adafactor builds the update for one
+    ``paged-adamw`` (bitsandbytes) update blockwise in place on CUDA (fused kernels, from the code) and
+    through fp32 temporaries on CPU (:func:`_bnb_cpu_step_transient_bytes`). Adafactor builds the update for one
     tensor at a time (about 2 x the largest tensor). SGD without momentum: none.
 
     ``adamw-torch`` (``optim="adamw_torch"``): off CUDA the single-tensor path builds
@@ -66,11 +67,22 @@ def optimizer_transient_bytes(model: ModelSpec, train: TrainSpec) -> int:
     """
     pbytes = dtype_bytes(terms.trainable_dtype(train))
     rule = train.optim.caps.transient
+    if rule is TransientRule.BNB_ON_CPU:
+        return 0 if train.device is Device.CUDA else _bnb_cpu_step_transient_bytes(model, train)
     if rule is TransientRule.FOREACH_ON_CUDA and train.device is Device.CUDA:
         return _div(terms.trainable_params(model, train), train.shards_of("optimizer")) * pbytes
     if rule is TransientRule.IN_PLACE:
         return 0
     return 2 * _largest_param_tensor(model, train) * pbytes
+
+
+def _bnb_cpu_step_transient_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """bitsandbytes' CPU optimizer step: the largest of :func:`refplan.terms.bnb_cpu_step_bytes` over the
+    trainable tensors (one tensor at a time)."""
+    fp32_param = terms.trainable_dtype(train) == "fp32"
+    eight = train.optim.caps.state is StateRule.ADAM_8BIT
+    return max((terms.bnb_cpu_step_bytes(n, eight and not emb, fp32_param)
+                for n, emb in terms.trainable_tensors(model, train)), default=0)
 
 
 def _layer_param_bytes(model: ModelSpec, train: TrainSpec) -> list[int]:

@@ -168,13 +168,15 @@ def gradient_bytes(model: ModelSpec, train: TrainSpec) -> int:
 def optimizer_state_bytes(model: ModelSpec, train: TrainSpec) -> int:
     """Optimizer state for the trainable parameters.
 
-    - adamw (the HF Trainer's default ``adamw_torch_fused`` since torch 2.8, training_args.py) /
-      paged-adamw: exp_avg + exp_avg_sq in the parameter dtype (torch.optim.AdamW ``_init_group``:
+    - adamw (the HF Trainer's default ``adamw_torch_fused`` since torch 2.8, training_args.py):
+      exp_avg + exp_avg_sq in the parameter dtype (torch.optim.AdamW ``_init_group``:
       ``zeros_like(p)``) + a 4-byte fp32 ``step`` per tensor, on the parameter's device when
-      fused (``adamw-torch``, the non-fused implementation, keeps the same state). paged-adamw keeps
-      the same bytes in unified memory that can be evicted; counted in full (worst case).
-    - adamw-8bit: bitsandbytes 8-bit blockwise states: 2 bytes per parameter + one fp32 absmax
-      per 2048-block per state (Dettmers et al. 2021).
+      fused (``adamw-torch``, the non-fused implementation, keeps the same state).
+    - adamw-8bit: bitsandbytes 8-bit blockwise states (Dettmers et al. 2021), per tensor as
+      :func:`bnb8_state_bytes`, + the two 1 KiB dynamic maps.
+    - paged-adamw: bitsandbytes ``PagedAdamW32bit``: two fp32 states per parameter whatever its dtype
+      (``get_state_buffer(p, dtype=torch.float32)``), no step tensor; paged (evictable unified memory)
+      on CUDA, counted in full; plain memory on CPU. Measured (CPU): bench/quant_inventory.py.
     - sgd: none (HF's default SGD has momentum 0).
     - adafactor: factored second moment: rows + cols per matrix, full vector for 1-D (Shazeer &
       Stern 2018); HF Adafactor, beta1=None.
@@ -187,10 +189,69 @@ def optimizer_state_bytes(model: ModelSpec, train: TrainSpec) -> int:
     if rule is StateRule.ADAM:
         return 2 * n * pbytes + step_bytes
     if rule is StateRule.ADAM_8BIT:
-        return 2 * n + 2 * 4 * -(-n // 2048)
+        return BNB_QMAPS_BYTES + sum(bnb8_state_bytes(numel, emb) for numel, emb in trainable_tensors(model, train))
+    if rule is StateRule.BNB_32BIT:
+        return 8 * n
     if rule is StateRule.NONE:
         return 0
     return _adafactor_elems(model, train) * 4
+
+
+#: bitsandbytes 8-bit optimizers below this many elements keep fp32 states (``min_8bit_size``)
+BNB_MIN_8BIT_SIZE = 4096
+#: their blockwise absmax: one fp32 per 256 elements per state (optim/optimizer.py ``init_state``)
+BNB_OPTIM_BLOCK = 256
+#: the signed and unsigned 8-bit dynamic maps an 8-bit bitsandbytes optimizer builds once (2 x 256 fp32)
+BNB_QMAPS_BYTES = 2 * 256 * 4
+
+
+def bnb8_state_bytes(numel: int, embedding: bool = False) -> int:
+    """State of one tensor under bitsandbytes' 8-bit AdamW (0.50, ``Optimizer2State.init_state``), measured
+    (CPU): two uint8 states and an fp32 absmax per 256-element block each; two fp32 states for a tensor
+    under 4096 elements, or an embedding (the HF Trainer registers ``nn.Embedding`` weights for 32-bit
+    optimization: trainer.py ``register_module_override``). ``step`` is a Python int."""
+    if embedding or numel < BNB_MIN_8BIT_SIZE:
+        return 8 * numel
+    return 2 * numel + 2 * 4 * -(-numel // BNB_OPTIM_BLOCK)
+
+
+def bnb_cpu_step_bytes(numel: int, eight_bit: bool, fp32_param: bool) -> int:
+    """Temporaries of a bitsandbytes AdamW step on one tensor on CPU (backends/cpu/ops.py), measured (CPU:
+    bench/quant_inventory.py): the 8-bit path (``_optimizer_update_8bit_blockwise_cpu``) dequantizes
+    both states to fp32 and builds the fp32 gradient and ``sqrt(v) / c`` -- 20 bytes per element; the
+    32-bit path (``_optimizer_update_32bit_cpu``: paged-adamw, and 8-bit AdamW's tensors under 4096
+    elements or embeddings) the scaled gradient, ``sqrt(v) + eps`` and the update -- 12 bytes per
+    element. A parameter that is not fp32 adds its fp32 copy (4 bytes per element). On CUDA both are
+    fused in-place kernels."""
+    per = 20 if eight_bit and numel >= BNB_MIN_8BIT_SIZE else 12
+    return numel * (per + (0 if fp32_param else 4))
+
+
+def trainable_tensors(model: ModelSpec, train: TrainSpec) -> list[tuple[int, bool]]:
+    """``(elements, is an embedding)`` of every trainable tensor: LoRA's A and B per wrapped linear, or every
+    parameter of the model (token and learned-position embeddings, each linear's weight and bias, norms,
+    the LM head unless tied)."""
+    if train.finetune.peft:
+        r = train.lora_r
+        return [(l.count * l.lora_rank_mult * r * f, False) for l in model.lora_linears(train.lora_targets)
+                for f in (l.in_features, l.out_features)]
+    tokens = model.vocab_size * model.hidden_size
+    out = [(tokens, True)] + ([(model.embed_params - tokens, True)] if model.embed_params > tokens else [])
+    for layer in model.layers:
+        for l in layer.linears:
+            out.append((l.count * l.in_features * l.out_features, False))
+            if l.bias:
+                out.append((l.count * l.out_features, False))
+        for nm in layer.norms:
+            out += [(nm.size, False)] * (2 if nm.bias else 1)
+        if layer.extra_params:
+            out.append((layer.extra_params, False))
+    out += [(model.final_norm.size, False)] * (2 if model.final_norm.bias else 1)
+    if model.lm_head is not None:
+        out.append((model.lm_head.in_features * model.lm_head.out_features, False))
+        if model.lm_head.bias:
+            out.append((model.lm_head.out_features, False))
+    return out
 
 
 def _adafactor_elems(model: ModelSpec, train: TrainSpec) -> int:

@@ -40,7 +40,7 @@ _QUANT_DEFAULTS = {f.name: f.default for f in fields(TrainSpec) if f.name in QUA
 BENCH_KEYS = ("model", "dataset", "steps", "seed")
 #: flat keys that are TrainSpec fields
 TRAIN_KEYS = tuple(k for k in FLAT_KEYS if k not in BENCH_KEYS)
-#: optimizers the bench can run on this machine's CPU (bitsandbytes ones need CUDA here)
+#: optimizers the bench can run on CPU (every one: bitsandbytes 0.50 has CPU kernels for its own)
 BENCH_OPTIMS = tuple(o for o in Optim if o.caps.runs_on_cpu)
 
 

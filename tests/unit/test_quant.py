@@ -159,3 +159,29 @@ def test_no_grad_forward_paths():
 def test_cpu_repack_is_seven_bytes_per_weight(micro):
     assert quant.cpu_repack_transient_bytes(1000) == 7000
     assert quant.largest_cpu_repack_transient_bytes(micro) == 7 * 128 * 64
+
+
+# -- bitsandbytes optimizers ------------------------------------------------------------------------
+
+def test_bnb_8bit_adamw_state_per_tensor(micro):
+    # uint8 states + an fp32 absmax per 256 elements each; fp32 states under 4096 elements or for embeddings
+    assert terms.bnb8_state_bytes(65536) == 2 * 65536 + 2 * 4 * 256
+    assert terms.bnb8_state_bytes(65537) == 2 * 65537 + 2 * 4 * 257
+    assert terms.bnb8_state_bytes(4095) == 8 * 4095
+    assert terms.bnb8_state_bytes(65536, embedding=True) == 8 * 65536
+    # LoRA r4 on micro: A 4 x in and B out x 4 -- all under 4096 elements: fp32 states, + the two 1 KiB maps
+    train = qlora(method=Method.ORPO, strategy=Strategy.NONE, optim="adamw-8bit")
+    assert terms.optimizer_state_bytes(micro, train) == 8 * terms.lora_params(micro, 4) + 2048
+
+
+def test_bnb_paged_adamw_keeps_fp32_states_for_bf16_adapters(micro):
+    # PagedAdamW32bit: two fp32 states whatever the parameter dtype, no step tensor
+    train = qlora(optim="paged-adamw")
+    assert terms.optimizer_state_bytes(micro, train) == 8 * terms.lora_params(micro, 4)
+
+
+def test_bnb_cpu_step_temporaries():
+    assert terms.bnb_cpu_step_bytes(65536, eight_bit=True, fp32_param=True) == 20 * 65536
+    assert terms.bnb_cpu_step_bytes(65536, eight_bit=True, fp32_param=False) == 24 * 65536
+    assert terms.bnb_cpu_step_bytes(2048, eight_bit=True, fp32_param=True) == 12 * 2048  # 32-bit path
+    assert terms.bnb_cpu_step_bytes(65536, eight_bit=False, fp32_param=False) == 16 * 65536
