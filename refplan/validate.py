@@ -74,6 +74,17 @@ class Case:
             parts.append(f"ref{q['ref_quant']}")
         return "+".join(parts)
 
+    @property
+    def kbit_columns(self) -> dict:
+        """The k-bit breakdown columns of a quantized report: what is k-bit (``kbit``), the 4-bit compute
+        dtype and double quantization ("8-bit only" where nothing loads 4-bit)."""
+        q = self.quant
+        kinds = [f"qlora {q.get('quant_bits', 4)}-bit"] if self.finetune == "qlora" else []
+        kinds += [f"{q['ref_quant'][0]}-bit reference"] if q.get("ref_quant") else []
+        four = (self.finetune == "qlora" and q.get("quant_bits", 4) == 4) or q.get("ref_quant") == "4bit"
+        return {"kbit": " + ".join(kinds), "compute": (q.get("quant_compute_dtype") or "fp32") if four else "8-bit only",
+                "double_quant": str(bool(q.get("double_quant"))) if four else "8-bit only"}
+
 
 def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
     heads = rng.choice([2, 3, 4, 6])
@@ -304,7 +315,7 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
         results.append({
             "key": key, "case": c.name, "family": c.family, "method": c.method, "strategy": c.strategy,
             "finetune": c.finetune, "grad_ckpt": c.grad_ckpt, "batch": c.batch, "seq": c.seq,
-            "lora_r": c.lora_r, **({"quant": c.quant_label} if quantized else {}),
+            "lora_r": c.lora_r, **({"quant": c.quant_label, **c.kbit_columns} if quantized else {}),
             "layers": c.config.get("num_hidden_layers"),
             "hidden": c.config.get("hidden_size"), "status": row.get("status"),
             "measured_bytes": meas, "estimated_bytes": est, "error_pct": err, "est_peak_phase": phase,
@@ -408,14 +419,16 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
     ]
     if quantized:
         lines += QUANTIZED_NOTES
-    for name in ("method", "strategy", "family", "finetune", *(("quant",) if quantized else ()), "grad_ckpt",
-                 "est_peak_phase"):
+    for name in ("method", "strategy", "family", "finetune", *(("kbit", "compute", "double_quant") if quantized else ()),
+                 "grad_ckpt", "est_peak_phase"):
         lines += [f"## By {name}", ""] + _breakdown(df, name) + [""]
     lines += ["## Largest errors", ""] + _largest_errors(df)
     failed = df[df["error_pct"].isna()]
     if len(failed):
         lines += ["", "## Not measured", ""] + [f"- {r.case} ({r.method}/{r.strategy}): {r.status}"
                                                  for r in failed.itertuples()]
+    if not quantized:
+        lines += _quantized_section(out / "validate-quantized")
     trace = out / "trace_check.md"
     if trace.exists():
         lines += ["", "## Real shapes: formula vs trace engine", "",
@@ -431,13 +444,33 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
 
 
+def _quantized_section(qdir: Path) -> list[str]:
+    """The QLoRA / k-bit-reference matrix's results (``refplan validate --quantized --out DIR``), summarized in
+    the main report when its CSV is there."""
+    import pandas as pd
+
+    csv_path = qdir / "accuracy.csv"
+    if not csv_path.exists():
+        return []
+    df = _frame(pd.read_csv(csv_path, dtype=object).to_dict("records"))
+    s = summarize(df.to_dict("records"))
+    lines = ["", "## Quantized: QLoRA and k-bit references", "",
+             f"`refplan validate --quantized` ({qdir.name}/accuracy.md, every breakdown there): "
+             f"{s['measured']} of {s['scenarios']} bursts measured; median |error| "
+             f"{s['median_abs_error_pct']:.3f} %, worst {s['worst_abs_error_pct']:.3f} % -> "
+             f"{'PASS' if s['passes'] else 'FAIL'}.", ""]
+    for name in ("method", "strategy", "kbit", "compute", "grad_ckpt"):
+        lines += _breakdown(df, name) + [""]
+    return lines
+
+
 #: what a quantized report's reader needs to know about its bursts
 QUANTIZED_NOTES = [
     "Each scenario loads its policy (QLoRA) or its separate reference k-bit with transformers' "
     "`BitsAndBytesConfig`, as TRL's `get_quantization_config` builds it, and runs bitsandbytes 0.50's CPU "
-    "backend on an AVX512-BF16 CPU. `quant` reads `q<bits>-<type>[-dq]-<compute dtype>[-prep]` for the "
-    "policy (`-dq`: double quantization; `-prep`: `prepare_model_for_kbit_training`) and `ref<bits>` for a "
-    "k-bit reference. Shapes are drawn so that every quantized linear fits bitsandbytes' CPU kernel "
+    "backend on an AVX512-BF16 CPU. In accuracy.csv, `quant` reads `q<bits>-<type>[-dq]-<compute dtype>[-prep]` "
+    "for the policy (`-dq`: double quantization; `-prep`: `prepare_model_for_kbit_training`) and `ref<bits>` "
+    "for a k-bit reference; `compute` is the 4-bit compute dtype. Shapes are drawn so that every quantized linear fits bitsandbytes' CPU kernel "
     "(out_features % 32, in_features % 64); the mechanisms are in `refplan/quant.py`, single layers in "
     "`bench/quant_inventory.py`.",
     "",
