@@ -47,6 +47,10 @@ def act_mode(train: TrainSpec) -> ActMode:
     from refplan.terms import adapter_dtype  # terms imports this module's dependencies, not this module
 
     a = dtype_bytes(train.compute_dtype)
+    # Not modelled: after prepare_model_for_kbit_training on a 16-bit load (and in ORPO/CPO's QLoRA with
+    # bf16) the non-quantized weights are fp32, so the residual stream and every k-bit linear's output
+    # (Linear4bit returns its input's dtype) stay fp32 under autocast; the activations below assume the
+    # load dtype (measured: -13 % to -17 % on such CPU bursts; README, known gaps).
     w = dtype_bytes(train.dtype)
     return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32,
                    adapter=dtype_bytes(adapter_dtype(train)) if train.finetune.peft else FP32,
@@ -120,8 +124,10 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
             total += (len(lins) if per_matmul else 1) * width * m.a
             continue
         n = sum(1 for l in lins if model.wraps(l, train.lora_targets))
-        # the width of an input SDPA already keeps in fp32 (o_proj's), counted there when shared
-        own = 0 if (inp is Input.ATTN_OUT and m.a == FP32) else width
+        # adapters in the activations' dtype read the input itself (no cast, under autocast or not)
+        shared = m.adapter == m.a and (not m.autocast or m.w == m.a or not norm_fed)
+        # the width of an input SDPA already keeps (o_proj's), counted there when LoRA A shares it
+        own = 0 if (inp is Input.ATTN_OUT and (m.a == FP32 or (shared and m.autocast))) else width
         if m.base_keeps_input and not m.autocast and (input_requires_grad or inp is not Input.ATTN_IN):
             # kept by the 8-bit base whether or not LoRA wraps the linear -- when autograd records it:
             # the first layer's norm output does not require grad under a frozen embedding
@@ -129,13 +135,14 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
             own = 0
         if n == 0:
             continue
-        if not m.autocast and m.adapter == m.a:
+        if shared:
             total += own * m.a + n * train.lora_r * m.a
         elif not m.autocast:
             total += n * (width + train.lora_r) * m.adapter
         else:
-            # PEFT casts the input to the fp32 adapter dtype, autocast casts it back for lora_A:
-            # each wrapped linear keeps its own compute-dtype copy, and B keeps A's output
+            # PEFT casts the input to the fp32 adapter dtype, autocast casts it back for lora_A
+            # (or autocast casts an fp32 norm output for bf16 adapters): each wrapped linear keeps
+            # its own compute-dtype copy, and B keeps A's output
             total += n * (width + train.lora_r) * m.a
     return total
 
@@ -177,8 +184,8 @@ def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) 
     unless the weights are fp32 and the forward is autocast to bf16/fp16."""
     m = act_mode(train)
     merged = lora_merged_weight_bytes(model, layer, train)
-    if not m.autocast or m.w == m.a:
-        return merged
+    if not m.autocast or m.w == m.a or train.policy_quant is not Quant.NONE:
+        return merged  # bitsandbytes' k-bit matmuls are custom ops that autocast does not cast
     return merged + _autocast_copies(layer, m)
 
 

@@ -185,3 +185,14 @@ def test_bnb_cpu_step_temporaries():
     assert terms.bnb_cpu_step_bytes(65536, eight_bit=True, fp32_param=False) == 24 * 65536
     assert terms.bnb_cpu_step_bytes(2048, eight_bit=True, fp32_param=True) == 12 * 2048  # 32-bit path
     assert terms.bnb_cpu_step_bytes(65536, eight_bit=False, fp32_param=False) == 16 * 65536
+
+
+def test_bf16_adapters_on_a_bf16_load_read_the_input_itself(micro):
+    # DPO on a bf16 4-bit base (bf16 compute): TRL's bf16 adapters share the activations' dtype, so LoRA A
+    # keeps the norm output itself, not a copy per wrapped linear (measured: a bf16 QLoRA burst, -0.005 %)
+    train = qlora(dtype="bf16", device="cuda")
+    m = act.act_mode(train)
+    assert (m.a, m.adapter, m.autocast) == (2, 2, True)
+    r = 4
+    # o_proj's input is SDPA's output, which SDPA keeps: counted with attention
+    assert act._linear_inputs_saved(micro, micro.layers[1], train, m) == 2 * (64 + 64 + 128) + 2 * r * 7
