@@ -127,7 +127,7 @@ def layers(tokens: int, out_f: int, in_f: int) -> int:
             measured = t.peak - base
             cast_in = tokens * out_f * 2 if kind == "4bit" and c is not Dtype.FP32 else 0
             row(name, "backward peak" + (" (bound)" if cast_in else ""), measured,
-                cast_in + tokens * in_f * 4 + quant.backward_transient_bytes(lin, q, dq, Dtype.FP32, c, Device.CPU),
+                cast_in + tokens * in_f * 4 + quant.backward_transient_bytes(lin, q, Dtype.FP32, c),
                 t.op, bound=bool(cast_in))
             del y, g
             # no grad, train mode (the reference forward of an unwrapped QLoRA policy)

@@ -323,8 +323,7 @@ def _layer_dequant_bytes(step: _Step, layer) -> int:
     train = step.train
     if train.policy_quant is Quant.NONE or terms.policy_repacked_on_cpu(step.model, train):
         return 0
-    return quant_terms.layer_backward_transient_bytes(step.model, layer, train.policy_quant, train.double_quant,
-                                                      train.dtype, train.kbit_compute_dtype, train.device)
+    return quant_terms.layer_backward_transient_bytes(layer, train.policy_quant, train.dtype, train.kbit_compute_dtype)
 
 
 def _backward(step: _Step) -> Phase:

@@ -116,8 +116,7 @@ def nested_absmax_bytes(n: int, double_quant: bool) -> int:
     return 4 * _blocks(n) if double_quant else 0
 
 
-def backward_transient_bytes(lin: Linear, quant: Quant, double_quant: bool, load: Dtype, compute: Dtype,
-                             device: Device) -> int:
+def backward_transient_bytes(lin: Linear, quant: Quant, load: Dtype, compute: Dtype) -> int:
     """Extra bytes while the input gradient of one frozen k-bit linear is computed (training mode), on top
     of the activation gradients (incoming and outgoing) the planner counts anyway:
 
@@ -189,10 +188,10 @@ def largest_no_grad_forward_transient_bytes(model: ModelSpec, tokens: int, quant
                                                 cpu_packed) for l in quantized_linears(model)), default=0)
 
 
-def layer_backward_transient_bytes(model: ModelSpec, layer, quant: Quant, double_quant: bool, load: Dtype,
-                                   compute: Dtype, device: Device) -> int:
-    """:func:`backward_transient_bytes` of the layer's quantized linear where it is largest."""
-    return max((backward_transient_bytes(l, quant, double_quant, load, compute, device) for l in layer.linears
+def layer_backward_transient_bytes(layer, quant: Quant, load: Dtype, compute: Dtype) -> int:
+    """:func:`backward_transient_bytes` of the layer's quantized linear where it is largest (the same on CPU
+    and CUDA: ``MatMul4Bit`` / ``MatMul8bit*`` backward is device-independent Python)."""
+    return max((backward_transient_bytes(l, quant, load, compute) for l in layer.linears
                 if l.count == 1 and l.role is not Role.ROUTER), default=0)
 
 

@@ -454,11 +454,11 @@ def _quantized_section(qdir: Path) -> list[str]:
         return []
     df = _frame(pd.read_csv(csv_path, dtype=object).to_dict("records"))
     s = summarize(df.to_dict("records"))
-    lines = ["", "## Quantized: QLoRA and k-bit references", "",
-             f"`refplan validate --quantized` ({qdir.name}/accuracy.md, every breakdown there): "
-             f"{s['measured']} of {s['scenarios']} bursts measured; median |error| "
-             f"{s['median_abs_error_pct']:.3f} %, worst {s['worst_abs_error_pct']:.3f} % -> "
-             f"{'PASS' if s['passes'] else 'FAIL'}.", ""]
+    verdict = (f"`refplan validate --quantized` ({qdir.name}/accuracy.md, every breakdown there): "
+               f"{s['measured']} of {s['scenarios']} bursts measured; median |error| "
+               f"{s['median_abs_error_pct']:.3f} %, worst {s['worst_abs_error_pct']:.3f} % -> "
+               f"{'PASS' if s['passes'] else 'FAIL'}.")
+    lines = ["", "## Quantized: QLoRA and k-bit references", "", verdict, ""]
     for name in ("method", "strategy", "kbit", "compute", "grad_ckpt"):
         lines += _breakdown(df, name) + [""]
     return lines
@@ -466,13 +466,14 @@ def _quantized_section(qdir: Path) -> list[str]:
 
 #: what a quantized report's reader needs to know about its bursts
 QUANTIZED_NOTES = [
-    "Each scenario loads its policy (QLoRA) or its separate reference k-bit with transformers' "
-    "`BitsAndBytesConfig`, as TRL's `get_quantization_config` builds it, and runs bitsandbytes 0.50's CPU "
-    "backend on an AVX512-BF16 CPU. In accuracy.csv, `quant` reads `q<bits>-<type>[-dq]-<compute dtype>[-prep]` "
-    "for the policy (`-dq`: double quantization; `-prep`: `prepare_model_for_kbit_training`) and `ref<bits>` "
-    "for a k-bit reference; `compute` is the 4-bit compute dtype. Shapes are drawn so that every quantized linear fits bitsandbytes' CPU kernel "
-    "(out_features % 32, in_features % 64); the mechanisms are in `refplan/quant.py`, single layers in "
-    "`bench/quant_inventory.py`.",
+    ("Each scenario loads its policy (QLoRA) or its separate reference k-bit with transformers' "
+     "`BitsAndBytesConfig`, as TRL's `get_quantization_config` builds it, and runs bitsandbytes 0.50's CPU "
+     "backend on an AVX512-BF16 CPU. In accuracy.csv, `quant` reads "
+     "`q<bits>-<type>[-dq]-<compute dtype>[-prep]` for the policy (`-dq`: double quantization; `-prep`: "
+     "`prepare_model_for_kbit_training`) and `ref<bits>` for a k-bit reference; `compute` is the 4-bit "
+     "compute dtype. Shapes are drawn so that every quantized linear fits bitsandbytes' CPU kernel "
+     "(out_features % 32, in_features % 64); the mechanisms are in `refplan/quant.py`, single layers in "
+     "`bench/quant_inventory.py`."),
     "",
 ]
 

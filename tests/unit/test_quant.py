@@ -134,9 +134,9 @@ def test_8bit_base_keeps_its_inputs_even_under_checkpointing(micro):
 def test_backward_dequantizes_in_the_load_dtype_then_casts():
     l_ = lin(128, 64)
     n = 128 * 64
-    assert quant.backward_transient_bytes(l_, Quant.NF4, True, Dtype.FP32, Dtype.FP32, Device.CPU) == 4 * n
-    assert quant.backward_transient_bytes(l_, Quant.NF4, False, Dtype.FP32, Dtype.BF16, Device.CPU) == 6 * n
-    assert quant.backward_transient_bytes(l_, Quant.INT8, False, Dtype.FP32, Dtype.FP32, Device.CPU) == 4 * n
+    assert quant.backward_transient_bytes(l_, Quant.NF4, Dtype.FP32, Dtype.FP32) == 4 * n
+    assert quant.backward_transient_bytes(l_, Quant.NF4, Dtype.FP32, Dtype.BF16) == 6 * n
+    assert quant.backward_transient_bytes(l_, Quant.INT8, Dtype.FP32, Dtype.FP32) == 4 * n
 
 
 def test_no_grad_forward_paths():
