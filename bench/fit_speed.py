@@ -13,21 +13,17 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from estimate_speed import _time  # noqa: E402  -- the same cold-process timer as the anchor's
+
+
 def _cold(cmd: list[str], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        r = subprocess.run(cmd, capture_output=True, text=True)
-        times.append(time.perf_counter() - t0)
-        if r.returncode != 0:
-            raise SystemExit(f"command failed: {' '.join(cmd)}\n{r.stderr[-2000:]}")
-    return statistics.median(times)
+    return _time(cmd, runs)[0]
 
 
 def main(argv=None) -> int:

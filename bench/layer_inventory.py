@@ -1,6 +1,6 @@
 """Activation inventory: the planner's saved-activation bytes vs what autograd really keeps.
 
-For each family (tiny odd-shaped configs from tests/test_families.py), fine-tune mode and dtype,
+For each family (tiny odd-shaped configs from tests/unit/test_families.py), fine-tune mode and dtype,
 build the model with random weights, run one backbone forward under refplan's live-bytes tracker
 and compare the bytes still live after it (activations saved for backward + the output) with
 ``refplan.activations``. Prints one row per case and the relative error.
@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
 
 
 def measure(config: dict, finetune: str, dtype: str, rows: int, seq: int, r: int = 8) -> tuple[int, int]:
@@ -23,6 +23,7 @@ def measure(config: dict, finetune: str, dtype: str, rows: int, seq: int, r: int
     from transformers.utils import logging
 
     from refplan import activations as act
+    from refplan import forward_tensors as fwd
     from refplan.families import spec_from_config
     from refplan.harness.tracker import LiveBytes
     from refplan.methods import Finetune, Method, Strategy
@@ -62,9 +63,10 @@ def measure(config: dict, finetune: str, dtype: str, rows: int, seq: int, r: int
     del out
     train = TrainSpec(Method.ORPO, Strategy.NONE, finetune=Finetune(finetune), dtype=dtype, batch=rows // 2 or 1,
                       seq=seq, device="cpu", lora_r=r, padded=False)
-    est = (act.decoder_saved_bytes(spec, train, rows) + act.embedding_saved_bytes(spec, train, rows)
-           + act.final_norm_saved_bytes(spec, train, rows) + act.backbone_output_bytes(spec, train, rows)
-           + act.rope_table_bytes(spec, train, rows) + act.mask_bytes(spec, train, rows))
+    est = (act.decoder_saved_bytes(spec, train, rows) + fwd.embedding_saved_bytes(spec, train, rows)
+           + fwd.final_norm_saved_bytes(spec, train, rows) + fwd.backbone_output_bytes(spec, train, rows)
+           + fwd.rope_table_bytes(spec, train, rows) + fwd.mask_bytes(spec, train, rows)
+           + fwd.outer_linears_saved_bytes(spec, train, rows))
     return measured, est
 
 

@@ -2,7 +2,7 @@
 
 Every figure is derived from the installed code path and checked against an inventory of the
 tensors autograd really saves (``torch.autograd.graph.saved_tensors_hooks``; see
-tests/test_activations.py and bench/validate). Units: bytes; "per token" means per row position
+tests/ and bench/layer_inventory.py). Units: bytes; "per token" means per row position
 of the forward (rows x seq tokens).
 
 Conventions used below, per token of one decoder layer:
@@ -14,10 +14,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from refplan.model import (AttentionKernel, Input, Layer, MlpStyle, ModelSpec, NormPlacement, NormStyle,
-                           Positions, QKNorm, Role)
+from refplan.methods import Finetune
+from refplan.model import (
+    AttentionKernel,
+    Input,
+    KVToAttention,
+    Layer,
+    MlpStyle,
+    ModelSpec,
+    NormPlacement,
+    NormStyle,
+    Positions,
+    QKNorm,
+    Role,
+)
 from refplan.settings import Quant
 from refplan.spec import TrainSpec
+from refplan.terms import adapter_dtype
 from refplan.units import dtype_bytes
 
 FP32 = 4
@@ -68,6 +81,8 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
     - RMSNorm, gemma style (``Gemma*RMSNorm``: ``y = norm(x.float()) * (1 + weight.float())``):
       x32, rsqrt, and y in fp32 when the weight is trainable.
     - LayerNorm (``native_layer_norm``): its input, mean and rstd (fp32 per row).
+    - Cohere's Python LayerNorm: two copies of the centred fp32 input, rsqrt, and y in fp32 when
+      the weight is trainable.
     ``rows_per_token`` > 1 for per-head q/k norms (Qwen3, Gemma3).
     """
     if not input_requires_grad:
@@ -75,6 +90,10 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
     style = model.structure.norm
     if style is NormStyle.LAYER:
         return width * m.w + 2 * FP32 * rows_per_token
+    if style is NormStyle.LAYER_FP32_PY:
+        # ``x - mean`` is computed twice (for the variance's pow and for the normalization's
+        # multiply) and each keeps its own copy
+        return 2 * width * FP32 + FP32 * rows_per_token + (0 if m.weights_frozen else width * FP32)
     saved = width * FP32 + FP32 * rows_per_token
     if not m.weights_frozen:
         saved += width * (FP32 if style is NormStyle.RMS_GEMMA else m.w)
@@ -94,8 +113,11 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     by_input: dict[Input, list] = {}
     for lin in layer.linears:
         by_input.setdefault(lin.role.input, []).append(lin)
-    widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size,
-              Input.ROUTER_IN: model.hidden_size, Input.MLP_HIDDEN: layer.mlp_intermediate,
+    # ReLU keeps its output, the down projection's input (see _mlp_saved) -- unless PEFT under
+    # autocast gives each wrapped linear its own compute-dtype copy
+    hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.autocast)
+    widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size, Input.ROUTER_IN: model.hidden_size,
+              Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
               Input.ATTN_OUT: model.q_dim}
     if layer.moe is not None:
         by_input.pop(Input.MLP_HIDDEN, None)  # routed / shared experts keep their own (see _moe_saved)
@@ -103,11 +125,15 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
         by_input.pop(Input.ATTN_OUT, None)
     if model.structure.shared_block_norm and Input.MLP_IN in by_input:
         by_input[Input.ATTN_IN] = by_input.get(Input.ATTN_IN, []) + by_input.pop(Input.MLP_IN)
+    if Input.ROUTER_IN in by_input and Input.MLP_IN in by_input and not model.structure.router_fp32:
+        # a router that does not cast its input reads the very tensor the shared experts read
+        # (Qwen2-MoE: ``hidden_states.view(-1, h)`` feeds the gate, the experts and the shared expert)
+        by_input[Input.MLP_IN] = by_input.pop(Input.ROUTER_IN) + by_input[Input.MLP_IN]
     return [(inp, tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
 
 
 def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
-                         input_requires_grad: bool = True) -> int:
+                         input_requires_grad: bool = True, inputs: tuple[Input, ...] | None = None) -> int:
     """Inputs kept for the weight gradients of the layer's linears, per token.
 
     Full fine-tune: one saved copy per distinct input -- under autocast from fp32 weights, a
@@ -116,9 +142,11 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
     linear's LoRA A saves its input -- the shared tensor when adapters and activations share a
     dtype, else its own copy in the adapter dtype (``_cast_input_dtype``, peft lora/layer.py and
     lora/bnb.py: QLoRA's bf16 adapters on fp32 activations) -- and LoRA B saves A's output (r per
-    token, adapter dtype)."""
+    token, adapter dtype). ``inputs``: only the groups of these input tensors."""
     total = 0
     for inp, lins, width, norm_fed in _input_groups(model, layer, train, m):
+        if inputs is not None and inp not in inputs:
+            continue
         if not train.finetune.peft:
             per_matmul = m.autocast and m.w != m.a and norm_fed
             total += (len(lins) if per_matmul else 1) * width * m.a
@@ -180,13 +208,27 @@ def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -
 def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
     """Compute-dtype copies of the layer's linear weights that autocast makes from fp32 weights and
     the matmuls keep for backward (torch autocast's weight cache for leaves that require grad; a
-    frozen base weight is cast per op and kept too, since the input gradient needs it). Zero
-    unless the weights are fp32 and the forward is autocast to bf16/fp16."""
+    frozen base weight is cast per op and kept too, since the input gradient needs it), and of its
+    LoRA adapters (:func:`lora_adapter_copies_bytes`). Zero without autocast."""
     m = act_mode(train)
-    merged = lora_merged_weight_bytes(model, layer, train)
+    merged = lora_merged_weight_bytes(model, layer, train) + lora_adapter_copies_bytes(model, layer, train)
     if not m.autocast or m.w == m.a or train.policy_quant is not Quant.NONE:
         return merged  # bitsandbytes' k-bit matmuls are custom ops that autocast does not cast
     return merged + _autocast_copies(layer, m)
+
+
+def lora_adapter_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """Autocast's compute-dtype copies of the layer's LoRA A and B weights: PEFT keeps adapters in
+    fp32 (``autocast_adapter_dtype``), autocast casts each for its matmul (and caches the cast, the
+    weights requiring grad) and ``mm`` keeps it for the input gradient -- on bf16 and on fp32 bases
+    alike (measured: trace engine, llama tiny, r = 32). Zero without autocast. ParamWrapper
+    adapters (experts, router) are merged into the weight instead (:func:`lora_merged_weight_bytes`)."""
+    m = act_mode(train)
+    if not train.finetune.peft or not m.autocast or dtype_bytes(adapter_dtype(train)) == m.a:
+        return 0
+    return sum(l.lora_rank_mult * train.lora_r * (l.in_features + l.out_features) for l in layer.linears
+               if model.wraps(l, train.lora_targets) and l.count == 1
+               and not (layer.moe is not None and l.role is Role.ROUTER)) * m.a
 
 
 def _autocast_copies(layer: Layer, m: ActMode) -> int:
@@ -198,7 +240,7 @@ def attention_masked(model: ModelSpec, train: TrainSpec, layer_idx: int | None =
     """True when the model builds an explicit mask for this layer: padding in the batch, or a
     sliding window shorter than the sequence on a sliding-attention layer (transformers
     masking_utils; without a mask SDPA runs causal and, on recent torch, with native GQA)."""
-    if train.padded:
+    if train.padded or model.structure.mask_always:
         return True
     window = model.structure.sliding_window
     # masking_utils._ignore_causal_mask_sdpa skips the mask only when kv_length < window
@@ -238,6 +280,11 @@ def _o_proj_input_kept(train: TrainSpec, m: ActMode) -> bool:
     with QLoRA's bf16 adapters on a 4-bit base and fp32 activations: LoRA A keeps its own bf16 cast
     (counted with the linears' inputs) and the 4-bit matmul keeps nothing."""
     return not (train.finetune.peft and not m.autocast and m.adapter != m.a and not m.base_keeps_input)
+def _own_sdpa(model: ModelSpec, train: TrainSpec) -> bool:
+    """A model that calls attention itself (Falcon) runs SDPA's fused kernel: ``sdpa`` asked, and
+    K/V as many heads as Q (a single broadcast K/V head sends torch to its math kernel)."""
+    return (attention_impl(model, train) == "falcon" and train.attn.value != "eager"
+            and model.structure.kv_to_attention is not KVToAttention.BROADCAST)
 
 
 def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
@@ -246,6 +293,25 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
     q, kv, heads, s = model.q_dim, model.kv_dim, model.num_heads, train.seq
     impl = attention_impl(model, train)
     o_in = q * m.a if _o_proj_input_kept(train, m) else 0
+    fused = layer.first(Role.QKV) is not None
+    if _own_sdpa(model, train):
+        # FalconAttention.forward: q, k and v -- materialized at query width when expanded, else
+        # rotated copies of q and k (RoPE) or views (ALiBi) beside v, views of the fused output that
+        # keep it whole --, SDPA's output (read by ``dense`` through a view) and its logsumexp
+        rotated = model.structure.positions is Positions.ROPE
+        if model.structure.kv_to_attention is KVToAttention.EXPANDED:
+            qkv_saved = 3 * q
+        elif rotated:
+            qkv_saved = q + kv + (q + 2 * kv if fused else kv)
+        else:
+            qkv_saved = q + 2 * kv
+        total = (qkv_saved + q) * m.a + heads * FP32
+        if rotated and train.device == "cpu":
+            # the mask is boolean: on CPU, SDPA keeps its own float copy [rows, 1, S, S] from every
+            # call (per token, one row of S; see the standard path below); with ALiBi the model
+            # folds the biases into one float mask (mask_bytes)
+            total += s * m.a
+        return total
     if impl in ("eager", "falcon"):
         # eager_attention_forward: matmul copies of q and of k, v expanded to all heads, the
         # softmax output (fp32 upcast, then cast back), soft-capped scores where capped
@@ -255,12 +321,16 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         if model.structure.attn_softcap:
             total += heads * s * m.a
         return total + o_in  # output reshaped for o_proj (a copy)
-    fused = layer.first(Role.QKV) is not None
+    masked = attention_masked(model, train, layer_idx)
+    # torch's SDPA turns a boolean mask into a float copy on every call, and the CPU kernel keeps
+    # that copy for backward: one [rows, 1, S, S] per masked layer, one mask row of S per token
+    # (bench/layer_inventory.py: Mistral, StarCoder2; the trace check's padded rows). Counted on
+    # CPU only: CUDA's kernels were not measured with masks (the GPU bench runs unpadded)
+    mask_copy = s * m.a if masked and train.device == "cpu" else 0
     if fused and model.structure.fused_view_qkv:
         # no rotation: q, k and v are views of the fused output, which stays alive whole (GPT-2);
         # + the SDPA output (o_proj's input) and its logsumexp
-        return (q + 2 * kv) * m.a + q * m.a + heads * FP32
-    masked = attention_masked(model, train, layer_idx)
+        return (q + 2 * kv) * m.a + q * m.a + heads * FP32 + mask_copy
     # repeat_kv copies k and v when a mask is passed -- except for MQA (one KV head), where the
     # expand + reshape is a view
     expand = masked and 1 < model.num_kv_heads < model.num_heads
@@ -273,11 +343,12 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         v_saved = kv
     total = (q + k_saved + v_saved) * m.a  # rotated q and k, v
     total += q * m.a + heads * FP32  # SDPA output + logsumexp
-    if fused:
-        # q sliced from a fused projection: the SDPA output comes back head-major, so
-        # sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox)
+    if fused or model.structure.rotary_concat:
+        # q sliced from a fused projection, or rebuilt by ``torch.cat((q_rot, q_pass))`` around the
+        # rotation, reaches SDPA head-major and contiguous: its output comes back head-major,
+        # so sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox, phi)
         total += o_in
-    return total
+    return total + mask_copy
 
 
 def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:
@@ -302,19 +373,28 @@ def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) ->
     total = _norm_saved(model, h, m, irg)
     if not st.parallel_residual:
         return total + _norm_saved(model, h, m)  # post_attention_layernorm on the residual sum
-    if st.norm is NormStyle.LAYER and len(layer.norms) >= 2:
+    if st.norm is NormStyle.LAYER and not st.shared_block_norm:
         total += 2 * FP32
     return total
 
 
 def _mlp_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
     """MLP intermediates per token: gated (gate = the activation's input, act(gate), up), plain
-    (fc_in's output, the activation's input), GPT-2's Python ``gelu_new`` (four intermediates)."""
+    (fc_in's output, the activation's input), GPT-2's Python ``gelu_new`` (four intermediates),
+    ReLU (its output, which the down projection's input group then does not count again)."""
     if layer.moe is not None:
         return _moe_saved(model, layer, train, m)
     style = model.structure.mlp
-    per = {MlpStyle.GATED: 3, MlpStyle.PLAIN: 1, MlpStyle.PLAIN_PY_GELU: 4}[style]
+    per = {MlpStyle.GATED: 3, MlpStyle.PLAIN: 1, MlpStyle.PLAIN_PY_GELU: 4, MlpStyle.PLAIN_RELU: 1}[style]
     return per * layer.mlp_intermediate * m.a
+
+
+def _functional_dropout_saved(model: ModelSpec, train: TrainSpec, m: ActMode) -> int:
+    """Config-driven ``F.dropout`` calls TRL leaves on (:attr:`Structure.functional_dropouts`), per
+    token: off CUDA, ATen's ``_dropout_impl`` multiplies by a scaled noise tensor of the input's
+    dtype and keeps it; CUDA's fused ``native_dropout`` keeps a boolean mask."""
+    per_elem = 1 if train.device == "cuda" else m.a
+    return model.structure.functional_dropouts * model.hidden_size * per_elem
 
 
 def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec,
@@ -329,6 +409,7 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
     total += _qk_norms_saved(model, m)
     total += _attention_saved(model, layer, train, m, layer_idx)
     total += _mlp_saved(model, layer, train, m)
+    total += _functional_dropout_saved(model, train, m)
     return total + _linear_inputs_saved(model, layer, train, m, input_requires_grad)
 
 
@@ -337,73 +418,38 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
     3-D parameters), per token, k = experts per token:
       router softmax (E fp32), top-k indices (k int64) and normalized weights (k fp32 + a sum),
       the sort / floor_divide / index / scatter bookkeeping (int64 and int32, ~36 bytes per k),
-      the token rows gathered per expert (k x h), grouped gate_up output (k x 2i), act(gate) and
-      act*up (k x i each) and the down projection output (k x h) kept for the routing-weight
-      multiply; shared experts (DeepSeek-V2) as a dense gated MLP.
+      grouped gate_up output (k x 2i), act(gate) (k x i) and the down projection output (k x h)
+      kept for the routing-weight multiply; when the experts' weights take a gradient, also the
+      token rows gathered per expert (k x h) and act*up (k x i), the grouped matmuls' inputs;
+      shared experts (DeepSeek-V2, Qwen2-MoE) as a dense gated MLP, with Qwen2-MoE's sigmoid gate
+      on their output.
     Checked against bench/layer_inventory.py (Mixtral, Qwen3-MoE)."""
     moe = layer.moe
     k, h, i = moe.top_k, model.hidden_size, moe.expert_intermediate
     per = moe.num_experts * FP32 + FP32 + k * (FP32 + 36)
-    per += k * (2 * h + 4 * i) * m.a
+    per += k * (2 * i + i + h) * m.a  # gate_up output, act(gate), down output
+    experts = layer.first(Role.EXPERTS_GATE_UP)
+    if not train.finetune.peft or (experts is not None and model.wraps(experts, train.lora_targets)):
+        # grouped_mm keeps its inputs only for a weight gradient: frozen experts (PEFT without them
+        # in its targets) keep neither the gathered rows nor act * up
+        per += k * (h + i) * m.a
     if moe.shared_intermediate:
-        per += 4 * moe.shared_intermediate * m.a + h * m.a  # gated shared MLP + its input
+        per += 4 * moe.shared_intermediate * m.a  # gated shared MLP: gate, act(gate), up, act * up
+        if moe.shared_gated:
+            # ``sigmoid(shared_expert_gate(x)) * shared_expert(x)``: the multiply keeps the shared
+            # output [h] and the sigmoid its output [1] (Qwen2MoeSparseMoeBlock.forward)
+            per += (h + 1) * m.a
+        else:
+            per += h * m.a  # the shared MLP's input, as DeepSeek-V2 was first modelled
     return per
-
-
-def embedding_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Embedding backward keeps the token ids (int64) when the embedding is trainable; GPT-2's
-    learned position embedding keeps its [1, S] position ids."""
-    if train.finetune.peft:
-        return 0
-    out = rows * train.seq * 8
-    if model.structure.learned_positions:
-        out += train.seq * 8
-    return out
-
-
-def final_norm_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    return rows * train.seq * _norm_saved(model, model.hidden_size, act_mode(train))
-
-
-def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """The explicit attention mask [rows, 1, S, S] built once per forward and saved by every
-    layer's SDPA (activation dtype), when one is built (:func:`attention_masked`)."""
-    impl = attention_impl(model, train)
-    if impl == "eager":
-        # eager attention always builds its masks (one per attention type: Gemma 2 has full and
-        # sliding); they are saved only as inputs of checkpointed layers (non-reentrant
-        # checkpoint keeps every tensor argument), else they die after the forward
-        if not train.grad_ckpt:
-            return 0
-        types = model.structure.layer_types
-        kinds = len(set(types)) if types else 1
-        return kinds * rows * train.seq * train.seq * act_mode(train).a
-    if impl != "sdpa":
-        return 0
-    return _mask_kinds(model, train) * rows * train.seq * train.seq * act_mode(train).a
-
-
-def backbone_output_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """The backbone's last hidden state (final norm output), alive until the head consumes it."""
-    return rows * train.seq * model.hidden_size * act_mode(train).a
-
-
-def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """cos and sin tables [1, S, rotary_dim] computed once per forward and saved by every
-    layer's RoPE multiply (transformers ``*RotaryEmbedding``), in the activation dtype."""
-    if model.structure.positions is not Positions.ROPE:
-        return 0
-    rot = model.head_dim
-    pct = model.structure.rotary_fraction
-    if pct:
-        rot = int(model.head_dim * pct)
-    return 2 * train.seq * rot * act_mode(train).a
 
 
 def checkpoint_saved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
     """With gradient checkpointing (non-reentrant, torch.utils.checkpoint), a layer keeps only
-    its input hidden state."""
-    return model.hidden_size * act_mode(train).a
+    its input hidden state -- the residual stream, in the weights' dtype: fp32 under autocast from
+    fp32 weights (embedding outputs and residual adds are not autocast ops; measured with the trace
+    engine and a CPU burst of docs/examples/trl-dpo-lora.yaml)."""
+    return model.hidden_size * act_mode(train).w
 
 
 def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list[int]:
@@ -415,9 +461,12 @@ def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list
                           + kbit_ctx_inputs_bytes_per_token(model, layer, train)) for layer in model.layers]
     memo: dict = {}
     out = []
+    # with a frozen embedding (PEFT), the first layer's input does not require grad -- unless a
+    # LoRA-wrapped projection stands between them (OPT's project_in)
+    first_irg = not train.finetune.peft or any(
+        l.role is Role.PROJECT_IN and model.wraps(l, train.lora_targets) for l in model.outer_linears)
     for idx, layer in enumerate(model.layers):
-        # with a frozen embedding (PEFT), the first layer's input does not require grad
-        irg = not (train.finetune.peft and idx == 0)
+        irg = first_irg or idx > 0
         key = (model.layer_groups[idx], irg, attention_masked(model, train, idx))
         if key not in memo:
             memo[key] = (tokens * layer_saved_bytes_per_token(model, layer, train, irg, idx)
@@ -432,27 +481,72 @@ def decoder_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
 
 
 def recompute_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Checkpointing recomputes one layer in backward: its full activations live at once."""
+    """Checkpointing recomputes one layer in backward: its full activations live at once (the
+    largest layer's), less what is the checkpointed input itself (:func:`recompute_saved_bytes`)."""
     if not train.grad_ckpt:
         return 0
-    tokens = rows * train.seq
     memo: dict = {}
-    for idx, layer in enumerate(model.layers):
+    for idx in range(model.num_layers):
         key = (model.layer_groups[idx], attention_masked(model, train, idx))
         if key not in memo:
-            memo[key] = (tokens * layer_saved_bytes_per_token(model, layer, train, True, idx)
-                         + layer_weight_copies_bytes(model, layer, train))
+            memo[key] = recompute_saved_bytes(model, train, rows, idx)
     return max(memo.values())
 
 
-def autocast_weight_cache_bytes(model: ModelSpec, train: TrainSpec, requires_grad: bool,
-                                ref_dtype: str | None = None) -> int:
-    """All decoder linear weights' compute-dtype copies held by autocast's cache until the
-    forward's autocast context exits: the cache keeps casts of leaves that require grad -- TRL
-    leaves ``requires_grad=True`` on its reference, so a no-grad reference forward fills it too."""
+def recompute_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int, layer_idx: int) -> int:
+    """What the recompute of layer ``layer_idx`` saves for its backward: the layer's saved tensors
+    less those that are the checkpointed input itself (:func:`checkpoint_input_resaved_bytes_per_token`),
+    which :func:`checkpoint_saved_bytes_per_token` already counts."""
+    layer = model.layers[layer_idx]
+    per_token = (layer_saved_bytes_per_token(model, layer, train, True, layer_idx)
+                 - checkpoint_input_resaved_bytes_per_token(model, train))
+    return rows * train.seq * per_token + layer_weight_copies_bytes(model, layer, train)
+
+
+def checkpoint_input_resaved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
+    """Bytes of a layer's saved tensors that are its input itself, per token. The recompute runs on
+    the tensor the checkpoint kept, so what saves it unchanged adds no storage: ``nn.LayerNorm``
+    always (``native_layer_norm`` keeps its input), an RMSNorm when the residual stream is already
+    fp32 (``x.to(torch.float32)`` / ``x.float()`` return ``x``). Post-norm layers (no input norm)
+    feed the attention projections the input itself; they save it unchanged when
+    :func:`matmuls_save_input_as_is`. Measured: trace engine, llama tiny, fp32 and fp32 + bf16
+    autocast, full and LoRA: the recomputed layer holds ``h x 4`` bytes per token less than
+    :func:`layer_saved_bytes_per_token`."""
     m = act_mode(train)
-    wbytes = dtype_bytes(ref_dtype) if ref_dtype else m.w
-    if not m.autocast or wbytes == m.a or not requires_grad:
+    h, st = model.hidden_size, model.structure
+    if st.placement is NormPlacement.POST:
+        return h * m.w if matmuls_save_input_as_is(model, model.layers[0], train, Input.ATTN_IN) else 0
+    if st.norm is NormStyle.LAYER or m.w == FP32:
+        return h * m.w
+    return 0
+
+
+def peft_input_cast_bytes(train: TrainSpec, input_bytes: int) -> int:
+    """Bytes per element of PEFT's copy of a LoRA layer's input in the adapter dtype
+    (``x = self._cast_input_dtype(x, lora_A.weight.dtype)``, peft lora/layer.py ``Linear.forward``):
+    none when the input has the adapter dtype already, and none for bitsandbytes 4-bit layers under
+    autocast (lora/bnb.py ``Linear4bit.forward``: ``requires_conversion = not
+    torch.is_autocast_enabled()``). The copy lives until the layer's forward returns."""
+    adapter = dtype_bytes(adapter_dtype(train))
+    if input_bytes == adapter or (train.finetune is Finetune.QLORA and act_mode(train).autocast):
         return 0
-    return sum(l.in_features * l.out_features for layer in model.layers for l in layer.linears
-               if l.count == 1) * m.a
+    return adapter
+
+
+def lora_keeps_input_as_is(train: TrainSpec, input_bytes: int) -> bool:
+    """True when ``lora_A`` keeps its input tensor itself for backward: neither PEFT's cast
+    (:func:`peft_input_cast_bytes`) nor autocast's (an input not in the compute dtype) copies it."""
+    m = act_mode(train)
+    return peft_input_cast_bytes(train, input_bytes) == 0 and (not m.autocast or input_bytes == m.a)
+
+
+def matmuls_save_input_as_is(model: ModelSpec, layer: Layer, train: TrainSpec, inp: Input) -> bool:
+    """True when the linears reading ``inp`` (a tensor in the residual dtype) keep that tensor
+    itself for backward rather than a copy: trainable weights without a dtype cast (autocast copies
+    an fp32 input per matmul), or a LoRA A that keeps its input as is
+    (:func:`lora_keeps_input_as_is`)."""
+    m = act_mode(train)
+    lins = [l for l in layer.linears if l.role.input is inp]
+    if not train.finetune.peft:
+        return bool(lins) and m.w == m.a
+    return lora_keeps_input_as_is(train, m.w) and any(model.wraps(l, train.lora_targets) for l in lins)

@@ -33,16 +33,8 @@ SHARDINGS = (
     (Sharding.ZERO2, Offload.NONE), (Sharding.FSDP, Offload.NONE), (Sharding.ZERO3, Offload.NONE),
     (Sharding.ZERO2, Offload.OPTIMIZER), (Sharding.ZERO3, Offload.OPTIMIZER),
 )
-#: strategies by the compute they add to training, least first, with the cost said in the recommendation
-COST = {
-    Strategy.NONE: "no reference at all",
-    Strategy.PRECOMPUTE: "one no-grad pass over the dataset before training, no reference in the step",
-    Strategy.UNWRAP: "a reference forward every step (the base with adapters off), no extra memory",
-    Strategy.REF_ADAPTER: "a reference forward every step and a second frozen adapter",
-    Strategy.SEPARATE: "a reference forward every step and a full frozen copy",
-    Strategy.SYNC: "a full copy, a reference forward every step and the TR-DPO mixing",
-}
-ORDER = tuple(COST)
+#: strategies by the compute they add to training, least first (each one's cost is ``Strategy.caps.cost``)
+ORDER = (Strategy.NONE, Strategy.PRECOMPUTE, Strategy.UNWRAP, Strategy.REF_ADAPTER, Strategy.SEPARATE, Strategy.SYNC)
 
 
 @dataclass(frozen=True)
@@ -196,7 +188,7 @@ def recommend(rows: list[FitRow], capacity: int) -> dict:
                                              f"{best.sharding}" if best else "; no number of GPUs reaches it"))
             continue
         pick = fitting[0]
-        text = f"{pick.train.strategy.value}: {COST[pick.train.strategy]}"
+        text = f"{pick.train.strategy.value}: {pick.train.strategy.caps.cost}"
         cheaper = [r for r in mine if ORDER.index(r.train.strategy) < ORDER.index(pick.train.strategy)]
         if cheaper:
             nxt = cheaper[-1]

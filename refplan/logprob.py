@@ -35,36 +35,65 @@ def fused_head_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int
     """TRL's fused head (DPO, KTO) saves for backward: the [N, h] hidden copy
     (``hidden_states[:, :-1].reshape(-1, h)``), the targets (int64) and log_z (fp32), with
     N = rows * (seq - 1) (all positions on CPU; completion positions only on Triton devices,
-    which we bound by all positions)."""
+    which we bound by all positions). The hidden states are the final norm's output, in the
+    residual stream's dtype: fp32 under autocast from fp32 weights (measured: trace engine)."""
     n = rows * (train.seq - 1)
-    return n * (model.hidden_size * act_mode(train).a + 8 + FP32)
+    return n * (model.token_dim * act_mode(train).w + 8 + FP32)
+
+
+def fused_head_hidden_cast_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+    """``ChunkedLogProbFunction``'s compute-dtype copy of one token chunk of the hidden states,
+    ``hidden[token_start:token_end].to(compute_dtype)`` [min(N, 4096), h], a local through the
+    chunk's tiles in its forward and in its backward (chunked_logprob.py), when the hidden states
+    are not in the autocast dtype (fp32 weights under autocast). Zero otherwise (``.to`` returns
+    the tensor)."""
+    m = act_mode(train)
+    if not m.autocast or m.w == m.a:
+        return 0
+    return min(rows * (train.seq - 1), FUSED_TOKEN_CHUNK) * model.token_dim * m.a
+
+
+def fused_head_weight_cast_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """The backward's compute-dtype copy of one vocabulary chunk of an fp32 head weight under
+    autocast, ``w_chunk = weight[start:end].to(compute_dtype)`` [min(V, 32768), h], a local while
+    the tile is folded (the forward casts inside the ``mm`` call, a temporary gone before its
+    fold)."""
+    m = act_mode(train)
+    if not m.autocast or m.w == m.a:
+        return 0
+    return min(model.vocab_size, FUSED_VOCAB_CHUNK) * model.token_dim * m.a
 
 
 def fused_head_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """Peak extra bytes inside ChunkedLogProbFunction.forward: the 7 fp32 statistics, the
-    ``mm_buf`` tile [min(N, 4096), 32768] in compute dtype, and, on CPU (torch fallback
+    ``mm_buf`` tile [min(N, 4096), 32768] in compute dtype, the cast of one hidden chunk
+    (:func:`fused_head_hidden_cast_bytes`), and, on CPU (torch fallback
     ``_forward_tile``), fp32 copies of one tile while it is folded (transform, z - max, exp)."""
     n = rows * (train.seq - 1)
     tok = min(n, FUSED_TOKEN_CHUNK)
     cols = min(model.vocab_size, FUSED_VOCAB_CHUNK)
     a = act_mode(train).a
     out = FUSED_STATS * n * FP32 + tok * FUSED_VOCAB_CHUNK * a
+    out += fused_head_hidden_cast_bytes(model, train, rows)
     fold_tiles = 3 if train.device == "cpu" else 0
     return out + fold_tiles * tok * cols * FP32
 
 
 def fused_head_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """ChunkedLogProbFunction.backward: fp32 grad_hidden [N, h], fp32 grad_weight [V, h] when the
-    head is trainable, the mm_buf tile, and on CPU the torch fallback ``_backward_tile``'s
-    temporaries of one tile: y, z, log_p, p, grad, is_target.float(), (is_target - p) alive at
-    once (7 fp32 tiles) plus the bool ``is_target`` tile."""
+    head is trainable, the mm_buf tile, the compute-dtype casts of one hidden chunk and one weight
+    chunk (:func:`fused_head_hidden_cast_bytes`, :func:`fused_head_weight_cast_bytes`), and on CPU
+    the torch fallback ``_backward_tile``'s temporaries of one tile: y, z, log_p, p, grad,
+    is_target.float(), (is_target - p) alive at once (7 fp32 tiles) plus the bool ``is_target``
+    tile."""
     n = rows * (train.seq - 1)
     tok = min(n, FUSED_TOKEN_CHUNK)
     cols = min(model.vocab_size, FUSED_VOCAB_CHUNK)
     a = act_mode(train).a
-    out = n * model.hidden_size * FP32 + tok * FUSED_VOCAB_CHUNK * a
+    out = n * model.token_dim * FP32 + tok * FUSED_VOCAB_CHUNK * a
+    out += fused_head_hidden_cast_bytes(model, train, rows) + fused_head_weight_cast_bytes(model, train)
     if not train.finetune.peft:
-        out += model.vocab_size * model.hidden_size * FP32
+        out += model.vocab_size * model.token_dim * FP32
     if train.device == "cpu":
         # final logit soft-capping (Gemma 2/3) keeps tanh's output as one more tile
         tiles = 7 + (1 if model.structure.final_softcap else 0)
@@ -82,10 +111,10 @@ def full_logits_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> in
         # CUDA autocast runs log_softmax / cross_entropy in fp32 on casts of the logits; by the
         # backward peak (see full_logits_backward_transient_bytes) those are freed -- measured on
         # an H200 (reports/gpu/diagnose.json): only the head's input (when trainable) remains
-        return 0 if train.finetune.peft else rows * s * model.hidden_size * a
+        return 0 if train.finetune.peft else rows * s * model.token_dim * a
     saved = rows * s * v * a
     if not train.finetune.peft:
-        saved += rows * s * model.hidden_size * a  # a frozen LM head (PEFT) needs no input for backward
+        saved += rows * s * model.token_dim * a  # a frozen LM head (PEFT) needs no input for backward
     if model.structure.final_softcap:
         saved += rows * s * v * a  # Gemma's cap: tanh(logits / cap) is kept for backward
     if train.method.value == "orpo":
@@ -126,5 +155,5 @@ def reference_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: 
         width = max(width, moe.top_k * moe.expert_intermediate)
     layer_peak = tokens * (2 * model.hidden_size + 3 * width) * a
     n = rows * (train.seq - 1)
-    head = n * model.hidden_size * a + fused_head_forward_transient_bytes(model, train, rows) + n * FP32
+    head = n * model.token_dim * a + fused_head_forward_transient_bytes(model, train, rows) + n * FP32
     return max(layer_peak + layer_extra, head)

@@ -26,8 +26,6 @@ class MethodCaps:
     #: tokens TRL adds around prompt + completion: DPO/KTO append EOS (+1); ORPO/CPO add BOS and
     #: EOS (+2).
     added_tokens: int
-    trl_trainer: str
-    batch_unit: str  # what per_device_train_batch_size counts
 
 
 class Method(str, enum.Enum):
@@ -43,13 +41,13 @@ class Method(str, enum.Enum):
 
 
 _METHOD_CAPS = {
-    Method.DPO: MethodCaps(True, True, True, False, 1, "trl.DPOTrainer", "pairs"),
-    Method.IPO: MethodCaps(True, True, True, False, 1, "trl.DPOTrainer(loss_type=['ipo'])", "pairs"),
-    Method.KTO: MethodCaps(True, False, True, True, 1, "trl.KTOTrainer", "examples"),
-    Method.ORPO: MethodCaps(False, True, False, False, 2, "trl.experimental.orpo.ORPOTrainer", "pairs"),
-    Method.SIMPO: MethodCaps(
-        False, True, False, False, 2, "trl.experimental.cpo.CPOTrainer(loss_type='simpo')", "pairs"
-    ),
+    # trl.DPOTrainer (IPO: loss_type=["ipo"]), trl.KTOTrainer, trl.experimental.orpo.ORPOTrainer,
+    # trl.experimental.cpo.CPOTrainer(loss_type="simpo")
+    Method.DPO: MethodCaps(True, True, True, False, 1),
+    Method.IPO: MethodCaps(True, True, True, False, 1),
+    Method.KTO: MethodCaps(True, False, True, True, 1),
+    Method.ORPO: MethodCaps(False, True, False, False, 2),
+    Method.SIMPO: MethodCaps(False, True, False, False, 2),
 }
 
 
@@ -75,9 +73,8 @@ class StrategyCaps:
     reference_forward_per_step: bool
     #: reference log-probs computed in a phase of their own before training.
     precompute_phase: bool
-    #: the strategy for reference-free methods.
-    reference_free: bool
-    description: str
+    #: what the strategy costs a run beyond its memory (``refplan fit``'s recommendation says it)
+    cost: str
 
 
 class Strategy(str, enum.Enum):
@@ -94,17 +91,17 @@ class Strategy(str, enum.Enum):
 
 
 _STRATEGY_CAPS = {
-    Strategy.SEPARATE: StrategyCaps(True, False, False, True, False, False,
-                                    "frozen full copy (own dtype or 8/4-bit)"),
-    Strategy.UNWRAP: StrategyCaps(False, True, False, True, False, False,
-                                  "PEFT base with adapters disabled"),
-    Strategy.REF_ADAPTER: StrategyCaps(False, True, False, True, False, False,
-                                       "second frozen 'ref' adapter"),
-    Strategy.PRECOMPUTE: StrategyCaps(False, False, False, False, True, False,
-                                      "log-probs computed once before training"),
-    Strategy.SYNC: StrategyCaps(True, False, True, True, False, False,
-                                "TR-DPO: full copy mixed toward the policy"),
-    Strategy.NONE: StrategyCaps(False, False, False, False, False, True, "reference-free"),
+    Strategy.SEPARATE: StrategyCaps(True, False, False, True, False,
+                                    "a reference forward every step and a full frozen copy"),
+    Strategy.UNWRAP: StrategyCaps(False, True, False, True, False,
+                                  "a reference forward every step (the base with adapters off), no extra memory"),
+    Strategy.REF_ADAPTER: StrategyCaps(False, True, False, True, False,
+                                       "a reference forward every step and a second frozen adapter"),
+    Strategy.PRECOMPUTE: StrategyCaps(False, False, False, False, True,
+                                      "one no-grad pass over the dataset before training, no reference in the step"),
+    Strategy.SYNC: StrategyCaps(True, False, True, True, False,
+                                "a full copy, a reference forward every step and the TR-DPO mixing"),
+    Strategy.NONE: StrategyCaps(False, False, False, False, False, "no reference at all"),
 }
 
 

@@ -50,6 +50,12 @@ class Role(str, enum.Enum):
     SHARED_GATE = "shared-gate"  # shared experts (DeepSeek) as a dense gated MLP
     SHARED_UP = "shared-up"
     SHARED_DOWN = "shared-down"
+    #: per-token scalar gate of a shared expert, Linear(hidden, 1) -> sigmoid (Qwen2-MoE ``shared_expert_gate``)
+    SHARED_EXPERT_GATE = "shared-expert-gate"
+    #: between the token-embedding width and the hidden size, outside the layers (OPT-350m's
+    #: ``project_in`` / ``project_out``)
+    PROJECT_IN = "project-in"
+    PROJECT_OUT = "project-out"
     LM_HEAD = "lm-head"
 
     @property
@@ -60,7 +66,7 @@ class Role(str, enum.Enum):
     def dense_mlp(self) -> bool:
         """A plain ``nn.Linear`` of a dense (or shared-expert) MLP."""
         return self in (Role.MLP_GATE, Role.MLP_UP, Role.MLP_GATE_UP, Role.MLP_IN, Role.MLP_DOWN,
-                        Role.SHARED_GATE, Role.SHARED_UP, Role.SHARED_DOWN)
+                        Role.SHARED_GATE, Role.SHARED_UP, Role.SHARED_DOWN, Role.SHARED_EXPERT_GATE)
 
 
 _ROLE_INPUT = {
@@ -68,7 +74,7 @@ _ROLE_INPUT = {
     Role.Q_A: Input.ATTN_IN, Role.KV_A: Input.ATTN_IN, Role.O: Input.ATTN_OUT,
     Role.MLP_GATE: Input.MLP_IN, Role.MLP_UP: Input.MLP_IN, Role.MLP_GATE_UP: Input.MLP_IN,
     Role.MLP_IN: Input.MLP_IN, Role.SHARED_GATE: Input.MLP_IN, Role.SHARED_UP: Input.MLP_IN,
-    Role.ROUTER: Input.ROUTER_IN, Role.MLP_DOWN: Input.MLP_HIDDEN,
+    Role.SHARED_EXPERT_GATE: Input.MLP_IN, Role.ROUTER: Input.ROUTER_IN, Role.MLP_DOWN: Input.MLP_HIDDEN,
 }
 
 
@@ -112,6 +118,9 @@ class MoE:
     top_k: int
     expert_intermediate: int
     shared_intermediate: int = 0  # total width of shared experts (0: none)
+    #: the shared experts' output is scaled by a per-token sigmoid gate before it joins the routed
+    #: output (Qwen2-MoE: ``sigmoid(shared_expert_gate(x)) * shared_expert(x)``)
+    shared_gated: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,10 @@ class NormStyle(str, enum.Enum):
     RMS_GEMMA = "rms-gemma"
     #: ``nn.LayerNorm`` (``native_layer_norm``): input, mean and rstd saved
     LAYER = "layer"
+    #: a LayerNorm written in Python in fp32, weight only (``CohereLayerNorm``: ``x32 - mean``,
+    #: ``rsqrt(var + eps)``, ``weight.float() * y``): the centred input twice (variance and
+    #: normalization each compute it), rsqrt, and y in fp32 when the weight is trainable
+    LAYER_FP32_PY = "layer-fp32-py"
 
 
 class NormPlacement(str, enum.Enum):
@@ -170,7 +183,22 @@ class Positions(str, enum.Enum):
 class AttentionKernel(str, enum.Enum):
     AS_CONFIGURED = "as-configured"  # ``attn_implementation`` as the user asks (sdpa, eager, flash)
     EAGER_ONLY = "eager-only"  # transformers supports eager only (Gemma 2's soft-capped scores)
-    OWN_MATH = "own-math"  # the model computes attention itself (Falcon)
+    #: the model calls attention itself (Falcon): its own softmax math under ``eager``, a direct
+    #: ``F.scaled_dot_product_attention`` call -- no repeat_kv, no output copy -- under ``sdpa``
+    OWN_MATH = "own-math"
+
+
+class KVToAttention(str, enum.Enum):
+    """How K and V reach the attention kernel."""
+
+    #: ``num_kv_heads`` heads; transformers' attention interface repeats them (repeat_kv) or runs GQA
+    GROUPED = "grouped"
+    #: materialized per query head by the model before attention (Falcon's new decoder architecture:
+    #: ``broadcast_to`` + ``flatten``): K and V each as wide as Q
+    EXPANDED = "expanded"
+    #: one K/V head handed to SDPA as is, broadcast over the query heads: torch runs its math kernel
+    #: (Falcon ``multi_query``), which keeps the attention probabilities like eager attention
+    BROADCAST = "broadcast"
 
 
 class MlpStyle(str, enum.Enum):
@@ -178,6 +206,9 @@ class MlpStyle(str, enum.Enum):
     PLAIN = "plain"  # act(fc_in) -> fc_out: fc_in's output saved (1 x width)
     #: GPT-2's ``gelu_new`` written in Python (tanh approximation): four intermediates of the width
     PLAIN_PY_GELU = "plain-py-gelu"
+    #: act(fc_in) -> fc_out with an activation that keeps its *output* (ReLU: ``threshold_backward``
+    #: reads the result) -- the very tensor fc_out keeps as its input: nothing beyond it
+    PLAIN_RELU = "plain-relu"
 
 
 @dataclass(frozen=True)
@@ -191,9 +222,25 @@ class Structure:
     positions: Positions = Positions.ROPE
     #: fraction of head_dim that is rotated (GPT-NeoX ``rotary_pct``); None: all of it
     rotary_fraction: float | None = None
+    #: layers that apply no rotary embedding (SmolLM3's NoPE layers): q and k are views of their
+    #: projections there; the rotary tables are kept only if some layer rotates
+    nope_layers: tuple[int, ...] = ()
+    #: q and k are rebuilt by ``torch.cat((rotated, passed_through), dim=-1)`` (Phi, StableLM,
+    #: GPT-NeoX), whatever the fraction: q reaches attention head-major and contiguous
+    rotary_concat: bool = False
     #: learned absolute positions (GPT-2 ``n_positions``): one more embedding tensor
     learned_positions: int = 0
+    #: position ids computed per row from the attention mask (OPT: ``cumsum(mask) - 1``), so the
+    #: position embedding keeps [rows, S] ids rather than [1, S]
+    positions_per_row: bool = False
+    #: [hidden]-wide ``F.dropout`` calls per layer whose p comes from the config (OPT ``dropout``):
+    #: TRL's ``disable_dropout`` zeroes ``nn.Dropout`` modules only, so these stay on in training
+    functional_dropouts: int = 0
     attention: AttentionKernel = AttentionKernel.AS_CONFIGURED
+    kv_to_attention: KVToAttention = KVToAttention.GROUPED
+    #: the model always materializes its [rows, 1, S, S] attention mask, even where SDPA could run
+    #: causal without one (Falcon: ``create_causal_mask(..., allow_is_causal_skip=False)``)
+    mask_always: bool = False
     parallel_residual: bool = False
     #: attention and MLP read one shared norm output in a parallel block (one LayerNorm per layer)
     shared_block_norm: bool = False
@@ -238,20 +285,47 @@ class ModelSpec:
     tie_word_embeddings: bool
     layers: tuple[Layer, ...]
     embed_params: int  # token embeddings (+ learned position embeddings for gpt2)
-    final_norm: Norm
+    final_norm: Norm | None  # None when the model has none (post-norm OPT)
     lm_head: Linear | None  # None when tied to the embeddings
     structure: Structure = Structure()
+    #: a norm applied to the embeddings before the first layer (BLOOM ``word_embeddings_layernorm``)
+    embed_norm: Norm | None = None
+    #: the LM head has a bias (Phi: ``nn.Linear(hidden, vocab, bias=True)``); with tied embeddings it
+    #: stays a parameter of its own (``lm_head``, when present, carries it)
+    head_bias: bool = False
+    #: width of the token embeddings and of the LM head's input when it differs from hidden_size
+    #: (OPT ``word_embed_proj_dim``); the decoder reaches it through ``outer_linears``
+    embed_dim: int | None = None
+    #: linears outside the decoder layers (OPT's ``project_in`` [embed_dim -> hidden] and
+    #: ``project_out`` [hidden -> embed_dim]): parameters, PEFT targets, quantized like the layers'
+    outer_linears: tuple[Linear, ...] = ()
     hidden_act: str = "silu"
     #: value-head dim where it differs from head_dim (MLA); query/key dim is head_dim
     v_head_dim: int | None = None
     generic_fallback: bool = False  # True when the family was unknown and a generic decoder was assumed
+    #: bytes of buffers every copy of the model holds beyond its parameters, whatever the dtype
+    #: (GPT-BigCode's [n_positions, n_positions] boolean causal mask)
+    buffer_bytes: int = 0
     config: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @cached_property
     def params(self) -> int:
         """Total parameters, counted once (tied embeddings are not double counted)."""
-        head = self.lm_head.params if self.lm_head is not None else 0
-        return self.embed_params + sum(l.params for l in self.layers) + self.final_norm.params + head
+        head = self.lm_head.params if self.lm_head is not None else (self.vocab_size if self.head_bias else 0)
+        embed_norm = self.embed_norm.params if self.embed_norm is not None else 0
+        final = self.final_norm.params if self.final_norm is not None else 0
+        outer = sum(l.params for l in self.outer_linears)
+        return self.embed_params + embed_norm + outer + sum(l.params for l in self.layers) + final + head
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the token embeddings and of the LM head's input."""
+        return self.embed_dim or self.hidden_size
+
+    @property
+    def all_linears(self) -> tuple[Linear, ...]:
+        """Every linear but the LM head: the decoder layers' and the outer ones."""
+        return tuple(l for layer in self.layers for l in layer.linears) + self.outer_linears
 
     @cached_property
     def layer_groups(self) -> tuple[int, ...]:
@@ -263,10 +337,9 @@ class ModelSpec:
     def linear_names(self) -> tuple[str, ...]:
         """Distinct module names of the decoder's linears, as ``--lora-targets`` may name them."""
         names: dict[str, None] = {}
-        for layer in self.layers:
-            for lin in layer.linears:
-                names.setdefault(lin.name.rsplit(".", 1)[-1], None)
-                names.setdefault(lin.name, None)
+        for lin in self.all_linears:
+            names.setdefault(lin.name.rsplit(".", 1)[-1], None)
+            names.setdefault(lin.name, None)
         if self.lm_head is not None:
             names.setdefault(self.lm_head.name, None)
         return tuple(names)
@@ -285,5 +358,5 @@ class ModelSpec:
         return lin.lora_target and (targets == ("all-linear",) or lin.name in targets)
 
     def lora_linears(self, targets: tuple[str, ...] = ("all-linear",)) -> list[Linear]:
-        """The linears PEFT wraps, over all layers."""
-        return [lin for layer in self.layers for lin in layer.linears if self.wraps(lin, targets)]
+        """The linears PEFT wraps, over all layers (and the outer linears)."""
+        return [lin for lin in self.all_linears if self.wraps(lin, targets)]

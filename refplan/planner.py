@@ -22,7 +22,8 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 from refplan import activations as act
-from refplan import logprob, terms
+from refplan import forward_tensors as fwd
+from refplan import backward, logprob, terms
 from refplan import quant as quant_terms
 from refplan.methods import Method, Strategy, applicable_strategies
 from refplan.model import ModelSpec
@@ -45,9 +46,8 @@ def _largest_param_tensor(model: ModelSpec, train: TrainSpec) -> int:
         lins = model.lora_linears(train.lora_targets)
         return max((l.count * l.lora_rank_mult * train.lora_r * max(l.in_features, l.out_features) for l in lins),
                    default=0)
-    cands = [model.vocab_size * model.hidden_size]
-    for layer in model.layers:
-        cands += [l.in_features * l.out_features * (l.count if not l.lora_target else 1) for l in layer.linears]
+    cands = [model.vocab_size * model.token_dim]
+    cands += [l.in_features * l.out_features * (l.count if not l.lora_target else 1) for l in model.all_linears]
     return max(cands)
 
 
@@ -170,9 +170,9 @@ class _Step:
     def saved(self) -> int:
         """Everything the policy forward saves for backward, but the log-prob path."""
         model, train, rows = self.model, self.train, self.rows
-        return (sum(self.layer_saved) + act.embedding_saved_bytes(model, train, rows)
-                + act.final_norm_saved_bytes(model, train, rows) + act.rope_table_bytes(model, train, rows)
-                + act.mask_bytes(model, train, rows))
+        return (sum(self.layer_saved) + fwd.embedding_saved_bytes(model, train, rows)
+                + fwd.final_norm_saved_bytes(model, train, rows) + fwd.rope_table_bytes(model, train, rows)
+                + fwd.mask_bytes(model, train, rows) + fwd.outer_linears_saved_bytes(model, train, rows))
 
     @cached_property
     def head(self) -> tuple[int, int, int]:
@@ -180,7 +180,7 @@ class _Step:
         return logprob.head_bytes(self.model, self.train, self.rows)
 
     def autocast_copies(self, requires_grad: bool, ref_dtype=None) -> int:
-        return act.autocast_weight_cache_bytes(self.model, self.train, requires_grad, ref_dtype)
+        return fwd.autocast_weight_cache_bytes(self.model, self.train, requires_grad, ref_dtype)
 
     @cached_property
     def kbit_reference(self) -> tuple[Quant, bool, bool] | None:
@@ -279,41 +279,87 @@ def _reference_forward(step: _Step) -> Phase | None:
     return _phase("reference forward", parts, train)
 
 
-def _backward_moments(step: _Step) -> list[tuple[str, dict]]:
+def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[str, dict]]:
     """The moments of the backward, in order: the head's backward, then each decoder layer from the
-    top (its saved activations freed after, its gradients accumulated), then -- with tied fp32
-    embeddings -- the out-of-place sum of the embedding's two gradients. Each: (label, the
-    components beyond the static ones)."""
+    top, then -- with tied fp32 embeddings -- the out-of-place sum of the embedding's two gradients.
+    Each: (label, the components beyond the static ones).
+
+    A decoder layer's moments are :func:`refplan.backward.layer_moments` (with checkpointing its
+    recompute, then its MLP's and its norms' backward), each over its saved tensors (recomputed,
+    with checkpointing), the gradients of the layers above and the residual stream's gradient,
+    then its end: its saved tensors freed, all its gradients made. The final norm's saved tensors
+    are freed before the top layer's backward starts.
+
+    ``candidates_only``: of layers alike (same moments, saved tensors and gradients) only the one
+    whose moments are largest -- they differ by a layer's remaining activations plus accumulated
+    gradients alone -- which keeps the maximum, and the first of ties, at a fraction of the work."""
     model, train = step.model, step.train
     grad_shards = train.shards_of("grads")
     kept = 0 if train.offload.optimizer_on_cpu else 1
     layer_grads = [kept * _div(b, grad_shards) for b in _layer_param_bytes(model, train)]
-    recompute = act.recompute_bytes(model, train, step.rows)
     nonlayer_grads = max(step.gradient_bytes - sum(layer_grads), 0)
     head_grad = nonlayer_grads if model.lm_head is None else nonlayer_grads // 2
     head_saved, _, head_bwd = step.head
     moments = [("head", {"activations": step.saved, "logprob path": head_saved + head_bwd, "gradients": 0})]
-    remaining, acc_grads = step.saved, head_grad
-    grad_flow = step.rows * train.seq * model.hidden_size * act.act_mode(train).a * 2  # incoming + outgoing
+    tokens = step.rows * train.seq
+    residual_grad = tokens * model.hidden_size * act.act_mode(train).w
+    # each layer from the top: (index, kind, activations and gradients before its backward); the
+    # final norm's backward runs between the head's and the top layer's, so its saved tensors go
+    remaining = step.saved - fwd.final_norm_saved_bytes(model, train, step.rows)
+    acc_grads = head_grad
     dequant = [_layer_dequant_bytes(step, layer) for layer in model.layers]
+    walk = []
     for idx in range(model.num_layers - 1, -1, -1):
-        if dequant[idx]:
-            # the layer's first k-bit input gradient (its last linear, the MLP's down projection): the
-            # layer's activations all alive, its own gradients not yet made
-            moments.append((f"layer {idx} k-bit", {"activations": remaining + recompute, "activation grads": grad_flow,
-                                                   "gradients": acc_grads, "k-bit dequant": dequant[idx]}))
+        kind = (model.layer_groups[idx], act.attention_masked(model, train, idx))
+        walk.append((idx, kind, remaining, acc_grads))
         acc_grads += layer_grads[idx]
-        moments.append((f"layer {idx}", {"activations": remaining + recompute, "activation grads": grad_flow,
-                                         "gradients": acc_grads}))
         remaining -= step.layer_saved[idx]
+    chosen = None
+    if candidates_only:
+        best: dict = {}
+        for idx, kind, before, grads in walk:
+            alike = (kind, step.layer_saved[idx], layer_grads[idx])
+            if alike not in best or before + grads > best[alike][0]:
+                best[alike] = (before + grads, idx)
+        chosen = {idx for _, idx in best.values()}
+    memo: dict = {}  # layers of one kind share their moments: (name, activations, activation grads, gradients)
+    for idx, kind, before, grads in walk:
+        if chosen is not None and idx not in chosen:
+            continue
+        if kind not in memo:
+            recomputed = act.recompute_saved_bytes(model, train, step.rows, idx) if train.grad_ckpt else 0
+            memo[kind] = [(mom.name, recomputed - mom.copies_freed + tokens * (mom.forward_locals - mom.saved_freed),
+                           residual_grad + tokens * mom.act_grads, kept * _div(mom.weight_grads, grad_shards))
+                          for mom in backward.layer_moments(model, model.layers[idx], train)]
+        for name, activations, activation_grads, gradients in memo[kind]:
+            parts = {"activations": before + activations, "activation grads": activation_grads,
+                     "gradients": grads + gradients}
+            if name in _KBIT_INPUT_GRAD_MOMENTS and dequant[idx]:
+                parts["k-bit dequant"] = dequant[idx]
+            moments.append((f"layer {idx} {name}", parts))
+        # its end: its saved tensors freed, its gradients made, the residual gradient and the one
+        # it returns
+        moments.append((f"layer {idx}", {"activations": before - step.layer_saved[idx],
+                                         "activation grads": 2 * residual_grad,
+                                         "gradients": grads + layer_grads[idx]}))
     if model.lm_head is None and not train.finetune.peft and act.act_mode(train).w == act.FP32:
         # tied embeddings, fp32 weights: autograd sums the head's gradient (returned by TRL's
         # autograd.Function) and embedding_dense_backward's out of place -- three [V, h] fp32
         # tensors at once before the sum is accumulated into .grad
         moments.append(("embedding", {"activations": remaining,
-                                      "activation grads": 2 * model.vocab_size * model.hidden_size * act.FP32,
+                                      "activation grads": 2 * model.vocab_size * model.token_dim * act.FP32,
                                       "gradients": acc_grads}))
+    elif not train.finetune.peft:
+        # a trainable embedding's backward: every gradient made, its own last, while the embedding
+        # output's gradient is still alive
+        moments.append(("embedding", {"activations": remaining, "activation grads": residual_grad,
+                                      "gradients": step.gradient_bytes}))
     return moments
+
+
+#: the moments of a layer's backward (:func:`refplan.backward.layer_moments`) at which a frozen k-bit linear
+#: computes its input gradient: the down projection's, then the MLP input projections' (gate / up)
+_KBIT_INPUT_GRAD_MOMENTS = ("down", "mlp")
 
 
 def _layer_dequant_bytes(step: _Step, layer) -> int:
@@ -329,7 +375,7 @@ def _layer_dequant_bytes(step: _Step, layer) -> int:
 def _backward(step: _Step) -> Phase:
     """The backward's peak: the largest of its moments (the first one on ties)."""
     best_total, best_parts = -1, {}
-    for _, parts in _backward_moments(step):
+    for _, parts in _backward_moments(step, candidates_only=True):
         total = sum(parts.values())
         if total > best_total:
             best_total, best_parts = total, parts

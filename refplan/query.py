@@ -9,7 +9,6 @@ formula engine or the trace engine. Standard library only unless the trace engin
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field, replace
 
 from refplan.errors import PlanError

@@ -37,13 +37,13 @@ def weight_bytes(model: ModelSpec, dtype: str, quant: str = "none", double_quant
     quantization state: exact per quantized linear, everything transformers leaves unquantized in
     ``dtype`` (:func:`refplan.quant.kbit_weight_bytes`). ``bias_dtype``: the quantized linears' biases
     (the load dtype unless a forward has cast them); ``cpu_packed``: 4-bit weights after bitsandbytes'
-    CPU repack."""
+    CPU repack. Non-parameter buffers (``ModelSpec.buffer_bytes``) come with every copy."""
     dtype = Dtype.parse(dtype, "--dtype")
     quant = Quant.parse(quant, "--ref-quant")
     if quant is Quant.NONE:
-        return model.params * dtype.bytes
+        return model.params * dtype.bytes + model.buffer_bytes
     bias = Dtype.parse(bias_dtype, "--dtype") if bias_dtype is not None else dtype
-    return quant_terms.kbit_weight_bytes(model, dtype, quant, double_quant, bias, cpu_packed)
+    return quant_terms.kbit_weight_bytes(model, dtype, quant, double_quant, bias, cpu_packed) + model.buffer_bytes
 
 
 def lora_params(model: ModelSpec, r: int, targets: tuple[str, ...] = (ALL_LINEAR,)) -> int:
@@ -60,9 +60,15 @@ def param_tensors(model: ModelSpec) -> int:
     """Number of parameter tensors of the full model (AdamW keeps one ``step`` scalar per tensor)."""
     n = 1  # embeddings
     n += sum(layer.tensor_count for layer in model.layers)
-    n += 2 if model.final_norm.bias else 1
+    if model.final_norm is not None:
+        n += 2 if model.final_norm.bias else 1
+    n += sum(2 if l.bias else 1 for l in model.outer_linears)
+    if model.embed_norm is not None:
+        n += 2 if model.embed_norm.bias else 1
     if model.lm_head is not None:
         n += 2 if model.lm_head.bias else 1
+    elif model.head_bias:
+        n += 1  # a tied head's bias
     if model.structure.learned_positions:
         n += 1  # learned position embeddings
     return n
@@ -263,10 +269,15 @@ def _adafactor_elems(model: ModelSpec, train: TrainSpec) -> int:
         for l in layer.linears:
             total += l.count * (l.in_features + l.out_features + (l.out_features if l.bias else 0))
         total += sum(nm.params for nm in layer.norms) + layer.extra_params
-    total += model.vocab_size + model.hidden_size  # embeddings (factored)
+    total += model.vocab_size + model.token_dim  # embeddings (factored)
+    total += sum(l.in_features + l.out_features + (l.out_features if l.bias else 0) for l in model.outer_linears)
     if model.lm_head is not None:
-        total += model.lm_head.in_features + model.lm_head.out_features
-    return total + model.final_norm.params
+        total += model.lm_head.in_features + model.lm_head.out_features + (model.vocab_size if model.head_bias else 0)
+    elif model.head_bias:
+        total += model.vocab_size
+    if model.embed_norm is not None:
+        total += model.embed_norm.params
+    return total + (model.final_norm.params if model.final_norm is not None else 0)
 
 
 def master_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:
@@ -285,10 +296,3 @@ def batch_bytes(train: TrainSpec) -> int:
     (accelerate DataLoaderShard)."""
     rows = train.sequences_per_forward * (2 if train.method.caps.kl_forward else 1)
     return 2 * 3 * rows * train.seq * 8
-
-
-def cuda_overhead_bytes(train: TrainSpec, allocated_peak: int) -> int:
-    """CUDA context + allocator slack; zero with ``--device cpu`` (live tensor bytes only)."""
-    if train.device != "cuda":
-        return 0
-    return CUDA_CONTEXT_BYTES + allocated_peak * ALLOCATOR_SLACK_NUM // ALLOCATOR_SLACK_DEN

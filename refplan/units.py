@@ -26,13 +26,3 @@ def dtype_bytes(dtype: str) -> int:
         return DTYPE_BYTES[dtype]
     except KeyError:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPE_BYTES)}") from None
-
-
-def to_gib(n_bytes: int) -> float:
-    """Bytes to GiB (2**30), for display only."""
-    return n_bytes / GIB
-
-
-def fmt_gib(n_bytes: int, digits: int = 2) -> str:
-    """Format bytes as a GiB string with its unit, e.g. ``"15.02 GiB"``."""
-    return f"{n_bytes / GIB:.{digits}f} GiB"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refplan.methods import Finetune, Method, Strategy, applicable_strategies
+from refplan.validate_shapes import odd_shape
 
 #: families of the validation matrix and why each is there
 FAMILIES = {
@@ -37,6 +38,22 @@ FAMILIES = {
 #: the eight above so that a seed draws the same scenarios as before they were added
 MORE_FAMILIES = {
     "starcoder2": "LayerNorm with bias, plain c_fc/c_proj MLP, GQA with biases, sliding window",
+    "qwen2_moe": "routed experts (frozen under LoRA) beside a shared expert with a sigmoid gate, dense layers",
+    "falcon": "fused query_key_value, own SDPA call with an always-built mask; new decoder (K/V expanded, "
+              "one or two LayerNorms), multi-query (math kernel) and multi-head layouts, parallel or sequential, "
+              "RoPE or ALiBi",
+    "gpt_bigcode": "multi-query attention through a fused c_attn (views), learned positions, LayerNorm, "
+                   "a [n_positions, n_positions] boolean buffer in every copy",
+    "bloom": "ALiBi, LayerNorm on the embeddings, eager-only own attention math, custom GELU",
+    "opt": "learned positions (offset 2, ids per row), ReLU MLP, config dropout that TRL leaves on, "
+           "OPT-350m's projected embeddings and post-norm layers",
+    "phi": "parallel block on one LayerNorm, partial rotary (cat: head-major q), per-head q/k LayerNorms, "
+           "Python gelu_new, LM head bias",
+    "granite": "Llama layout with embedding / residual / attention / logits multipliers",
+    "cohere": "parallel block on one Python fp32 LayerNorm, per-head q/k norms, interleaved fp32 rotary, "
+              "logit scale",
+    "stablelm": "LayerNorm, partial rotary (cat), per-head q/k LayerNorm modules, sequential or parallel block",
+    "smollm3": "Llama layout with NoPE layers (no rotation every n-th layer), sliding window on NoPE layers",
 }
 
 TARGET_MEDIAN_PCT = 3.0
@@ -86,51 +103,6 @@ class Case:
                 "double_quant": str(bool(q.get("double_quant"))) if four else "8-bit only"}
 
 
-def _odd_shape(rng: random.Random, family: str, vocab: int) -> dict:
-    heads = rng.choice([2, 3, 4, 6])
-    kv = rng.choice([d for d in (1, 2, 3, 6) if heads % d == 0 and d <= heads])
-    head_dim = rng.choice([8, 12, 16, 20, 24, 32])
-    hidden = heads * rng.choice([8, 12, 16, 20, 24, 32])  # configs validate hidden % heads == 0
-    if family in ("llama", "qwen2", "mistral", "phi3", "gpt_neox", "olmo2", "starcoder2") and rng.random() < 0.5:
-        head_dim = None  # the default hidden // heads (needs divisibility)
-        hidden = heads * rng.choice([12, 16, 20, 24, 32])
-    cfg = {
-        "hidden_size": hidden,
-        "intermediate_size": rng.choice([64, 100, 128, 176, 256, 344, 400]),
-        "num_hidden_layers": rng.randint(1, 4),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv,
-        "vocab_size": vocab + rng.randint(0, 300),
-        "max_position_embeddings": 1024,
-    }
-    if head_dim is not None:
-        cfg["head_dim"] = head_dim
-    if family == "qwen2":
-        cfg["tie_word_embeddings"] = rng.random() < 0.7
-    if family == "mistral":
-        cfg["sliding_window"] = rng.choice([16, 32, 64, 4096])
-    if family == "gemma2":
-        cfg["head_dim"] = head_dim or 16
-        cfg["query_pre_attn_scalar"] = cfg["head_dim"]
-        cfg["tie_word_embeddings"] = rng.random() < 0.5
-        cfg["sliding_window"] = rng.choice([16, 64, 4096])
-    if family == "gpt_neox":
-        cfg.pop("num_key_value_heads")
-        cfg.pop("head_dim", None)
-        cfg["hidden_size"] = heads * rng.choice([12, 16, 24])
-        cfg["rotary_pct"] = rng.choice([0.25, 0.5, 1.0])
-        cfg["tie_word_embeddings"] = False
-        cfg["use_parallel_residual"] = rng.random() < 0.7
-    if family == "starcoder2":
-        cfg["use_bias"] = rng.random() < 0.7
-        cfg["tie_word_embeddings"] = rng.random() < 0.5
-        cfg["sliding_window"] = rng.choice([None, 16, 64])
-    if family in ("qwen3", "olmo2"):
-        cfg["attention_bias"] = rng.random() < 0.3
-        cfg["head_dim"] = head_dim or 16
-    return cfg
-
-
 def generate(n: int, seed: int, vocab: int, families: tuple[str, ...] | None = None) -> list[Case]:
     """``n`` cases from ``seed`` over ``families`` (default: :data:`FAMILIES`). Every family and method
     appears; the rest is random."""
@@ -150,7 +122,7 @@ def generate(n: int, seed: int, vocab: int, families: tuple[str, ...] | None = N
         method = methods[(i // len(fams)) % len(methods)]
         finetune = rng.choice([Finetune.FULL, Finetune.LORA])
         strategy = rng.choice(applicable_strategies(method, finetune))
-        cfg = {"model_type": family, **_odd_shape(rng, family, vocab)}
+        cfg = {"model_type": family, **odd_shape(rng, family, vocab)}
         batch = rng.randint(2 if method is Method.KTO else 1, 4)
         seq = rng.choice([16, 24, 32, 48, 64, 96, 128, 160])
         cases.append(Case(f"v{seed}-{i:03d}-{family}", family, cfg, method.value, strategy.value, finetune.value,
@@ -250,7 +222,11 @@ def build_model_dir(case: Case, root: Path) -> Path:
     from refplan.harness.tiny import build_tokenizer
 
     out = root / case.name
-    if (out / "config.json").exists() and (out / "tokenizer.json").exists():
+    # case names repeat across --families selections with other shapes: reuse a saved model only
+    # when it was built from this very config
+    drawn = json.dumps(case.config, sort_keys=True)
+    marker = out / "refplan-case.json"
+    if (out / "tokenizer.json").exists() and marker.exists() and marker.read_text() == drawn:
         return out
     tok = build_tokenizer(1024)
     cfg = dict(case.config)
@@ -264,7 +240,20 @@ def build_model_dir(case: Case, root: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tok.save_pretrained(str(out))
+    marker.write_text(drawn)
     return out
+
+
+def _attn_for(case: Case) -> str:
+    """``eager`` where the family supports nothing else in transformers 5.x (Gemma 2's soft-capped
+    scores, BLOOM), else ``sdpa``."""
+    from refplan.activations import attention_impl
+    from refplan.families import spec_from_config
+    from refplan.spec import TrainSpec
+
+    spec = spec_from_config(dict(case.config), case.name, "validate")
+    probe = TrainSpec(Method.ORPO, Strategy.NONE, device="cpu", padded=False)
+    return "eager" if attention_impl(spec, probe) == "eager" else "sdpa"
 
 
 def estimate_for(case_dir: Path, sc) -> tuple[int, str, dict]:
@@ -294,9 +283,7 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
         d = build_model_dir(c, root)
         train = bench_train_spec(
             method=c.method, strategy=c.strategy, finetune=c.finetune, dtype="fp32", batch=c.batch, seq=c.seq,
-            grad_ckpt=c.grad_ckpt, lora_r=c.lora_r, device="cpu",
-            # transformers 5.x runs Gemma 2 with eager attention only (soft-capped scores)
-            attn="eager" if c.family == "gemma2" else "sdpa", **c.quant)
+            grad_ckpt=c.grad_ckpt, lora_r=c.lora_r, device="cpu", attn=_attn_for(c), **c.quant)
         sc = Scenario(train, model=str(d), steps=2, seed=0)
         scenarios.append(sc)
         by_key[sc.key] = (c, d, sc)

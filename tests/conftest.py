@@ -32,6 +32,29 @@ def run_json(*args: str, **kw) -> dict:
     return json.loads(r.stdout)
 
 
+#: a small Llama-shaped config whose terms the unit tests derive by hand
+TINY = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 688, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1024, "tie_word_embeddings": False}
+
+
+def spec(**kw):
+    """A TrainSpec for planner tests: DPO separate, fp32, batch 2 x 128 tokens, CPU, unpadded, unless overridden."""
+    from refplan.methods import Method, Strategy
+    from refplan.spec import TrainSpec
+
+    base = dict(method=Method.DPO, strategy=Strategy.SEPARATE, dtype="fp32", batch=2, seq=128, device="cpu",
+                padded=False)
+    base.update(kw)
+    return TrainSpec.parse(**base)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    from refplan.families import spec_from_config
+
+    return spec_from_config(dict(TINY), "tiny", "test")
+
+
 @pytest.fixture(scope="session")
 def llama8b():
     from refplan.resolve import resolve_model

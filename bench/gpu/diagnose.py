@@ -2,7 +2,7 @@
 
     REFPLAN_TRACK_CUDA=1 python bench/gpu/diagnose.py [--device cuda] [--out DIR] SCENARIO_JSON...
 
-For each scenario (a JSON dict of refplan.harness.scenario.Scenario fields) it runs the burst in
+For each scenario (a JSON dict of refplan.harness.scenario.FLAT_KEYS, read by Scenario.from_dict) it runs the burst in
 this process with the live-bytes tracker on, records the aten op at which the live total peaked
 and the live storages (> 1 MiB) at that moment grouped by the op that created them, and prints them
 beside torch.cuda.max_memory_allocated and the planner's components.

@@ -21,15 +21,16 @@ from __future__ import annotations
 from types import ModuleType
 
 from refplan.errors import PlanError
-from refplan.families import (deepseek_v2, falcon, gemma, gemma2, gemma3, gpt2, gpt_neox, llama, mistral, mixtral,
-                              olmo2, phi3, qwen2, qwen3, qwen3_moe, starcoder2)
+from refplan.families import (bloom, cohere, deepseek_v2, falcon, gemma, gemma2, gemma3, gpt2, gpt_bigcode, gpt_neox,
+                              granite, llama, mistral, mixtral, olmo2, opt, phi, phi3, qwen2, qwen2_moe, qwen3,
+                              qwen3_moe, smollm3, stablelm, starcoder2)
 from refplan.families._reader import Reader
 from refplan.model import Linear, ModelSpec, Role
 
 #: family name -> module; every ``model_type`` a module lists resolves to it
 REGISTRY: dict[str, ModuleType] = {m.MODEL_TYPES[0]: m for m in (
     llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma, gemma2, gemma3, phi3, olmo2, deepseek_v2, gpt2,
-    gpt_neox, falcon, starcoder2,
+    gpt_neox, falcon, starcoder2, qwen2_moe, gpt_bigcode, bloom, opt, phi, granite, cohere, stablelm, smollm3,
 )}
 _BY_MODEL_TYPE: dict[str, ModuleType] = {t: m for m in REGISTRY.values() for t in m.MODEL_TYPES}
 
@@ -71,7 +72,9 @@ def spec_from_config(config: dict, model_id: str, source: str) -> ModelSpec:
     if notes:
         s = fields["structure"]
         fields["structure"] = type(s)(**{**s.__dict__, "notes": s.notes + notes})
-    h, vocab = fields["hidden_size"], fields["vocab_size"]
-    lm_head = None if fields["tie_word_embeddings"] else Linear("lm_head", Role.LM_HEAD, h, vocab, lora_target=False)
+    h, vocab = fields.get("embed_dim") or fields["hidden_size"], fields["vocab_size"]
+    head_bias = fields.get("head_bias", False)
+    lm_head = None if fields["tie_word_embeddings"] else Linear("lm_head", Role.LM_HEAD, h, vocab, head_bias,
+                                                                lora_target=False)
     return ModelSpec(model_id=model_id, family=family, source=source, lm_head=lm_head, generic_fallback=generic,
                      config=dict(text), **fields)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 from refplan.errors import PlanError
 from refplan.families._reader import Reader
-from refplan.model import Layer, Linear, MoE, Norm, Role, Structure
+from refplan.model import Layer, Linear, MlpStyle, MoE, Norm, Role, Structure
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 
@@ -27,6 +27,18 @@ def qkvo(h: int, heads: int, kv: int, hd: int, qkv_bias: bool, o_bias: bool) -> 
         Linear("v_proj", Role.V, h, kv * hd, qkv_bias),
         Linear("o_proj", Role.O, heads * hd, h, o_bias),
     )
+
+
+#: transformers activations written in Python from elementwise ops (``activations.py``), each keeping
+#: several intermediates of the MLP width; the others are one fused op that keeps its input
+PY_GELUS = ("gelu_new", "gelu_fast", "gelu_python_tanh")
+
+
+def plain_mlp_style(act: str) -> MlpStyle:
+    """The :class:`MlpStyle` of a plain fc_in -> act -> fc_out MLP with transformers' ``ACT2FN[act]``."""
+    if act in PY_GELUS:
+        return MlpStyle.PLAIN_PY_GELU
+    return MlpStyle.PLAIN_RELU if act == "relu" else MlpStyle.PLAIN
 
 
 def gated_mlp(h: int, inter: int, bias: bool, shared: bool = False) -> tuple[Linear, ...]:

@@ -1,6 +1,13 @@
 """Falcon (``FalconForCausalLM``): fused ``query_key_value`` (multi-head, multi-query, or grouped in
 the new decoder architecture), LayerNorm, parallel attention, its own attention math.
 
+Attention (``FalconAttention.forward``): under ``sdpa`` the model calls
+``F.scaled_dot_product_attention`` itself with the mask ``FalconModel.forward`` always builds
+(``create_causal_mask(..., allow_is_causal_skip=False)``). The new decoder architecture's
+``_split_heads`` materializes K and V per query head (``broadcast_to`` + ``flatten``) before the call;
+multi-query hands one K/V head to SDPA, which broadcasts it in its math kernel (probabilities kept,
+as in eager attention); multi-head passes views of the fused output.
+
 Checkpoints saved before the in-library port use ``model_type`` ``RefinedWebModel`` (7B layout) or
 ``RefinedWeb`` (40B layout, the new decoder architecture) and older key names. Source: transformers
 5.24 ``models/falcon``.
@@ -8,7 +15,7 @@ Checkpoints saved before the in-library port use ``model_type`` ``RefinedWebMode
 
 from refplan.errors import PlanError
 from refplan.families._blocks import layernorm
-from refplan.model import AttentionKernel, Layer, Linear, MlpStyle, NormStyle, Positions, Role, Structure
+from refplan.model import AttentionKernel, KVToAttention, Layer, Linear, MlpStyle, NormStyle, Positions, Role, Structure
 
 MODEL_TYPES = ("falcon", "RefinedWebModel", "RefinedWeb")
 DEFAULTS = {
@@ -69,7 +76,14 @@ def build(r) -> dict:
         norms = (layernorm("ln_attn", h), layernorm("ln_mlp", h))
     else:
         norms = (layernorm("input_layernorm", h),)
+    if new_arch:
+        kv_to_attention = KVToAttention.EXPANDED  # _split_heads: broadcast_to(query.shape) + flatten
+    elif kv == 1:
+        kv_to_attention = KVToAttention.BROADCAST  # multi_query: K/V [B, 1, S, hd] straight to SDPA
+    else:
+        kv_to_attention = KVToAttention.GROUPED  # multi-head: views of the fused output
     structure = Structure(norm=NormStyle.LAYER, mlp=MlpStyle.PLAIN, attention=AttentionKernel.OWN_MATH,
+                          kv_to_attention=kv_to_attention, mask_always=True,
                           positions=Positions.ALIBI if r.bool("alibi") else Positions.ROPE,
                           parallel_residual=parallel, shared_block_norm=parallel and len(norms) == 1)
     return dict(

@@ -32,7 +32,7 @@ def build(r) -> dict:
     rotary = r.opt_float("rotary_pct")
     if isinstance(rope, dict) and "partial_rotary_factor" in rope:
         rotary = float(rope["partial_rotary_factor"])
-    structure = Structure(norm=NormStyle.LAYER, mlp=MlpStyle.PLAIN, rotary_fraction=rotary,
+    structure = Structure(norm=NormStyle.LAYER, mlp=MlpStyle.PLAIN, rotary_fraction=rotary, rotary_concat=True,
                           parallel_residual=r.bool("use_parallel_residual"))
     return dict(
         hidden_size=h, num_layers=n_layers, num_heads=heads, num_kv_heads=heads, head_dim=h // heads,

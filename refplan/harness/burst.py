@@ -166,7 +166,7 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
-    """Run ``sc`` here and return the measured record (see ``refplan.harness.rows.COLUMNS``).
+    """Run ``sc`` here and return the measured record (see ``refplan.harness.runner.COLUMNS``).
 
     Never raises for a failing scenario: an OOM or crash becomes ``status``/``error``. ``track=False``
     turns the CPU tensor tracker off (for the overhead benchmark).
@@ -201,42 +201,9 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
         nvml = gpu.start_sampler(0) if cuda else None
         phases = trk.Phases(tracker, cuda=cuda, nvml=nvml)
         recorder = _trainer_callback_cls()(cuda, progress)
-        load_stack: list = []
-
-        def on_load(start: bool):
-            if start:
-                load_stack.append(phases.current)
-                phases.enter("load")
-            else:
-                phases.enter(load_stack.pop())
-
         gc.collect()
-        with contextlib.ExitStack() as stack:
-            if tracker is not None:
-                stack.enter_context(tracker)
-            stack.enter_context(trk.register_loaded_models(tracker, on_load))
-            stack.enter_context(_precompute_phase(phases))
-            stack.enter_context(_datasets_scratch())
-            phases.enter("setup")
-            trainer = recipe.build_trainer(sc, model_dir, tokenizer, dataset, scratch.name, callbacks=[recorder])
-            ref = getattr(trainer, "ref_model", None)
-            if tracker is not None:  # idempotent: catches anything loaded outside from_pretrained
-                tracker.register_module(trainer.model)
-                if ref is not None:
-                    tracker.register_module(ref)
-            rec["ref_state_bytes"] = trk.module_state_bytes(ref) if ref is not None else 0
-            rec["policy_state_bytes"] = trk.module_state_bytes(trainer.model)
-            shapes = _watch_input_shapes(trainer.model)
-            phases.enter("train")
-            rec["loaded_bytes"] = (tracker.live if tracker is not None
-                                   else torch.cuda.memory_allocated() if cuda else None)
-            trainer.train()
-            phases.enter(None)
-        rec["rows_seen"], rec["seq_seen"] = shapes.rows, shapes.seq
-        shapes.remove()
+        _build_and_train(sc, recipe, (model_dir, tokenizer, dataset), scratch.name, tracker, phases, recorder, rec)
         steps, logs = recorder.step_s, recorder.logs
-        rec["ref_kept"] = ref is not None
-        del trainer, ref
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # noqa: BLE001 -- a failing scenario is a row, not a crash
@@ -260,6 +227,49 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
     rec["wall_s"] = time.perf_counter() - t_start
     scratch.cleanup()
     return rec
+
+
+def _build_and_train(sc: Scenario, recipe, inputs, out_dir: str, tracker, phases, recorder, rec: dict) -> None:
+    """The recipe's trainer built (phase ``setup``, loads in ``load``) and trained (phase ``train``) under
+    the tracker; ``rec`` gets the state sizes, the live bytes before training and the input shapes seen."""
+    import torch
+
+    from refplan.harness import tracker as trk
+
+    model_dir, tokenizer, dataset = inputs
+    load_stack: list = []
+
+    def on_load(start: bool):
+        if start:
+            load_stack.append(phases.current)
+            phases.enter("load")
+        else:
+            phases.enter(load_stack.pop())
+
+    with contextlib.ExitStack() as stack:
+        if tracker is not None:
+            stack.enter_context(tracker)
+        stack.enter_context(trk.register_loaded_models(tracker, on_load))
+        stack.enter_context(_precompute_phase(phases))
+        stack.enter_context(_datasets_scratch())
+        phases.enter("setup")
+        trainer = recipe.build_trainer(sc, model_dir, tokenizer, dataset, out_dir, callbacks=[recorder])
+        ref = getattr(trainer, "ref_model", None)
+        if tracker is not None:  # idempotent: catches anything loaded outside from_pretrained
+            tracker.register_module(trainer.model)
+            if ref is not None:
+                tracker.register_module(ref)
+        rec["ref_state_bytes"] = trk.module_state_bytes(ref) if ref is not None else 0
+        rec["policy_state_bytes"] = trk.module_state_bytes(trainer.model)
+        shapes = _watch_input_shapes(trainer.model)
+        phases.enter("train")
+        rec["loaded_bytes"] = (tracker.live if tracker is not None
+                               else torch.cuda.memory_allocated() if sc.train.device is Device.CUDA else None)
+        trainer.train()
+        phases.enter(None)
+    rec["rows_seen"], rec["seq_seen"] = shapes.rows, shapes.seq
+    shapes.remove()
+    rec["ref_kept"] = ref is not None
 
 
 def _ref_logps(logs: list[dict], beta: float) -> list[list[float]]:

@@ -88,6 +88,34 @@ def test_tiny_trace_matches_the_formula_within_1_percent(setup):
     assert traced.peak_bytes == pytest.approx(formula.peak_bytes, rel=0.01)
 
 
+LAYER_BACKWARD = [train(method="orpo", strategy="none", finetune=ft, dtype=dt, autocast=ac, grad_ckpt=gc, seq=256,
+                         lora_r=8)
+                   for ft, dt, ac, gc in [("lora", "bf16", None, True), ("lora", "fp32", "bf16", True),
+                                          ("lora", "fp32", None, True), ("full", "fp32", "bf16", True),
+                                          ("full", "fp32", None, True), ("full", "bf16", None, True),
+                                          ("lora", "fp32", "bf16", False), ("full", "bf16", None, False)]]
+
+
+@pytest.mark.parametrize("setup", LAYER_BACKWARD, ids=_ids(LAYER_BACKWARD))
+def test_each_layer_backward_matches_the_trace(setup):
+    """Each decoder layer's backward peak in the trace against the formula's moments of that layer
+    (refplan.backward: the recompute's forward locals, the MLP's gradients, the norm's fp32 chain),
+    step tensors only (the static components are the same in both)."""
+    from refplan.planner import _Step, timeline
+    from refplan.reference import reference_plan
+
+    spec = model(LLAMA4)
+    traced = T.trace(spec, setup, spec.num_layers)
+    traced_static = sum(traced.static.values())
+    formula_static = sum(_Step(spec, setup, reference_plan(setup)).static.values())
+    points = timeline(spec, setup)
+    for i in range(spec.num_layers):
+        formula = max(v for phase, moment, v in points
+                      if phase == "backward" and (moment == f"layer {i}" or moment.startswith(f"layer {i} ")))
+        measured = traced.segments[("backward", ("layer", i))] - traced_static
+        assert formula - formula_static == pytest.approx(measured, rel=0.005), i
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kw", [dict(method="dpo", strategy="separate"),
                                 dict(method="dpo", strategy="unwrap", finetune="lora", dtype="bf16"),
@@ -165,12 +193,57 @@ def test_fused_head_uses_its_torch_fallback_on_fake_cpu():
     assert not _use_triton(torch.device("cpu"))
 
 
+# -- the recipe's trainer drives the step ----------------------------------------------------------------
+
+def test_the_step_is_trls_own_compute_loss(monkeypatch):
+    """No hand copy of the loss: the trace calls the recipe trainer's ``_compute_loss`` once per step."""
+    from trl import DPOTrainer
+
+    calls = []
+    original = DPOTrainer._compute_loss
+
+    def counting(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(DPOTrainer, "_compute_loss", counting)
+    spec = model(LLAMA4)
+    T.trace(spec, train(), 2)
+    assert calls == ["DPOTrainer", "DPOTrainer"]  # the warm-up step and the measured one
+
+
+def test_the_stand_in_trainer_takes_the_router_loss_from_the_traced_config():
+    from refplan.reference import reference_plan
+    from refplan.trace.trainer import recipe_trainer
+
+    for cfg, enabled in ((MOE, True), (LLAMA4, False)):
+        setup = train()
+        trainer, _ = recipe_trainer(setup, reference_plan(setup), T.decoder_config(model(cfg), 2))
+        assert trainer.aux_loss_enabled is enabled
+
+
+def test_known_values_give_value_dependent_ops_their_real_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from refplan.trace.values import KnownValues
+
+    with FakeTensorMode(), KnownValues():
+        labels = torch.zeros(5, dtype=torch.bool)
+        labels[::2] = True
+        logps = torch.empty(5, 7)  # no values: a model output
+        assert torch.nonzero(labels).shape == (3, 1)
+        assert logps[labels].shape == (3, 7)
+        assert labels.sum().item() == 3
+        assert logps.sum().item() == 0  # logging of an unknown value
+
+
 # -- refusals -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kw, flag", [
     (dict(device="cuda"), "--device"),
     (dict(optim="adafactor"), "--optim"),
     (dict(attn="flash"), "--attn"),
+    (dict(dtype="fp16"), "--dtype"),
 ])
 def test_refuses_what_fake_cpu_cannot_run(kw, flag):
     spec = model(LLAMA4)

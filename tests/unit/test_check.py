@@ -10,9 +10,6 @@ import csv
 import dataclasses
 import enum
 import json
-import os
-import subprocess
-import sys
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -26,7 +23,7 @@ from refplan.methods import Method, Strategy
 from refplan.spec import TrainSpec
 from refplan.units import GIB, MIB
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODEL = "meta-llama/Llama-3.2-1B"  # catalog entry: resolves offline
 
 
@@ -435,20 +432,3 @@ def test_repository_budgets_pass_against_the_committed_baseline(capsys):
     modes = {r["mode"] for r in doc["rows"]}
     assert modes == {"estimate", "measured"}
     assert all(r["baseline_bytes"] is not None for r in doc["rows"]), "scenario without a baseline entry"
-
-
-def test_estimate_mode_imports_no_heavy_stack(tmp_path):
-    f = _write(tmp_path / "budgets.toml", _scenario("a") + MEASURED)
-    code = textwrap.dedent(f"""
-        import sys
-        from refplan import check
-        rows = check.check(check.load_budgets({str(f)!r}, offline=True), {{}})
-        assert rows[0].passed and rows[1].skipped
-        from refplan.cli import main
-        assert main(["check", "--budgets", {str(f)!r}, "--format", "json", "--baseline", "none.json"]) == 0
-        heavy = [m for m in ("torch", "transformers", "trl", "pandas", "peft", "datasets") if m in sys.modules]
-        assert not heavy, heavy
-    """)
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr

@@ -4,7 +4,6 @@ median |error| <= 3 %, every scenario <= 8 %."""
 
 from __future__ import annotations
 
-import statistics
 
 import pytest
 

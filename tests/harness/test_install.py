@@ -1,11 +1,12 @@
 """refplan installed from its wheel, as a user installs it, and run outside the repository.
 
 The wheel is built from a copy of the source tree (so no stale ``build/`` folder of the checkout can
-leak into it), installed with ``pip install --no-deps --target SITE``, and every command runs from
-an empty temporary directory with ``PYTHONPATH=SITE`` only: the heavy dependencies come from this
-interpreter's own site-packages, refplan from the wheel. An editable install of the checkout (the
-CI venv has one) sits behind ``sys.path`` in Python's import order, and the test checks that
-``refplan`` really is the installed copy. Slow: a wheel build and one real TRL burst.
+leak into it) and installed with pip into a fresh virtual environment; every command runs from an
+empty temporary directory with that venv's ``refplan`` script. The heavy dependencies (torch, trl,
+...) are not installed again: a ``.pth`` file points the new venv at this interpreter's
+site-packages as a plain path, so the checkout's editable-install finder there is never activated,
+and the test checks that ``refplan`` really is the installed copy. Slow: a wheel build and one real
+TRL burst.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -23,7 +25,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache",
                                     ".hypothesis", ".whl", ".cache", "reports")
 
@@ -50,16 +52,22 @@ def installed(tmp_path_factory):
         build.insert(4, "--no-build-isolation")
     subprocess.run(build, check=True, cwd=root)
     (wheel,) = (root / "dist").glob("refplan-*.whl")
-    site = root / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+    venv = root / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True).stdout.strip())
+    deps = sysconfig.get_paths()["purelib"]  # this interpreter's packages: torch, trl, transformers, ...
+    (site / "_refplan_test_deps.pth").write_text(deps + "\n")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
                    check=True, cwd=root)
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    env.update(PYTHONPATH=str(site), REFPLAN_CACHE=str(root / "cache"), HF_HUB_CACHE=str(root / "empty-hub"),
-               HF_HUB_OFFLINE="1", CI="true")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON") and k != "VIRTUAL_ENV"}
+    env.update(REFPLAN_CACHE=str(root / "cache"), HF_HUB_CACHE=str(root / "empty-hub"), HF_HUB_OFFLINE="1", CI="true",
+               PATH=f"{venv / 'bin'}:{env.get('PATH', '/usr/bin:/bin')}")
     work = root / "work"
     work.mkdir()
-    return site / "bin" / "refplan", env, work
+    return venv / "bin" / "refplan", env, work
 
 
 def _run(installed, *argv, timeout=120) -> subprocess.CompletedProcess:
@@ -69,9 +77,11 @@ def _run(installed, *argv, timeout=120) -> subprocess.CompletedProcess:
 
 def test_the_wheel_is_what_runs(installed):
     script, env, work = installed
-    site = script.parent.parent
+    python = script.parent / "python"
+    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               check=True, capture_output=True, text=True, env=env).stdout.strip())
     code = "import refplan, refplan.harness.runner as r; print(refplan.__file__); print(r.__file__)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=work, env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([str(python), "-c", code], cwd=work, env=env, capture_output=True, text=True, check=True)
     for line in out.stdout.split():
         assert Path(line).resolve().is_relative_to(site.resolve()), out.stdout
     assert sorted(p.name for p in (site / "refplan" / "suites").glob("*.toml")) == ["ci.toml", "default.toml",
