@@ -26,7 +26,7 @@ from refplan import forward_tensors as fwd
 from refplan import backward, logprob, terms
 from refplan import quant as quant_terms
 from refplan.methods import Method, Strategy, applicable_strategies
-from refplan.model import ModelSpec
+from refplan.model import ModelSpec, Role
 from refplan.reference import ReferencePlan, loads_reference_to_precompute, reference_plan
 from refplan.result import Estimate, Phase
 from refplan.settings import Device, Quant, StateRule, TransientRule, check_lora_targets
@@ -334,8 +334,13 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
         for name, activations, activation_grads, gradients in memo[kind]:
             parts = {"activations": before + activations, "activation grads": activation_grads,
                      "gradients": grads + gradients}
-            if name in _KBIT_INPUT_GRAD_MOMENTS and dequant[idx]:
-                parts["k-bit dequant"] = dequant[idx]
+            if name == "down" and dequant[idx] is not None:
+                # the k-bit down projection's input gradient: its weight dequantized (and cast) before the
+                # matmul, which then writes the input gradient beside the compute-dtype copy
+                (w_before, w_during), out_grad = dequant[idx]
+                moments.append((f"layer {idx} down k-bit", {**parts, "activation grads": activation_grads - out_grad,
+                                                             "k-bit dequant": w_before}))
+                parts["k-bit dequant"] = w_during
             moments.append((f"layer {idx} {name}", parts))
         # its end: its saved tensors freed, its gradients made, the residual gradient and the one
         # it returns
@@ -357,19 +362,20 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
     return moments
 
 
-#: the moments of a layer's backward (:func:`refplan.backward.layer_moments`) at which a frozen k-bit linear
-#: computes its input gradient: the down projection's, then the MLP input projections' (gate / up)
-_KBIT_INPUT_GRAD_MOMENTS = ("down", "mlp")
-
-
-def _layer_dequant_bytes(step: _Step, layer) -> int:
-    """A QLoRA layer's backward: its frozen k-bit linears dequantize their weight for the input gradient
-    (:func:`refplan.quant.backward_transient_bytes`), one at a time. None after bitsandbytes' CPU
-    repack: the repacked kernel passes no gradient back (see ``terms.policy_repacked_on_cpu``)."""
-    train = step.train
-    if train.policy_quant is Quant.NONE or terms.policy_repacked_on_cpu(step.model, train):
-        return 0
-    return quant_terms.layer_backward_transient_bytes(layer, train.policy_quant, train.dtype, train.kbit_compute_dtype)
+def _layer_dequant_bytes(step: _Step, layer) -> tuple[tuple[int, int], int] | None:
+    """A QLoRA layer's down projection in the backward: its frozen k-bit weight dequantized for the input
+    gradient, before and during the matmul (:func:`refplan.quant.input_grad_weight_bytes`), and the input
+    gradient that matmul writes (tokens x its in_features, compute dtype). The down projection is the
+    first k-bit linear the layer's backward reaches and the one whose moment (``down`` in
+    :func:`refplan.backward.layer_moments`) holds the layer's saved tensors; None for a layer without one
+    (routed experts stay unquantized), for a policy that is not k-bit, and after bitsandbytes' CPU repack
+    (the repacked kernel passes no gradient back: ``terms.policy_repacked_on_cpu``)."""
+    model, train = step.model, step.train
+    if train.policy_quant is Quant.NONE or terms.policy_repacked_on_cpu(model, train) or not backward.dense_mlp(layer):
+        return None
+    down = layer.first(Role.MLP_DOWN)
+    weight = quant_terms.input_grad_weight_bytes(down, train.policy_quant, train.dtype, train.kbit_compute_dtype)
+    return weight, step.rows * train.seq * down.in_features * act.act_mode(train).a
 
 
 def _backward(step: _Step) -> Phase:

@@ -139,6 +139,21 @@ def backward_transient_bytes(lin: Linear, quant: Quant, load: Dtype, compute: Dt
     return out
 
 
+def input_grad_weight_bytes(lin: Linear, quant: Quant, load: Dtype, compute: Dtype) -> tuple[int, int]:
+    """The frozen k-bit linear's weight as its input-gradient matmul needs it, as ``(before the matmul, while
+    it writes the input gradient)``: :func:`backward_transient_bytes` split at the matmul.
+
+    4-bit (``MatMul4Bit.backward``: ``grad_output @ F.dequantize_4bit(B, state).to(grad_output.dtype).t()``):
+    the dequantized weight in the load dtype and, when the compute dtype differs, its cast -- both alive
+    until the cast returns, the load-dtype one then freed, so the matmul runs beside the cast alone.
+    8-bit (``CB.to(dtype_A).mul_(SCB / 127)``): one weight in the input's dtype throughout."""
+    n = lin.in_features * lin.out_features
+    if quant is Quant.INT8:
+        return n * dtype_bytes(compute), n * dtype_bytes(compute)
+    during = n * dtype_bytes(compute)
+    return (n * dtype_bytes(load) + (during if compute is not load else 0)), during
+
+
 def no_grad_forward_transient_bytes(lin: Linear, tokens: int, quant: Quant, double_quant: bool, act: Dtype,
                                     compute: Dtype, device: Device, eval_mode: bool, cpu_packed: bool) -> int:
     """Extra bytes of one frozen k-bit linear's forward without grad (a reference forward, or the policy in
@@ -186,13 +201,6 @@ def largest_no_grad_forward_transient_bytes(model: ModelSpec, tokens: int, quant
     """:func:`no_grad_forward_transient_bytes` of the linear where it is largest (one matmul runs at a time)."""
     return max((no_grad_forward_transient_bytes(l, tokens, quant, double_quant, act, compute, device, eval_mode,
                                                 cpu_packed) for l in quantized_linears(model)), default=0)
-
-
-def layer_backward_transient_bytes(layer, quant: Quant, load: Dtype, compute: Dtype) -> int:
-    """:func:`backward_transient_bytes` of the layer's quantized linear where it is largest (the same on CPU
-    and CUDA: ``MatMul4Bit`` / ``MatMul8bit*`` backward is device-independent Python)."""
-    return max((backward_transient_bytes(l, quant, load, compute) for l in layer.linears
-                if l.count == 1 and l.role is not Role.ROUTER), default=0)
 
 
 def cpu_repack_transient_bytes(n: int) -> int:

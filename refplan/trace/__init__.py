@@ -50,6 +50,7 @@ Differences from a real run, by design or by device:
 
 from __future__ import annotations
 
+import os
 import time
 
 from refplan.errors import PlanError
@@ -122,6 +123,10 @@ def trace(model: ModelSpec, train: TrainSpec, layers: int, *, inventory_phase: s
         raise PlanError("--layers", f"trace between 1 and {model.num_layers} layers (got {layers})")
     import torch
 
+    if not torch.cuda.is_available():
+        # transformers imports DeepSpeed when it is installed, and DeepSpeed, finding no accelerator, says so
+        # in a warning on stdout (real_accelerator.get_accelerator) -- into --format json; cpu is its own pick
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from refplan.activations import attention_impl
     from refplan.trace import fake, step
 

@@ -137,6 +137,26 @@ def test_backward_dequantizes_in_the_load_dtype_then_casts():
     assert quant.backward_transient_bytes(l_, Quant.NF4, Dtype.FP32, Dtype.FP32) == 4 * n
     assert quant.backward_transient_bytes(l_, Quant.NF4, Dtype.FP32, Dtype.BF16) == 6 * n
     assert quant.backward_transient_bytes(l_, Quant.INT8, Dtype.FP32, Dtype.FP32) == 4 * n
+    # split at the matmul: the load-dtype dequant is freed once its cast returns
+    assert quant.input_grad_weight_bytes(l_, Quant.NF4, Dtype.FP32, Dtype.BF16) == (6 * n, 2 * n)
+    assert quant.input_grad_weight_bytes(l_, Quant.NF4, Dtype.BF16, Dtype.BF16) == (2 * n, 2 * n)
+    assert quant.input_grad_weight_bytes(l_, Quant.INT8, Dtype.FP32, Dtype.BF16) == (2 * n, 2 * n)
+
+
+def test_the_down_projection_dequant_is_a_moment_of_its_own(micro):
+    """A QLoRA layer's backward gains the dequant moment before its down projection's matmul, whose input
+    gradient is not made yet, and the compute-dtype copy at the matmul."""
+    from refplan import planner
+    from refplan.reference import reference_plan
+
+    t = qlora(quant_compute_dtype="bf16")
+    step = planner._Step(micro, t, reference_plan(t))
+    moments = dict(planner._backward_moments(step))
+    down = micro.layers[1].first(Role.MLP_DOWN)
+    n, out = down.in_features * down.out_features, step.rows * t.seq * down.in_features * 4
+    before, during = moments["layer 1 down k-bit"], moments["layer 1 down"]
+    assert (before["k-bit dequant"], during["k-bit dequant"]) == (6 * n, 2 * n)
+    assert during["activation grads"] - before["activation grads"] == out
 
 
 def test_no_grad_forward_paths():
