@@ -9,7 +9,7 @@ model                       ``random:<preset>``, a directory or a hub id
 family                      ``model_type`` from the model's config.json
 method                      dpo, ipo, kto, orpo, simpo
 strategy                    separate, unwrap, ref-adapter, precompute, sync, none
-finetune                    full, lora
+finetune                    full, lora, qlora (k-bit settings: see the scenario's optional keys)
 ref_dtype                   reference dtype when it differs from the policy's (``separate`` only)
 lora_r                      LoRA rank (all linear layers but the LM head, alpha = 2r, dropout 0)
 dtype                       dtype the policy is loaded in (fp32, bf16, fp16)
@@ -71,7 +71,8 @@ import threading
 from pathlib import Path
 
 from refplan.harness.scenario import Scenario
-from refplan.methods import Strategy
+from refplan.methods import Finetune, Strategy
+from refplan.settings import Quant
 
 COLUMNS = [
     "key", "suite", "model", "family", "method", "strategy", "finetune", "ref_dtype", "lora_r", "dtype",
@@ -178,7 +179,9 @@ def parity(sc: Scenario, rec: dict, base: dict | None) -> dict:
             ref_rel.append(abs(a - b) / max(1.0, abs(b)))
     out["parity_max_abs_diff"] = max(loss_diff) if loss_diff else None
     out["ref_logp_max_abs_diff"] = max(ref_abs) if ref_abs else None
-    if t.ref_dtype is not None:  # a lower-precision reference is expected to drift: report it
+    if t.ref_dtype is not None or t.ref_quant is not Quant.NONE or t.finetune is Finetune.QLORA:
+        # a lower-precision or k-bit reference is expected to drift (a QLoRA policy's reference is its
+        # k-bit base, its baseline's a full-precision copy): report it
         out["parity_ok"] = "drift"
         return out
     tol = PARITY_TOL[t.dtype.value]
