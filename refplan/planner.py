@@ -23,13 +23,13 @@ from functools import cached_property
 
 from refplan import activations as act
 from refplan import forward_tensors as fwd
-from refplan import backward, logprob, terms
+from refplan import backward, logprob, sharding_terms, terms
 from refplan import quant as quant_terms
 from refplan.methods import Method, Strategy, applicable_strategies
 from refplan.model import ModelSpec, Role
 from refplan.reference import ReferencePlan, loads_reference_to_precompute, reference_plan
 from refplan.result import Estimate, Phase
-from refplan.settings import Device, Quant, StateRule, TransientRule, check_lora_targets
+from refplan.settings import Device, Quant, Sharding, StateRule, TransientRule, check_lora_targets
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -139,8 +139,7 @@ class _Step:
             "reference weights": 0 if (on_cpu.params_on_cpu and self.ref.sharded) else ref_w,
             "optimizer state": 0 if on_cpu.optimizer_on_cpu else _div(terms.optimizer_state_bytes(model, train),
                                                                        train.shards_of("optimizer")),
-            "master weights": 0 if on_cpu.optimizer_on_cpu else _div(terms.master_weight_bytes(model, train),
-                                                                      train.shards_of("optimizer")),
+            "master weights": 0 if on_cpu.optimizer_on_cpu else sharding_terms.master_partition_bytes(model, train),
             "batch": terms.batch_bytes(train),
             "gathered params": gathered,
         }
@@ -359,7 +358,14 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
         # output's gradient is still alive
         moments.append(("embedding", {"activations": remaining, "activation grads": residual_grad,
                                       "gradients": step.gradient_bytes}))
+    if train.sharding is Sharding.ZERO2:
+        moments = sharding_terms.zero2_backward(moments, step.gradient_bytes,
+                                                sharding_terms.reduce_bucket_bytes(model, train))
     return moments
+
+
+def train_zero2(train: TrainSpec) -> bool:
+    return train.sharding is Sharding.ZERO2
 
 
 def _layer_dequant_bytes(step: _Step, layer) -> tuple[tuple[int, int], int] | None:
@@ -381,7 +387,8 @@ def _layer_dequant_bytes(step: _Step, layer) -> tuple[tuple[int, int], int] | No
 def _backward(step: _Step) -> Phase:
     """The backward's peak: the largest of its moments (the first one on ties)."""
     best_total, best_parts = -1, {}
-    for _, parts in _backward_moments(step, candidates_only=True):
+    # ZeRO-2 rewrites the moments' gradients after the walk, so the walk's candidates do not hold there
+    for _, parts in _backward_moments(step, candidates_only=train_zero2(step.train) is False):
         total = sum(parts.values())
         if total > best_total:
             best_total, best_parts = total, parts
@@ -393,6 +400,7 @@ def _optimizer_step(step: _Step) -> Phase:
     return _phase("optimizer step", {
         **step.static,
         "gradients": step.gradient_bytes,
+        "flattened gradients": sharding_terms.zero2_flat_gradient_bytes(step.gradient_bytes, train),
         # an offloaded optimizer steps on the CPU (DeepSpeedCPUAdam / FSDP's CPU shards)
         "optimizer transient": 0 if train.offload.optimizer_on_cpu else optimizer_transient_bytes(model, train),
     }, train)

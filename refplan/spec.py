@@ -137,8 +137,10 @@ class TrainSpec:
         if self.prepare_kbit and self.finetune is not Finetune.QLORA:
             raise PlanError("--prepare-kbit", "prepare_model_for_kbit_training prepares a k-bit policy; "
                                               "add --finetune qlora")
-        if self.device is Device.CPU and (self.gpus > 1 or self.sharding is not Sharding.NONE):
-            raise PlanError("--device", "sharding (--gpus/--zero/--fsdp) applies to --device cuda only")
+        if self.device is Device.CPU and self.offload is not Offload.NONE:
+            # CPU ranks (gloo, what the bench measures) are sharded like GPUs, but there is no device
+            # memory to offload from
+            raise PlanError("--offload", "CPU offload applies to --device cuda only")
         check_combination(self.method, self.strategy, self.finetune, self.ref_quant)
 
     @classmethod

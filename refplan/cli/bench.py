@@ -59,6 +59,11 @@ def register(sub) -> None:
     p.add_argument("--attn", default=None, help="sdpa | eager | flash")
     p.add_argument("--seed", type=int, default=None, help="seed (weights of random models, data, LoRA init)")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu (default auto)")
+    p.add_argument("--gpus", type=_positive(int), default=None, help="ranks of a sharded burst (accelerate launch; "
+                   "CPU ranks talk over gloo)")
+    p.add_argument("--zero", type=int, default=None, help="DeepSpeed ZeRO stage of a sharded burst: 2 or 3")
+    p.add_argument("--fsdp", action="store_true", help="FSDP2 FULL_SHARD instead of DeepSpeed")
+    p.add_argument("--offload", default=None, help="none | optimizer | params | all (CUDA only)")
     p.add_argument("--out", default=None, help="output directory (default reports/bench-<suite>)")
     p.add_argument("--resume", action="store_true", help="skip scenarios already in the output CSV")
     p.add_argument("--timeout", type=_positive(float), default=None, help="seconds per scenario (default 300 cpu, 600 cuda)")
@@ -180,7 +185,24 @@ def _overrides(args, device: str) -> dict:
         o["grad_ckpt"] = args.grad_ckpt == "on"
     if device == "cuda" and args.dtype is None:
         o["dtype"] = "bf16"
+    o.update(_sharding_overrides(args))
     return o
+
+
+def _sharding_overrides(args) -> dict:
+    """--gpus/--zero/--fsdp/--offload as scenario keys, checked here (one line naming the flag)."""
+    from refplan.settings import Offload, Sharding
+
+    if args.zero is None and not args.fsdp:
+        if args.gpus not in (None, 1) or args.offload not in (None, "none"):
+            raise PlanError("--gpus" if args.gpus not in (None, 1) else "--offload",
+                            "a sharded burst needs --zero 2|3 or --fsdp")
+        return {}
+    sharding = Sharding.from_flags(args.zero or 0, args.fsdp)
+    if sharding.value not in ("zero2", "zero3", "fsdp"):
+        raise PlanError("--zero", f"the bench launches ZeRO-2, ZeRO-3 or FSDP (got --zero {args.zero})")
+    return {"sharding": sharding.value, "gpus": args.gpus or 2,
+            "offload": Offload.parse(args.offload or "none", "--offload").value}
 
 
 #: bench flags that set a k-bit setting (applied to the scenarios that read it: scenario.kbit_keys_read)

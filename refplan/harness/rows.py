@@ -50,6 +50,13 @@ est_peak_bytes              refplan's planner estimate for the same TrainSpec
 est_error_pct               100 * (est_peak_bytes - peak_bytes) / peak_bytes
 seq_seen                    longest input_ids the policy's forward received (checks ``seq``)
 wall_s                      wall time of the scenario process
+step_spread_pct             100 * (max - min) / median of the timed steps (after the first, warm-up)
+speed_vs_separate           this row's median step time over ``separate``'s in the same run, inverted
+                            (> 1: faster than separate); empty without a separate row alike
+speed_flag                  ``noisy`` when either row's spread exceeds :data:`SPREAD_LIMIT_PCT`
+gpus, sharding, offload     a sharded burst's ranks, ZeRO stage / FSDP, CPU offload (empty otherwise)
+rank, world_size            the rank this row measures (one row per rank) and how many ran
+proof                       what proved the run sharded (:mod:`refplan.harness.proof`), or empty
 ==========================  ==========================================================================
 """
 
@@ -75,7 +82,8 @@ COLUMNS = [
     "policy_state_bytes", "nvml_peak_bytes", "torch_max_allocated_bytes", "torch_max_reserved_bytes",
     "rss_peak_bytes", "median_step_s", "tokens_per_s", "samples_per_s", "loss_first", "loss_last",
     "parity_baseline", "parity_max_abs_diff", "ref_logp_max_abs_diff", "parity_ok", "est_peak_bytes",
-    "est_error_pct", "seq_seen", "wall_s",
+    "est_error_pct", "seq_seen", "wall_s", "step_spread_pct", "speed_vs_separate", "speed_flag",
+    "gpus", "sharding", "offload", "rank", "world_size", "proof",
 ]
 
 
@@ -205,6 +213,29 @@ def rescore(out_dir: Path) -> int:
         w.writerows(rows)
     os.replace(tmp, csv_path)
     return changed
+
+
+def rank_key(key: str, rank: int) -> str:
+    """The CSV key of one rank's row of a sharded scenario."""
+    return f"{key}-rank{rank}"
+
+
+def rank_rows(sc: Scenario, rec: dict | None, suite: str, reply: dict, timeout_s: float) -> list[dict]:
+    """One row per rank of a sharded scenario (``rec`` from :func:`refplan.harness.launch.run_sharded`)."""
+    base = scenario_row(sc, suite)
+    world = sc.train.gpus
+    ranks = (rec or {}).get("ranks") or [{"status": "timeout" if reply.get("timed_out") else "crash",
+                                          "error": "the launcher left no result"} for _ in range(world)]
+    rows = []
+    for i, r in enumerate(ranks):
+        row = {**base, **{k: r.get(k) for k in COLUMNS if k in r}}
+        row.update(key=rank_key(sc.key, i), rank=i, world_size=world, family=family_of(r.get("model_dir")),
+                   est_error_pct=estimate_error(r), wall_s=(rec or {}).get("launch", {}).get("wall_s"),
+                   proof=json.dumps(r["proof"], sort_keys=True) if r.get("proof") else "")
+        if reply.get("timed_out") and row.get("status") == "ok":
+            row.update(status="timeout", error=f"no result after {timeout_s:.0f} s (killed)")
+        rows.append(row)
+    return rows
 
 
 def estimate_error(rec: dict) -> float | None:

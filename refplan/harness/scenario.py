@@ -31,11 +31,14 @@ FLAT_KEYS = ("method", "strategy", "finetune", "model", "dataset", "dtype", "aut
              "batch", "seq", "steps", "grad_ckpt", "attn", "device", "seed", "optim")
 #: flat keys a scenario carries only when they differ from what the bench derives (so that every other
 #: scenario keeps its key): LoRA targets other than all-linear, a precompute batch other than the train batch,
-#: and the k-bit settings of a QLoRA policy or a quantized reference (:data:`QUANT_KEYS`)
+#: the k-bit settings of a QLoRA policy or a quantized reference (:data:`QUANT_KEYS`), and a sharded
+#: burst's ranks, sharding and offload (:mod:`refplan.harness.launch`)
 QUANT_KEYS = ("ref_quant", "quant_bits", "quant_type", "double_quant", "quant_compute_dtype", "prepare_kbit")
-OPTIONAL_KEYS = ("lora_targets", "precompute_batch", *QUANT_KEYS)
+OPTIONAL_KEYS = ("lora_targets", "precompute_batch", *QUANT_KEYS, "gpus", "sharding", "offload")
 #: TrainSpec's defaults of the k-bit settings: a scenario spells one only where it differs
 _QUANT_DEFAULTS = {f.name: f.default for f in fields(TrainSpec) if f.name in QUANT_KEYS}
+#: shardings a burst can launch (ZeRO-1 is ZeRO-2 without gradient partitioning: not measured)
+BENCH_SHARDINGS = (Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP)
 #: flat keys that are a burst's own, not the training setup's
 BENCH_KEYS = ("model", "dataset", "steps", "seed")
 #: flat keys that are TrainSpec fields
@@ -116,7 +119,14 @@ class Scenario:
             v = getattr(t, k)
             if v != default:
                 out[k] = v.value if hasattr(v, "value") else v
+        if t.sharding is not Sharding.NONE:
+            out.update(gpus=t.gpus, sharding=t.sharding.value, offload=t.offload.value)
         return out
+
+    @property
+    def sharded(self) -> bool:
+        """Launched as ``gpus`` ranks through accelerate (:mod:`refplan.harness.launch`)."""
+        return self.train.sharding is not Sharding.NONE
 
     @property
     def key(self) -> str:
@@ -126,6 +136,9 @@ class Scenario:
         ref += f"-ref{t.ref_quant.value}" if t.ref_quant is not Quant.NONE else ""
         lora = f"-r{t.lora_r}" if t.finetune.peft else ""
         lora += f"-q{t.quant_bits}" if t.finetune is Finetune.QLORA else ""
+        if t.sharding is not Sharding.NONE:
+            off = f"-off{t.offload.value}" if t.offload.value != "none" else ""
+            lora += f"-{t.sharding.value}x{t.gpus}{off}"
         digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
         return (f"{t.method.value}-{t.strategy.value}{ref}-{t.finetune.value}{lora}-{t.dtype.value}"
                 f"-b{t.batch}-s{t.seq}-{digest}")
@@ -172,8 +185,19 @@ def _check_benchable(train: TrainSpec, dataset: str) -> None:
     if train.ref_quant is not Quant.NONE and train.strategy is Strategy.PRECOMPUTE:
         raise PlanError("--ref-quant", "precompute without FSDP loads no reference (the policy computes the "
                                        "reference log-probs); drop --ref-quant")
-    if train.gpus != 1 or train.sharding is not Sharding.NONE:
-        raise PlanError("--gpus", "the bench runs one unsharded device; drop --gpus/--zero/--fsdp")
+    if train.sharding is Sharding.NONE and train.gpus != 1:
+        raise PlanError("--gpus", "several ranks need a sharding: add --zero 2|3 or --fsdp")
+    if train.sharding is not Sharding.NONE:
+        if train.sharding not in BENCH_SHARDINGS:
+            raise PlanError("--zero", "the bench launches ZeRO-2, ZeRO-3 or FSDP (got ZeRO-1)")
+        if train.gpus < 2:
+            raise PlanError("--gpus", f"a sharded burst needs at least 2 ranks (got {train.gpus})")
+        if train.strategy.value in ("sync", "ref-adapter"):
+            raise PlanError("--strategy", f"sharded bursts run separate, unwrap, precompute and none "
+                                          f"(got {train.strategy.value!r})")
+        if train.finetune is Finetune.QLORA or train.ref_quant is not Quant.NONE:
+            raise PlanError("--finetune" if train.finetune is Finetune.QLORA else "--ref-quant",
+                            "sharded bursts run full-precision weights (k-bit under ZeRO/FSDP is not measured)")
 
 
 def kbit_keys_read(flat: dict) -> set[str]:

@@ -77,9 +77,9 @@ def expand(suite: dict, overrides: dict | None = None) -> list[Scenario | Unsupp
                 if Strategy.SEPARATE.value in names:
                     cells += [(Strategy.SEPARATE, {"ref_dtype": d}) for d in block.get("ref_dtypes", [])]
                     cells += [(Strategy.SEPARATE, {"ref_quant": q}) for q in block.get("ref_quants", [])]
-                for strat, reference in cells:
+                for (strat, reference), shard in ((c, sh) for c in cells for sh in _shardings(block)):
                     params = {**defaults, **block.get("set", {}), "method": m, "strategy": strat,
-                              "finetune": ft, "ref_dtype": None, **reference}
+                              "finetune": ft, "ref_dtype": None, **reference, **shard}
                     item = make_item(params)
                     if item.key not in seen:
                         seen.add(item.key)
@@ -90,6 +90,13 @@ def expand(suite: dict, overrides: dict | None = None) -> list[Scenario | Unsupp
             seen.add(item.key)
             out.append(item)
     return order_baselines_first(out)
+
+
+def _shardings(block: dict) -> list[dict]:
+    """A block's ``shardings = ["zero2", "zero3", "fsdp"]`` axis (each sharded over ``gpus``), or the
+    defaults' single setting."""
+    names = block.get("shardings")
+    return [{"sharding": n} for n in names] if names else [{}]
 
 
 def make_item(params: dict) -> Scenario | Unsupported:

@@ -263,8 +263,8 @@ def test_runner_turns_crash_and_timeout_into_rows_and_resumes(tmp_path, monkeypa
 def test_suites_expand_without_torch_errors():
     from refplan.harness import suites
 
-    assert set(suites.shipped_suites()) == {"default", "ci", "gpu"}
-    for name in ("default", "ci", "gpu"):
+    assert set(suites.shipped_suites()) == {"default", "ci", "gpu", "sharded"}
+    for name in ("default", "ci", "gpu", "sharded"):
         items = suites.expand(suites.load_suite(name))
         keys = [it.key for it in items]
         assert len(keys) == len(set(keys))

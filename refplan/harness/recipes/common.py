@@ -9,6 +9,7 @@ logging every step, nothing saved, nothing reported.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -35,7 +36,7 @@ def load_model(model_dir: str | Path, dtype: Dtype, train: TrainSpec, quant: Qua
         str(model_dir),
         dtype=TORCH_DTYPES[dtype],
         attn_implementation="flash_attention_2" if train.attn is Attn.FLASH else train.attn.value,
-        device_map={"": 0} if train.device is Device.CUDA else None,
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if train.device is Device.CUDA else None,
         **kbit,
     )
 
@@ -129,6 +130,8 @@ def training_args(sc: Scenario, out_dir: str | Path, max_length: int | None) -> 
         use_cpu=train.device is Device.CPU,
         max_length=max_length,
         disable_dropout=True,
+        # CPU ranks talk over gloo; without it accelerate sees one process (a sharded burst's ranks)
+        ddp_backend="gloo" if train.gpus > 1 and train.device is Device.CPU else None,
     )
 
 
