@@ -41,6 +41,10 @@ GRID = [
     dict(zero=1, gpus=2, optim="adamw-8bit", precompute_batch=8),
     dict(device="cpu", padded=False, dtype="fp32", batch=2, seq=256, optim="sgd", attn="eager"),
     dict(device="cpu", finetune="lora", dtype="fp32", batch=3, seq=384, optim="adamw-torch"),
+    # k-bit on CPU (bitsandbytes' CPU backend) and the 4-bit settings other than the defaults
+    dict(device="cpu", padded=False, dtype="fp32", finetune="qlora", batch=2, seq=256, quant_compute_dtype="bf16"),
+    dict(device="cpu", padded=False, dtype="fp32", finetune="qlora", quant_bits=8, grad_ckpt=True, ref_quant="4bit"),
+    dict(finetune="qlora", double_quant=True, quant_type="fp4", prepare_kbit=True, ref_quant="8bit"),
 ]
 
 
@@ -83,8 +87,6 @@ def catalog_grid(out: dict) -> None:
                     if s.value not in ("separate", "precompute"):
                         kw.pop("ref_quant", None)
                         kw.pop("ref_dtype", None)
-                    if kw.get("device") == "cpu" and ft.value == "qlora":
-                        continue
                     try:
                         train = make_spec(m.value, s.value, **kw)
                     except PlanError:

@@ -28,6 +28,7 @@ from refplan.model import (
     QKNorm,
     Role,
 )
+from refplan.settings import Quant
 from refplan.spec import TrainSpec
 from refplan.terms import adapter_dtype
 from refplan.units import dtype_bytes
@@ -46,12 +47,27 @@ class ActMode:
     #: every matmul casts its fp32 inputs to its own copy, and weights not already in the compute
     #: dtype are cast (and, when they require grad, cached) per forward
     autocast: bool = False
+    #: bytes per element of the trained LoRA adapters (``terms.adapter_dtype``): 4, or 2 for QLoRA's
+    #: bf16 adapters under DPO/KTO
+    adapter: int = FP32
+    #: the frozen base linears are bitsandbytes 8-bit ones, which keep their input for the input
+    #: gradient (``MatMul8bitFp`` / ``MatMul8bitLt``: ``ctx.A = A`` / ``ctx.tensors = (.., A)``); a
+    #: 4-bit base keeps only its packed weight (``MatMul4Bit``: ``ctx.tensors = (None, B)``)
+    base_keeps_input: bool = False
 
 
 def act_mode(train: TrainSpec) -> ActMode:
+    from refplan.terms import adapter_dtype  # terms imports this module's dependencies, not this module
+
     a = dtype_bytes(train.compute_dtype)
+    # Not modelled: after prepare_model_for_kbit_training on a 16-bit load (and in ORPO/CPO's QLoRA with
+    # bf16) the non-quantized weights are fp32, so the residual stream and every k-bit linear's output
+    # (Linear4bit returns its input's dtype) stay fp32 under autocast; the activations below assume the
+    # load dtype (measured: -13 % to -17 % on such CPU bursts; README, known gaps).
     w = dtype_bytes(train.dtype)
-    return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32)
+    return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32,
+                   adapter=dtype_bytes(adapter_dtype(train)) if train.finetune.peft else FP32,
+                   base_keeps_input=train.policy_quant is Quant.INT8)
 
 
 def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: bool = True,
@@ -88,9 +104,9 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
 _NORM_FED = (Input.ATTN_IN, Input.MLP_IN, Input.ROUTER_IN)
 
 
-def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> list[tuple[tuple, int, bool]]:
-    """The tensors the layer's linears keep for their weight gradients, per token: ``(linears reading
-    it, width, fed by a norm)``. One group per distinct input tensor: the attention input, the
+def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> list[tuple]:
+    """The tensors the layer's linears keep for their weight gradients, per token: ``(input, linears
+    reading it, width, fed by a norm)``. One group per distinct input tensor: the attention input, the
     router's input, the MLP input (one shared norm output in a single-norm parallel block), the
     MLP's hidden activation, and -- with PEFT, where the base saves nothing -- the attention output
     that LoRA A on the output projection keeps (already counted by SDPA when fp32)."""
@@ -102,7 +118,7 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.autocast)
     widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size, Input.ROUTER_IN: model.hidden_size,
               Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
-              Input.ATTN_OUT: 0 if m.a == FP32 else model.q_dim}
+              Input.ATTN_OUT: model.q_dim}
     if layer.moe is not None:
         by_input.pop(Input.MLP_HIDDEN, None)  # routed / shared experts keep their own (see _moe_saved)
     if not train.finetune.peft:
@@ -113,37 +129,68 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
         # a router that does not cast its input reads the very tensor the shared experts read
         # (Qwen2-MoE: ``hidden_states.view(-1, h)`` feeds the gate, the experts and the shared expert)
         by_input[Input.MLP_IN] = by_input.pop(Input.ROUTER_IN) + by_input[Input.MLP_IN]
-    return [(tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
+    return [(inp, tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
 
 
 def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
-                         inputs: tuple[Input, ...] | None = None) -> int:
+                         input_requires_grad: bool = True, inputs: tuple[Input, ...] | None = None) -> int:
     """Inputs kept for the weight gradients of the layer's linears, per token.
 
     Full fine-tune: one saved copy per distinct input -- under autocast from fp32 weights, a
-    norm-fed input is cast once per consuming matmul. PEFT: the frozen base saves nothing, each
-    wrapped linear's LoRA A saves its input -- the shared tensor when adapters and activations
-    share a dtype, else a compute-dtype copy per wrapped linear (``_cast_input_dtype``, peft
-    lora/layer.py) -- and LoRA B saves A's output (r per token). ``inputs``: only the groups of
-    these input tensors."""
+    norm-fed input is cast once per consuming matmul. PEFT: the frozen base saves nothing (a
+    bitsandbytes 8-bit base keeps its input: :attr:`ActMode.base_keeps_input`), each wrapped
+    linear's LoRA A saves its input -- the shared tensor when adapters and activations share a
+    dtype, else its own copy in the adapter dtype (``_cast_input_dtype``, peft lora/layer.py and
+    lora/bnb.py: QLoRA's bf16 adapters on fp32 activations) -- and LoRA B saves A's output (r per
+    token, adapter dtype). ``inputs``: only the groups of these input tensors."""
     total = 0
-    for lins, width, norm_fed in _input_groups(model, layer, train, m):
-        if inputs is not None and lins[0].role.input not in inputs:
+    for inp, lins, width, norm_fed in _input_groups(model, layer, train, m):
+        if inputs is not None and inp not in inputs:
             continue
         if not train.finetune.peft:
             per_matmul = m.autocast and m.w != m.a and norm_fed
             total += (len(lins) if per_matmul else 1) * width * m.a
             continue
         n = sum(1 for l in lins if model.wraps(l, train.lora_targets))
+        # adapters in the activations' dtype read the input itself (no cast, under autocast or not)
+        shared = m.adapter == m.a and (not m.autocast or m.w == m.a or not norm_fed)
+        # the width of an input SDPA already keeps (o_proj's), counted there when LoRA A shares it
+        own = 0 if (inp is Input.ATTN_OUT and (m.a == FP32 or (shared and m.autocast))) else width
+        if m.base_keeps_input and not m.autocast and (input_requires_grad or inp is not Input.ATTN_IN):
+            # kept by the 8-bit base whether or not LoRA wraps the linear -- when autograd records it:
+            # the first layer's norm output does not require grad under a frozen embedding
+            total += own * m.a
+            own = 0
         if n == 0:
             continue
-        if not m.autocast:
-            total += width * FP32 + n * train.lora_r * FP32
+        if shared:
+            total += own * m.a + n * train.lora_r * m.a
+        elif not m.autocast:
+            total += n * (width + train.lora_r) * m.adapter
         else:
-            # PEFT casts the input to the fp32 adapter dtype, autocast casts it back for lora_A:
-            # each wrapped linear keeps its own compute-dtype copy, and B keeps A's output
+            # PEFT casts the input to the fp32 adapter dtype, autocast casts it back for lora_A
+            # (or autocast casts an fp32 norm output for bf16 adapters): each wrapped linear keeps
+            # its own compute-dtype copy, and B keeps A's output
             total += n * (width + train.lora_r) * m.a
     return total
+
+
+def kbit_ctx_inputs_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """Under gradient checkpointing, what a layer of 8-bit base linears still keeps per token besides its
+    input: bitsandbytes stores each 8-bit matmul's input as a plain ``ctx`` attribute
+    (``MatMul8bitFp.forward``: ``ctx.A = A``; CUDA's ``MatMul8bitLt``: ``ctx.tensors = (CAt, subA,
+    A)``), not through ``save_for_backward``, so torch's non-reentrant checkpoint -- which drops what
+    ``save_for_backward`` keeps, via saved-tensor hooks -- cannot drop it. One tensor per distinct
+    input (the attention and MLP inputs, the attention output, the MLP hidden state), in the compute
+    dtype; a post-norm block's attention input is the layer input the checkpoint keeps anyway.
+    Measured: bench QLoRA 8-bit bursts with checkpointing (the inputs live at the peak, made by the
+    norms' ``mul``, SDPA and the MLP's ``mul``)."""
+    m = act_mode(train)
+    if not m.base_keeps_input or m.autocast:
+        return 0
+    post = model.structure.placement is NormPlacement.POST
+    return sum(width * m.a for inp, _, width, _ in _input_groups(model, layer, train, m)
+               if not (post and inp is Input.ATTN_IN))
 
 
 def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
@@ -165,8 +212,8 @@ def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) 
     LoRA adapters (:func:`lora_adapter_copies_bytes`). Zero without autocast."""
     m = act_mode(train)
     merged = lora_merged_weight_bytes(model, layer, train) + lora_adapter_copies_bytes(model, layer, train)
-    if not m.autocast or m.w == m.a:
-        return merged
+    if not m.autocast or m.w == m.a or train.policy_quant is not Quant.NONE:
+        return merged  # bitsandbytes' k-bit matmuls are custom ops that autocast does not cast
     return merged + _autocast_copies(layer, m)
 
 
@@ -227,6 +274,12 @@ def attention_impl(model: ModelSpec, train: TrainSpec) -> str:
     return train.attn.value
 
 
+def _o_proj_input_kept(train: TrainSpec, m: ActMode) -> bool:
+    """Whether what attention hands o_proj is itself kept for backward: by o_proj's weight gradient (full
+    fine-tuning), by its LoRA A when the adapters share the activations' dtype, by an 8-bit base. Not
+    with QLoRA's bf16 adapters on a 4-bit base and fp32 activations: LoRA A keeps its own bf16 cast
+    (counted with the linears' inputs) and the 4-bit matmul keeps nothing."""
+    return not (train.finetune.peft and not m.autocast and m.adapter != m.a and not m.base_keeps_input)
 def _own_sdpa(model: ModelSpec, train: TrainSpec) -> bool:
     """A model that calls attention itself (Falcon) runs SDPA's fused kernel: ``sdpa`` asked, and
     K/V as many heads as Q (a single broadcast K/V head sends torch to its math kernel)."""
@@ -239,6 +292,7 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
     """What attention itself keeps, per token (projections' inputs excluded)."""
     q, kv, heads, s = model.q_dim, model.kv_dim, model.num_heads, train.seq
     impl = attention_impl(model, train)
+    o_in = q * m.a if _o_proj_input_kept(train, m) else 0
     fused = layer.first(Role.QKV) is not None
     if _own_sdpa(model, train):
         # FalconAttention.forward: q, k and v -- materialized at query width when expanded, else
@@ -266,7 +320,7 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
             total += heads * s * m.a
         if model.structure.attn_softcap:
             total += heads * s * m.a
-        return total + q * m.a  # output reshaped for o_proj (a copy)
+        return total + o_in  # output reshaped for o_proj (a copy)
     masked = attention_masked(model, train, layer_idx)
     # torch's SDPA turns a boolean mask into a float copy on every call, and the CPU kernel keeps
     # that copy for backward: one [rows, 1, S, S] per masked layer, one mask row of S per token
@@ -293,7 +347,7 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         # q sliced from a fused projection, or rebuilt by ``torch.cat((q_rot, q_pass))`` around the
         # rotation, reaches SDPA head-major and contiguous: its output comes back head-major,
         # so sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox, phi)
-        total += q * m.a
+        total += o_in
     return total + mask_copy
 
 
@@ -356,7 +410,7 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
     total += _attention_saved(model, layer, train, m, layer_idx)
     total += _mlp_saved(model, layer, train, m)
     total += _functional_dropout_saved(model, train, m)
-    return total + _linear_inputs_saved(model, layer, train, m)
+    return total + _linear_inputs_saved(model, layer, train, m, input_requires_grad)
 
 
 def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
@@ -403,7 +457,8 @@ def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list
     layers are computed once)."""
     tokens = rows * train.seq
     if train.grad_ckpt:
-        return [tokens * checkpoint_saved_bytes_per_token(model, train)] * model.num_layers
+        return [tokens * (checkpoint_saved_bytes_per_token(model, train)
+                          + kbit_ctx_inputs_bytes_per_token(model, layer, train)) for layer in model.layers]
     memo: dict = {}
     out = []
     # with a frozen embedding (PEFT), the first layer's input does not require grad -- unless a

@@ -143,9 +143,10 @@ def full_logits_backward_transient_bytes(model: ModelSpec, train: TrainSpec, row
     return 3 * rows * (train.seq - 1) * model.vocab_size * FP32
 
 
-def reference_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
+def reference_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int, layer_extra: int = 0) -> int:
     """A no-grad forward keeps nothing, so its peak is the largest live set inside one layer
-    (residual + MLP intermediates) plus the fused head's forward transient."""
+    (residual + MLP intermediates, + ``layer_extra``: a k-bit matmul's own temporaries) or the fused
+    head's forward transient."""
     a = act_mode(train).a
     tokens = rows * train.seq
     width = max((l.mlp_intermediate or 0) for l in model.layers)
@@ -155,4 +156,4 @@ def reference_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: 
     layer_peak = tokens * (2 * model.hidden_size + 3 * width) * a
     n = rows * (train.seq - 1)
     head = n * model.token_dim * a + fused_head_forward_transient_bytes(model, train, rows) + n * FP32
-    return max(layer_peak, head)
+    return max(layer_peak + layer_extra, head)

@@ -23,13 +23,14 @@ from functools import cached_property
 
 from refplan import activations as act
 from refplan import forward_tensors as fwd
-from refplan import backward, logprob, terms
+from refplan import backward, logprob, sharding_terms, terms
+from refplan import quant as quant_terms
 from refplan.errors import PlanError
 from refplan.methods import Method, Strategy, applicable_strategies
-from refplan.model import ModelSpec
+from refplan.model import ModelSpec, Role
 from refplan.reference import ReferencePlan, loads_reference_to_precompute, reference_plan
 from refplan.result import Estimate, Phase
-from refplan.settings import Device, Quant, TransientRule, check_lora_targets
+from refplan.settings import Device, Quant, Sharding, StateRule, TransientRule, check_lora_targets
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -56,7 +57,8 @@ def optimizer_transient_bytes(model: ModelSpec, train: TrainSpec) -> int:
 
     ``adamw`` is the HF Trainer's default ``adamw_torch_fused`` (training_args.py, torch >= 2.8):
     ``torch._fused_adamw_`` updates in place, no temporaries, on CPU and CUDA. ``adamw-8bit`` and
-    ``paged-adamw`` (bitsandbytes) update blockwise in place. Adafactor builds the update for one
+    ``paged-adamw`` (bitsandbytes) update blockwise in place on CUDA (fused kernels, from the code) and
+    through fp32 temporaries on CPU (:func:`_bnb_cpu_step_transient_bytes`). Adafactor builds the update for one
     tensor at a time (about 2 x the largest tensor). SGD without momentum: none.
 
     ``adamw-torch`` (``optim="adamw_torch"``): off CUDA the single-tensor path builds
@@ -66,11 +68,22 @@ def optimizer_transient_bytes(model: ModelSpec, train: TrainSpec) -> int:
     """
     pbytes = dtype_bytes(terms.trainable_dtype(train))
     rule = train.optim.caps.transient
+    if rule is TransientRule.BNB_ON_CPU:
+        return 0 if train.device is Device.CUDA else _bnb_cpu_step_transient_bytes(model, train)
     if rule is TransientRule.FOREACH_ON_CUDA and train.device is Device.CUDA:
         return _div(terms.trainable_params(model, train), train.shards_of("optimizer")) * pbytes
     if rule is TransientRule.IN_PLACE:
         return 0
     return 2 * _largest_param_tensor(model, train) * pbytes
+
+
+def _bnb_cpu_step_transient_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """bitsandbytes' CPU optimizer step: the largest of :func:`refplan.terms.bnb_cpu_step_bytes` over the
+    trainable tensors (one tensor at a time)."""
+    fp32_param = terms.trainable_dtype(train) == "fp32"
+    eight = train.optim.caps.state is StateRule.ADAM_8BIT
+    return max((terms.bnb_cpu_step_bytes(n, eight and not emb, fp32_param)
+                for n, emb in terms.trainable_tensors(model, train)), default=0)
 
 
 def _layer_param_bytes(model: ModelSpec, train: TrainSpec) -> list[int]:
@@ -127,8 +140,7 @@ class _Step:
             "reference weights": 0 if (on_cpu.params_on_cpu and self.ref.sharded) else ref_w,
             "optimizer state": 0 if on_cpu.optimizer_on_cpu else _div(terms.optimizer_state_bytes(model, train),
                                                                        train.shards_of("optimizer")),
-            "master weights": 0 if on_cpu.optimizer_on_cpu else _div(terms.master_weight_bytes(model, train),
-                                                                      train.shards_of("optimizer")),
+            "master weights": 0 if on_cpu.optimizer_on_cpu else sharding_terms.master_partition_bytes(model, train),
             "batch": terms.batch_bytes(train),
             "gathered params": gathered,
         }
@@ -170,6 +182,39 @@ class _Step:
     def autocast_copies(self, requires_grad: bool, ref_dtype=None) -> int:
         return fwd.autocast_weight_cache_bytes(self.model, self.train, requires_grad, ref_dtype)
 
+    @cached_property
+    def kbit_reference(self) -> tuple[Quant, bool, bool] | None:
+        """How the reference forward's k-bit linears run, as ``(quant, eval mode, repacked for the CPU
+        kernel)``, or None when they are not k-bit: a quantized separate copy (eval mode: TRL never
+        trains it; ``from_pretrained`` returns it in eval mode), or a QLoRA policy's base with its
+        adapters disabled or switched to "ref" (train mode: the policy is training)."""
+        train = self.train
+        if self.ref.holds_copy and train.ref_quant is not Quant.NONE:
+            return train.ref_quant, True, terms.reference_repacked_on_cpu(self.model, train)
+        if self.ref.forward_per_step and not self.ref.holds_copy and train.policy_quant is not Quant.NONE:
+            return train.policy_quant, False, terms.policy_repacked_on_cpu(self.model, train)
+        return None
+
+    def kbit_forward_extra(self, rows: int, quant: Quant, eval_mode: bool, cpu_packed: bool) -> int:
+        """The largest k-bit matmul temporaries of a no-grad forward of ``rows`` sequences
+        (:func:`refplan.quant.no_grad_forward_transient_bytes`)."""
+        train = self.train
+        return quant_terms.largest_no_grad_forward_transient_bytes(
+            self.model, rows * train.seq, quant, train.double_quant, train.compute_dtype, train.kbit_compute_dtype,
+            train.device, eval_mode, cpu_packed)
+
+    @cached_property
+    def cpu_repack_bytes(self) -> int:
+        """bitsandbytes' one-time CPU repack of a 4-bit model run in eval mode without grad (the separate
+        reference's first forward; the policy's first precompute forward):
+        :func:`refplan.quant.cpu_repack_transient_bytes` when it happens, else 0."""
+        model, train = self.model, self.train
+        if terms.reference_repacked_on_cpu(model, train) and self.ref.holds_copy:
+            return quant_terms.largest_cpu_repack_transient_bytes(model)
+        if terms.policy_repacked_on_cpu(model, train):
+            return quant_terms.largest_cpu_repack_transient_bytes(model)
+        return 0
+
 
 def _precompute(step: _Step) -> Phase | None:
     """Reference log-probs computed before training (precompute strategy): the policy (and, under
@@ -182,11 +227,16 @@ def _precompute(step: _Step) -> Phase | None:
     if loads_reference_to_precompute(train):
         pre_ref = _div(terms.weight_bytes(model, train.reference_dtype, train.ref_quant, train.double_quant),
                        train.shards_of("params"))
+    kbit = 0
+    if train.policy_quant is not Quant.NONE:
+        # the policy (adapters disabled) runs in eval mode: from_pretrained leaves it there
+        packed = terms.policy_repacked_on_cpu(model, train)
+        kbit = max(step.kbit_forward_extra(pre_rows, train.policy_quant, True, packed), step.cpu_repack_bytes)
     return _phase("precompute", {
         "policy weights": step.policy_weight_bytes,
         "lora weights": terms.lora_weight_bytes(model, train),
         "reference weights": pre_ref,
-        "activations": logprob.reference_forward_transient_bytes(model, train, pre_rows),
+        "activations": logprob.reference_forward_transient_bytes(model, train, pre_rows, kbit),
         "autocast weight copies": step.autocast_copies(not train.finetune.peft),
     }, train)
 
@@ -212,13 +262,21 @@ def _reference_forward(step: _Step) -> Phase | None:
     copies = 0
     if step.ref.holds_copy and step.ref.quant is Quant.NONE:
         copies = step.autocast_copies(True, train.reference_dtype)
-    return _phase("reference forward", {
+    kbit = step.kbit_forward_extra(step.rows, *step.kbit_reference) if step.kbit_reference else 0
+    parts = {
         **step.static,
         "activations": step.saved,
         "logprob path": step.head[0],
-        "reference forward": logprob.reference_forward_transient_bytes(step.model, train, step.rows),
+        "reference forward": logprob.reference_forward_transient_bytes(step.model, train, step.rows, kbit),
         "autocast weight copies": copies,
-    }, train)
+    }
+    if step.cpu_repack_bytes and step.ref.holds_copy:
+        # the first step's reference forward repacks the 4-bit copy, before any optimizer state exists
+        first = {**parts, "optimizer state": 0, "reference forward": logprob.reference_forward_transient_bytes(
+            step.model, train, step.rows, step.cpu_repack_bytes)}
+        if sum(first.values()) > sum(parts.values()):
+            parts = first
+    return _phase("reference forward", parts, train)
 
 
 def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[str, dict]]:
@@ -249,6 +307,7 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
     # final norm's backward runs between the head's and the top layer's, so its saved tensors go
     remaining = step.saved - fwd.final_norm_saved_bytes(model, train, step.rows)
     acc_grads = head_grad
+    dequant = [_layer_dequant_bytes(step, layer) for layer in model.layers]
     walk = []
     for idx in range(model.num_layers - 1, -1, -1):
         kind = (model.layer_groups[idx], act.attention_masked(model, train, idx))
@@ -273,9 +332,16 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
                            residual_grad + tokens * mom.act_grads, kept * _div(mom.weight_grads, grad_shards))
                           for mom in backward.layer_moments(model, model.layers[idx], train)]
         for name, activations, activation_grads, gradients in memo[kind]:
-            moments.append((f"layer {idx} {name}", {"activations": before + activations,
-                                                    "activation grads": activation_grads,
-                                                    "gradients": grads + gradients}))
+            parts = {"activations": before + activations, "activation grads": activation_grads,
+                     "gradients": grads + gradients}
+            if name == "down" and dequant[idx] is not None:
+                # the k-bit down projection's input gradient: its weight dequantized (and cast) before the
+                # matmul, which then writes the input gradient beside the compute-dtype copy
+                (w_before, w_during), out_grad = dequant[idx]
+                moments.append((f"layer {idx} down k-bit", {**parts, "activation grads": activation_grads - out_grad,
+                                                             "k-bit dequant": w_before}))
+                parts["k-bit dequant"] = w_during
+            moments.append((f"layer {idx} {name}", parts))
         # its end: its saved tensors freed, its gradients made, the residual gradient and the one
         # it returns
         moments.append((f"layer {idx}", {"activations": before - step.layer_saved[idx],
@@ -293,13 +359,37 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
         # output's gradient is still alive
         moments.append(("embedding", {"activations": remaining, "activation grads": residual_grad,
                                       "gradients": step.gradient_bytes}))
+    if train.sharding is Sharding.ZERO2:
+        moments = sharding_terms.zero2_backward(moments, step.gradient_bytes,
+                                                sharding_terms.reduce_bucket_bytes(model, train))
     return moments
+
+
+def train_zero2(train: TrainSpec) -> bool:
+    return train.sharding is Sharding.ZERO2
+
+
+def _layer_dequant_bytes(step: _Step, layer) -> tuple[tuple[int, int], int] | None:
+    """A QLoRA layer's down projection in the backward: its frozen k-bit weight dequantized for the input
+    gradient, before and during the matmul (:func:`refplan.quant.input_grad_weight_bytes`), and the input
+    gradient that matmul writes (tokens x its in_features, compute dtype). The down projection is the
+    first k-bit linear the layer's backward reaches and the one whose moment (``down`` in
+    :func:`refplan.backward.layer_moments`) holds the layer's saved tensors; None for a layer without one
+    (routed experts stay unquantized), for a policy that is not k-bit, and after bitsandbytes' CPU repack
+    (the repacked kernel passes no gradient back: ``terms.policy_repacked_on_cpu``)."""
+    model, train = step.model, step.train
+    if train.policy_quant is Quant.NONE or terms.policy_repacked_on_cpu(model, train) or not backward.dense_mlp(layer):
+        return None
+    down = layer.first(Role.MLP_DOWN)
+    weight = quant_terms.input_grad_weight_bytes(down, train.policy_quant, train.dtype, train.kbit_compute_dtype)
+    return weight, step.rows * train.seq * down.in_features * act.act_mode(train).a
 
 
 def _backward(step: _Step) -> Phase:
     """The backward's peak: the largest of its moments (the first one on ties)."""
     best_total, best_parts = -1, {}
-    for _, parts in _backward_moments(step, candidates_only=True):
+    # ZeRO-2 rewrites the moments' gradients after the walk, so the walk's candidates do not hold there
+    for _, parts in _backward_moments(step, candidates_only=train_zero2(step.train) is False):
         total = sum(parts.values())
         if total > best_total:
             best_total, best_parts = total, parts
@@ -311,6 +401,7 @@ def _optimizer_step(step: _Step) -> Phase:
     return _phase("optimizer step", {
         **step.static,
         "gradients": step.gradient_bytes,
+        "flattened gradients": sharding_terms.zero2_flat_gradient_bytes(step.gradient_bytes, train),
         # an offloaded optimizer steps on the CPU (DeepSpeedCPUAdam / FSDP's CPU shards)
         "optimizer transient": 0 if train.offload.optimizer_on_cpu else optimizer_transient_bytes(model, train),
     }, train)

@@ -75,7 +75,7 @@ def row_record(r: Estimate, cheapest: bool = False) -> dict:
 #: settings echoed in the JSON document, in the order the flags are listed
 SETTING_KEYS = ("finetune", "lora_r", "lora_targets", "dtype", "autocast", "ref_dtype", "ref_quant", "batch", "seq",
                 "precompute_batch", "grad_ckpt", "optim", "attn", "gpus", "zero", "fsdp", "offload", "quant_bits",
-                "double_quant")
+                "quant_type", "double_quant", "quant_compute_dtype", "prepare_kbit")
 #: settings shown above the table when a config file was read
 SHOWN = ("finetune", "dtype", "autocast", "batch", "seq", "grad_ckpt", "lora_r", "lora_targets", "optim", "attn",
          "gpus", "sharding", "offload", "strategy")

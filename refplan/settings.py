@@ -58,7 +58,15 @@ class Quant(_Choice):
 
     NONE = "none"
     INT8 = "8bit"  # load_in_8bit: LLM.int8 (Linear8bitLt)
-    NF4 = "4bit"  # load_in_4bit: NF4 (Linear4bit)
+    NF4 = "4bit"  # load_in_4bit: NF4 or FP4, see QuantType (Linear4bit)
+
+
+class QuantType(_Choice):
+    """The 4-bit data type of a ``load_in_4bit`` load (``bnb_4bit_quant_type``). Both store the same
+    bytes (two codes per byte, one absmax per 64-weight block); they differ in the 16 code values."""
+
+    NF4 = "nf4"  # NormalFloat4 (Dettmers et al. 2023); TRL's ModelConfig default
+    FP4 = "fp4"  # transformers' BitsAndBytesConfig default
 
 
 class Attn(_Choice):
@@ -83,7 +91,10 @@ class StateRule(str, enum.Enum):
     """How an optimizer's state scales with the trainable parameters (see ``terms.optimizer_state_bytes``)."""
 
     ADAM = "adam"  # exp_avg + exp_avg_sq in the parameter dtype + a 4-byte step per tensor
-    ADAM_8BIT = "adam-8bit"  # bitsandbytes blockwise 8-bit states + fp32 absmax per 2048-block
+    #: bitsandbytes 8-bit AdamW: uint8 states + fp32 absmax per 256-block; fp32 states for tensors under
+    #: 4096 elements and for embeddings (the Trainer's 32-bit override)
+    ADAM_8BIT = "adam-8bit"
+    BNB_32BIT = "bnb-32bit"  # bitsandbytes 32-bit AdamW (paged): two fp32 states, whatever the param dtype
     NONE = "none"  # SGD without momentum
     FACTORED = "factored"  # Adafactor: row + column factors per matrix
 
@@ -94,6 +105,8 @@ class TransientRule(str, enum.Enum):
     IN_PLACE = "in-place"  # fused / blockwise kernels update in place
     LARGEST_TENSOR_X2 = "largest-x2"  # one tensor at a time: sqrt and quotient of the largest
     FOREACH_ON_CUDA = "foreach-on-cuda"  # CUDA foreach path: sqrt of every state at once; else largest-x2
+    #: bitsandbytes: fused in place on CUDA; on CPU one tensor at a time through fp32 temporaries
+    BNB_ON_CPU = "bnb-on-cpu"
 
 
 @dataclass(frozen=True)
@@ -102,7 +115,8 @@ class OptimCaps:
     transient: TransientRule
     #: the Trainer's ``optim`` name (transformers ``OptimizerNames``)
     trainer_name: str
-    #: the bench can run it on this machine's CPU (bitsandbytes optimizers need CUDA here)
+    #: the bench can run it on CPU (bitsandbytes 0.50 has CPU kernels for its 8- and 32-bit optimizers;
+    #: a paged one falls back to ordinary CPU memory there)
     runs_on_cpu: bool
 
 
@@ -126,9 +140,9 @@ _OPTIM_CAPS = {
     # the HF Trainer's default since torch 2.8 (training_args.py): torch._fused_adamw_
     Optim.ADAMW: OptimCaps(StateRule.ADAM, TransientRule.IN_PLACE, "adamw_torch_fused", True),
     Optim.ADAMW_TORCH: OptimCaps(StateRule.ADAM, TransientRule.FOREACH_ON_CUDA, "adamw_torch", True),
-    Optim.ADAMW_8BIT: OptimCaps(StateRule.ADAM_8BIT, TransientRule.IN_PLACE, "adamw_bnb_8bit", False),
-    # paged 32-bit AdamW: the same bytes in unified memory that can be evicted (counted in full)
-    Optim.PAGED_ADAMW: OptimCaps(StateRule.ADAM, TransientRule.IN_PLACE, "paged_adamw_32bit", False),
+    Optim.ADAMW_8BIT: OptimCaps(StateRule.ADAM_8BIT, TransientRule.BNB_ON_CPU, "adamw_bnb_8bit", True),
+    # paged 32-bit AdamW: fp32 states in unified memory that can be evicted (counted in full)
+    Optim.PAGED_ADAMW: OptimCaps(StateRule.BNB_32BIT, TransientRule.BNB_ON_CPU, "paged_adamw_32bit", True),
     Optim.SGD: OptimCaps(StateRule.NONE, TransientRule.IN_PLACE, "sgd", True),
     Optim.ADAFACTOR: OptimCaps(StateRule.FACTORED, TransientRule.LARGEST_TENSOR_X2, "adafactor", True),
 }

@@ -11,7 +11,8 @@ from dataclasses import dataclass, fields
 
 from refplan.errors import PlanError
 from refplan.methods import Finetune, Method, Strategy, check_combination
-from refplan.settings import ALL_LINEAR, Attn, Device, Dtype, Offload, Optim, Quant, Sharding, parse_lora_targets
+from refplan.settings import (ALL_LINEAR, Attn, Device, Dtype, Offload, Optim, Quant, QuantType, Sharding,
+                              parse_lora_targets)
 
 MAX_SEQ = 1 << 22  # 4M tokens: past this an input is a typo, not a plan
 MAX_BATCH = 1 << 16
@@ -23,7 +24,10 @@ _PARSED = {
     "dtype": (Dtype, "--dtype"), "autocast": (Dtype, "--autocast"), "ref_dtype": (Dtype, "--ref-dtype"),
     "ref_quant": (Quant, "--ref-quant"), "optim": (Optim, "--optim"), "attn": (Attn, "--attn"),
     "sharding": (Sharding, "--sharding"), "offload": (Offload, "--offload"), "device": (Device, "--device"),
+    "quant_type": (QuantType, "--quant-type"), "quant_compute_dtype": (Dtype, "--quant-compute-dtype"),
 }
+#: enum fields that may be None (then derived from another field)
+_OPTIONAL_ENUMS = ("autocast", "ref_dtype", "quant_compute_dtype")
 
 
 def _positive(name: str, value: int, flag: str, upper: int) -> None:
@@ -67,6 +71,12 @@ class TrainSpec:
       by name with ``bf16=True``); ``None`` means the forward runs in ``dtype``.
     - ``sharding`` splits state over ``gpus`` ranks (ZeRO stage or FSDP); ``gpus`` > 1 without
       sharding is plain data parallelism (every rank holds everything).
+    - k-bit loads (``finetune=qlora``, ``ref_quant``) are transformers' ``BitsAndBytesConfig``:
+      ``quant_bits`` (``load_in_4bit`` / ``load_in_8bit``), and for 4 bits ``quant_type``,
+      ``double_quant`` and ``quant_compute_dtype``, with the defaults of TRL's ``ModelConfig`` /
+      ``get_quantization_config`` (nf4, no nested quantization, compute dtype = ``dtype``).
+      ``prepare_kbit``: the user calls PEFT's ``prepare_model_for_kbit_training`` on the k-bit
+      policy before the trainer (ORPO and CPO call it themselves, see :attr:`kbit_prepared`).
     """
 
     method: Method
@@ -92,8 +102,15 @@ class TrainSpec:
     offload: Offload = Offload.NONE
     #: the policy's k-bit load under ``finetune=qlora`` (bitsandbytes ``load_in_4bit`` / ``load_in_8bit``)
     quant_bits: int = 4
-    #: NF4 double quantization (``bnb_4bit_use_double_quant``): the absmax constants quantized again
-    double_quant: bool = True
+    #: the 4-bit data type (``bnb_4bit_quant_type``)
+    quant_type: QuantType = QuantType.NF4
+    #: double quantization (``bnb_4bit_use_double_quant``): the absmax constants quantized again;
+    #: off by default, as in BitsAndBytesConfig and TRL's ``use_bnb_nested_quant``
+    double_quant: bool = False
+    #: ``bnb_4bit_compute_dtype``; None: the load dtype (TRL's ``get_quantization_config``)
+    quant_compute_dtype: Dtype | None = None
+    #: ``peft.prepare_model_for_kbit_training`` called on the k-bit policy before the trainer
+    prepare_kbit: bool = False
     device: Device = Device.CUDA
     #: DoRA (PEFT ``LoraConfig(use_dora=True)``): each adapter's update split into magnitude and
     #: direction, with the weight norm recomputed every forward. The formula engine has no term for it:
@@ -106,12 +123,12 @@ class TrainSpec:
     def __post_init__(self):
         for name, (cls, flag) in _PARSED.items():
             value = getattr(self, name)
-            if value is not None or name not in ("autocast", "ref_dtype"):
+            if value is not None or name not in _OPTIONAL_ENUMS:
                 object.__setattr__(self, name, _parse_enum(cls, value, flag))
         object.__setattr__(self, "lora_targets", parse_lora_targets(self.lora_targets))
         if self.autocast is self.dtype:  # autocast to the weights' own dtype casts nothing
             object.__setattr__(self, "autocast", None)
-        for name in ("grad_ckpt", "padded", "double_quant", "dora"):
+        for name in ("grad_ckpt", "padded", "double_quant", "prepare_kbit", "dora"):
             if not isinstance(getattr(self, name), bool):
                 raise PlanError(f"--{name.replace('_', '-')}", f"must be true or false (got {getattr(self, name)!r})")
         _positive("batch", self.batch, "--batch", MAX_BATCH)
@@ -139,12 +156,13 @@ class TrainSpec:
             # TRL 1.16 kto_trainer: "Actual (not effective) batch size must be > 1"
             raise PlanError("--batch", "KTO needs a per-device batch of at least 2 (TRL computes its KL "
                                        "term from mismatched pairs inside the batch)")
-        if self.finetune is Finetune.QLORA and self.device is Device.CPU:
-            raise PlanError("--finetune", "QLoRA needs bitsandbytes on CUDA; use --device cuda")
-        if self.ref_quant is not Quant.NONE and self.device is Device.CPU:
-            raise PlanError("--ref-quant", "8/4-bit references need bitsandbytes on CUDA; use --device cuda")
-        if self.device is Device.CPU and (self.gpus > 1 or self.sharding is not Sharding.NONE):
-            raise PlanError("--device", "sharding (--gpus/--zero/--fsdp) applies to --device cuda only")
+        if self.prepare_kbit and self.finetune is not Finetune.QLORA:
+            raise PlanError("--prepare-kbit", "prepare_model_for_kbit_training prepares a k-bit policy; "
+                                              "add --finetune qlora")
+        if self.device is Device.CPU and self.offload is not Offload.NONE:
+            # CPU ranks (gloo, what the bench measures) are sharded like GPUs, but there is no device
+            # memory to offload from
+            raise PlanError("--offload", "CPU offload applies to --device cuda only")
         check_combination(self.method, self.strategy, self.finetune, self.ref_quant)
 
     def check_lm_head_adapter(self) -> None:
@@ -180,6 +198,28 @@ class TrainSpec:
     @property
     def reference_dtype(self) -> Dtype:
         return self.ref_dtype or self.dtype
+
+    @property
+    def policy_quant(self) -> Quant:
+        """The policy's k-bit load: 4 or 8 bits under QLoRA, none otherwise."""
+        if self.finetune is not Finetune.QLORA:
+            return Quant.NONE
+        return Quant.NF4 if self.quant_bits == 4 else Quant.INT8
+
+    @property
+    def kbit_compute_dtype(self) -> Dtype:
+        """The dtype a 4-bit linear dequantizes to and multiplies in (``bnb_4bit_compute_dtype``)."""
+        return self.quant_compute_dtype or self.dtype
+
+    @property
+    def kbit_prepared(self) -> bool:
+        """The k-bit policy went through ``prepare_model_for_kbit_training``: asked for, or done by TRL's
+        ORPO / CPO trainers themselves for a k-bit model with a ``peft_config`` (orpo_trainer.py ~220,
+        cpo_trainer.py ~210). DPO and KTO never call it (dpo_trainer.py ~726 casts the trainable
+        adapters to bf16 instead)."""
+        if self.finetune is not Finetune.QLORA:
+            return False
+        return self.prepare_kbit or not self.method.caps.needs_reference
 
     @property
     def sequences_per_forward(self) -> int:

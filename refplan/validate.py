@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from refplan.methods import Finetune, Method, Strategy, applicable_strategies
@@ -74,6 +74,33 @@ class Case:
     seq: int
     grad_ckpt: bool
     lora_r: int
+    #: k-bit settings of a QLoRA policy or a quantized reference (TrainSpec fields; empty: none)
+    quant: dict = field(default_factory=dict)
+
+    @property
+    def quant_label(self) -> str:
+        """Short description of the k-bit settings, e.g. ``q4-nf4-dq-bf16+ref8bit`` ('' when none)."""
+        q = self.quant
+        parts = []
+        if self.finetune == "qlora":
+            bits = q.get("quant_bits", 4)
+            parts.append(f"q{bits}" + (f"-{q.get('quant_type', 'nf4')}" + ("-dq" if q.get("double_quant") else "")
+                                       + f"-{q.get('quant_compute_dtype') or 'fp32'}" if bits == 4 else "")
+                         + ("-prep" if q.get("prepare_kbit") else ""))
+        if q.get("ref_quant"):
+            parts.append(f"ref{q['ref_quant']}")
+        return "+".join(parts)
+
+    @property
+    def kbit_columns(self) -> dict:
+        """The k-bit breakdown columns of a quantized report: what is k-bit (``kbit``), the 4-bit compute
+        dtype and double quantization ("8-bit only" where nothing loads 4-bit)."""
+        q = self.quant
+        kinds = [f"qlora {q.get('quant_bits', 4)}-bit"] if self.finetune == "qlora" else []
+        kinds += [f"{q['ref_quant'][0]}-bit reference"] if q.get("ref_quant") else []
+        four = (self.finetune == "qlora" and q.get("quant_bits", 4) == 4) or q.get("ref_quant") == "4bit"
+        return {"kbit": " + ".join(kinds), "compute": (q.get("quant_compute_dtype") or "fp32") if four else "8-bit only",
+                "double_quant": str(bool(q.get("double_quant"))) if four else "8-bit only"}
 
 
 def generate(n: int, seed: int, vocab: int, families: tuple[str, ...] | None = None) -> list[Case]:
@@ -100,6 +127,89 @@ def generate(n: int, seed: int, vocab: int, families: tuple[str, ...] | None = N
         seq = rng.choice([16, 24, 32, 48, 64, 96, 128, 160])
         cases.append(Case(f"v{seed}-{i:03d}-{family}", family, cfg, method.value, strategy.value, finetune.value,
                           batch, seq, rng.random() < 0.3, rng.choice([4, 8, 16])))
+    return cases
+
+
+def _bnb_shape(rng: random.Random, family: str, vocab: int) -> dict:
+    """A small config whose every quantized linear fits bitsandbytes' AVX512-BF16 CPU kernel: out_features
+    in blocks of 32 and in_features in whole 64-weight absmax blocks (``_convert_weight_packed_for_cpu``
+    asserts the first and reshapes by the second; an eval-mode 4-bit forward on such a CPU fails
+    otherwise). Widths, depth, heads, GQA, ties and windows are still drawn."""
+    heads = rng.choice([2, 4])
+    head_dim = rng.choice([16, 32]) if heads == 4 else 32
+    kv = rng.choice([d for d in (1, 2, 4) if heads % d == 0 and (d * head_dim) % 32 == 0])
+    cfg = {
+        "hidden_size": rng.choice([64, 128, 192]),
+        "intermediate_size": rng.choice([128, 192, 256, 320]),
+        "num_hidden_layers": rng.randint(1, 3),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "head_dim": head_dim,
+        "vocab_size": vocab + rng.randint(0, 300),
+        "max_position_embeddings": 1024,
+    }
+    if family == "qwen2":
+        cfg["tie_word_embeddings"] = rng.random() < 0.7
+    if family == "mistral":
+        cfg["sliding_window"] = rng.choice([16, 32, 64, 4096])
+    if family == "gemma2":
+        cfg["query_pre_attn_scalar"] = head_dim
+        cfg["tie_word_embeddings"] = rng.random() < 0.5
+        cfg["sliding_window"] = rng.choice([16, 64, 4096])
+    if family == "gpt_neox":
+        for key in ("num_key_value_heads", "head_dim"):
+            cfg.pop(key)
+        cfg["hidden_size"] = heads * rng.choice([32, 48]) if heads == 4 else rng.choice([64, 128])
+        cfg["rotary_pct"] = rng.choice([0.25, 0.5, 1.0])
+        cfg["tie_word_embeddings"] = False
+        cfg["use_parallel_residual"] = rng.random() < 0.7
+    if family in ("qwen3", "olmo2"):
+        cfg["attention_bias"] = rng.random() < 0.3
+    return cfg
+
+
+def generate_quantized(n: int, seed: int, vocab: int, families: tuple[str, ...] | None = None) -> list[Case]:
+    """``n`` QLoRA and k-bit-reference cases from ``seed`` (``refplan validate --quantized``), drawn apart from
+    :func:`generate` so that the standing matrix's draws do not change. Every family and method appears;
+    methods with a reference alternate a QLoRA policy (every strategy TRL runs with it; 'separate' with a
+    full, 8-bit or 4-bit reference) with a full or LoRA policy against an 8- or 4-bit reference; 4 or 8
+    bits, nf4 or fp4, double quantization on or off, fp32 or bf16 compute, prepare_model_for_kbit_training
+    or not, checkpointing on or off."""
+    rng = random.Random(seed)
+    fams = list(families or FAMILIES)
+    methods = list(Method)
+    cases: list[Case] = []
+    while len(cases) < n:
+        i = len(cases)
+        family = fams[i % len(fams)]
+        method = methods[(i // len(fams)) % len(methods)]
+        qlora = not method.caps.needs_reference or rng.random() < 0.7
+        quant: dict = {}
+        if qlora:
+            finetune = Finetune.QLORA
+            strategy = rng.choice(applicable_strategies(method, finetune))
+            quant["quant_bits"] = rng.choice([4, 4, 8])
+            if strategy is Strategy.SEPARATE:
+                quant["ref_quant"] = rng.choice(["none", "8bit", "4bit"])
+            if rng.random() < 0.25:
+                quant["prepare_kbit"] = True
+        else:
+            finetune = rng.choice([Finetune.FULL, Finetune.LORA])
+            strategy = Strategy.SEPARATE
+            quant["ref_quant"] = rng.choice(["8bit", "4bit"])
+        if quant.get("ref_quant") == "none":
+            del quant["ref_quant"]
+        if quant.get("quant_bits") == 4 or quant.get("ref_quant") == "4bit":
+            quant["double_quant"] = rng.random() < 0.5
+            quant["quant_type"] = "fp4" if rng.random() < 0.2 else "nf4"
+            if rng.random() < 0.5:
+                quant["quant_compute_dtype"] = "bf16"
+        cfg = {"model_type": family, **_bnb_shape(rng, family, vocab)}
+        batch = rng.randint(2 if method is Method.KTO else 1, 4)
+        seq = rng.choice([16, 24, 32, 48, 64, 96, 128])
+        cases.append(Case(f"q{seed}-{i:03d}-{family}", family, cfg, method.value, strategy.value, finetune.value,
+                          batch, seq, rng.random() < 0.35, rng.choice([4, 8, 16]),
+                          {k: v for k, v in quant.items() if v not in (False, 4) or k == "quant_bits"}))
     return cases
 
 
@@ -156,22 +266,24 @@ def estimate_for(case_dir: Path, sc) -> tuple[int, str, dict]:
 
 
 def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: float = 300.0,
-        resume: bool = True, progress: bool = True, families: tuple[str, ...] | None = None) -> dict:
-    """Build, run and compare the matrix; write the reports; return the summary."""
+        resume: bool = True, progress: bool = True, families: tuple[str, ...] | None = None,
+        quantized: bool = False) -> dict:
+    """Build, run and compare the matrix (``quantized``: the QLoRA / k-bit-reference one,
+    :func:`generate_quantized`); write the reports; return the summary."""
     from refplan.harness.runner import RunOptions, run_matrix
     from refplan.harness.scenario import Scenario, bench_train_spec
     from refplan.harness.tiny import cache_dir
 
     out = Path(out)
     root = cache_dir() / "validate-models"
-    cases = generate(n, seed, vocab=1024, families=families)
+    cases = (generate_quantized if quantized else generate)(n, seed, vocab=1024, families=families)
     scenarios = []
     by_key = {}
     for c in cases:
         d = build_model_dir(c, root)
         train = bench_train_spec(
             method=c.method, strategy=c.strategy, finetune=c.finetune, dtype="fp32", batch=c.batch, seq=c.seq,
-            grad_ckpt=c.grad_ckpt, lora_r=c.lora_r, device="cpu", attn=_attn_for(c))
+            grad_ckpt=c.grad_ckpt, lora_r=c.lora_r, device="cpu", attn=_attn_for(c), **c.quant)
         sc = Scenario(train, model=str(d), steps=2, seed=0)
         scenarios.append(sc)
         by_key[sc.key] = (c, d, sc)
@@ -190,7 +302,8 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
         results.append({
             "key": key, "case": c.name, "family": c.family, "method": c.method, "strategy": c.strategy,
             "finetune": c.finetune, "grad_ckpt": c.grad_ckpt, "batch": c.batch, "seq": c.seq,
-            "lora_r": c.lora_r, "layers": c.config.get("num_hidden_layers"),
+            "lora_r": c.lora_r, **({"quant": c.quant_label, **c.kbit_columns} if quantized else {}),
+            "layers": c.config.get("num_hidden_layers"),
             "hidden": c.config.get("hidden_size"), "status": row.get("status"),
             "measured_bytes": meas, "estimated_bytes": est, "error_pct": err, "est_peak_phase": phase,
             "measured_precompute_bytes": row.get("peak_precompute_bytes") or "",
@@ -198,7 +311,7 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
             "components": json.dumps(comps, sort_keys=True), "config": json.dumps(c.config, sort_keys=True),
         })
     summary = summarize(results)
-    write_reports(results, summary, out, seed, n, families)
+    write_reports(results, summary, out, seed, n, families, quantized)
     return summary
 
 
@@ -264,16 +377,18 @@ def _largest_errors(df, n: int = 10) -> list[str]:
 
 
 def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: int,
-                  families: tuple[str, ...] | None = None) -> None:
+                  families: tuple[str, ...] | None = None, quantized: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     df = _frame(results)
     df[list(results[0]) if results else ["key"]].to_csv(out / "accuracy.csv", index=False, lineterminator="\r\n")
     _scatter(df, out / "accuracy.png")
     med, worst = summary["median_abs_error_pct"], summary["worst_abs_error_pct"]
+    title = ("Planner accuracy on CPU, quantized: QLoRA and k-bit references (formula engine vs real TRL bursts)"
+             if quantized else "Planner accuracy on CPU (formula engine vs real TRL bursts)")
     lines = [
-        "# Planner accuracy on CPU (formula engine vs real TRL bursts)",
+        f"# {title}",
         "",
-        f"Regenerate: `refplan validate --n {n} --seed {seed}"
+        f"Regenerate: `refplan validate --n {n} --seed {seed}" + (" --quantized" if quantized else "")
         + (f" --families {','.join(families)}" if families else "") + f" --out {out}` "
         "(random shapes and settings drawn from the seed; every scenario a real TRL 1.16 burst in its own "
         "process; measured = peak live tensor bytes over precompute and training, loading excluded; "
@@ -289,13 +404,18 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
         "![predicted vs measured](accuracy.png)",
         "",
     ]
-    for field in ("method", "strategy", "family", "finetune", "grad_ckpt", "est_peak_phase"):
-        lines += [f"## By {field}", ""] + _breakdown(df, field) + [""]
+    if quantized:
+        lines += QUANTIZED_NOTES
+    for name in ("method", "strategy", "family", "finetune", *(("kbit", "compute", "double_quant") if quantized else ()),
+                 "grad_ckpt", "est_peak_phase"):
+        lines += [f"## By {name}", ""] + _breakdown(df, name) + [""]
     lines += ["## Largest errors", ""] + _largest_errors(df)
     failed = df[df["error_pct"].isna()]
     if len(failed):
         lines += ["", "## Not measured", ""] + [f"- {r.case} ({r.method}/{r.strategy}): {r.status}"
                                                  for r in failed.itertuples()]
+    if not quantized:
+        lines += _quantized_section(out / "validate-quantized")
     trace = out / "trace_check.md"
     if trace.exists():
         lines += ["", "## Real shapes: formula vs trace engine", "",
@@ -309,6 +429,40 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
                   "from `bench/gpu/calibrate.py` (reports/gpu/cuda_terms.csv); `bench/gpu/diagnose.py` lists "
                   "what is live at a GPU peak (reports/gpu/diagnose.json).", "", gpu.read_text()]
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def _quantized_section(qdir: Path) -> list[str]:
+    """The QLoRA / k-bit-reference matrix's results (``refplan validate --quantized --out DIR``), summarized in
+    the main report when its CSV is there."""
+    import pandas as pd
+
+    csv_path = qdir / "accuracy.csv"
+    if not csv_path.exists():
+        return []
+    df = _frame(pd.read_csv(csv_path, dtype=object).to_dict("records"))
+    s = summarize(df.to_dict("records"))
+    verdict = (f"`refplan validate --quantized` ({qdir.name}/accuracy.md, every breakdown there): "
+               f"{s['measured']} of {s['scenarios']} bursts measured; median |error| "
+               f"{s['median_abs_error_pct']:.3f} %, worst {s['worst_abs_error_pct']:.3f} % -> "
+               f"{'PASS' if s['passes'] else 'FAIL'}.")
+    lines = ["", "## Quantized: QLoRA and k-bit references", "", verdict, ""]
+    for name in ("method", "strategy", "kbit", "compute", "grad_ckpt"):
+        lines += _breakdown(df, name) + [""]
+    return lines
+
+
+#: what a quantized report's reader needs to know about its bursts
+QUANTIZED_NOTES = [
+    ("Each scenario loads its policy (QLoRA) or its separate reference k-bit with transformers' "
+     "`BitsAndBytesConfig`, as TRL's `get_quantization_config` builds it, and runs bitsandbytes 0.50's CPU "
+     "backend on an AVX512-BF16 CPU. In accuracy.csv, `quant` reads "
+     "`q<bits>-<type>[-dq]-<compute dtype>[-prep]` for the policy (`-dq`: double quantization; `-prep`: "
+     "`prepare_model_for_kbit_training`) and `ref<bits>` for a k-bit reference; `compute` is the 4-bit "
+     "compute dtype. Shapes are drawn so that every quantized linear fits bitsandbytes' CPU kernel "
+     "(out_features % 32, in_features % 64); the mechanisms are in `refplan/quant.py`, single layers in "
+     "`bench/quant_inventory.py`."),
+    "",
+]
 
 
 def _scatter(df, path: Path) -> None:

@@ -36,9 +36,19 @@ def register(sub) -> None:
     p.add_argument("--method", default=None, help="comma list of dpo,ipo,kto,orpo,simpo (default: all)")
     p.add_argument("--strategy", default=None, help="comma list of separate,unwrap,ref-adapter,precompute,"
                                                     "sync,none (default: every applicable one)")
-    p.add_argument("--finetune", default=None, help="comma list of full,lora (default: full,lora)")
+    p.add_argument("--finetune", default=None, help="comma list of full,lora,qlora (default: full,lora)")
     p.add_argument("--ref-dtype", default=None, help="also run 'separate' with a reference in this dtype "
                                                      "(e.g. bf16)")
+    p.add_argument("--ref-quant", default=None, help="also run 'separate' with a reference loaded k-bit: comma "
+                                                     "list of 8bit,4bit (bitsandbytes)")
+    p.add_argument("--quant-bits", type=int, default=None, help="the QLoRA policy's load: 4 | 8 (default 4)")
+    p.add_argument("--quant-type", default=None, help="4-bit data type: nf4 | fp4 (default nf4)")
+    p.add_argument("--double-quant", action=argparse.BooleanOptionalAction, default=None,
+                   help="4-bit double quantization (default off, as BitsAndBytesConfig)")
+    p.add_argument("--quant-compute-dtype", default=None, help="4-bit compute dtype: bf16 | fp16 | fp32 "
+                                                               "(default: --dtype)")
+    p.add_argument("--prepare-kbit", action=argparse.BooleanOptionalAction, default=None,
+                   help="peft.prepare_model_for_kbit_training on the QLoRA policy before the trainer")
     p.add_argument("--batch", type=_positive(int), default=None, help="per_device_train_batch_size (pairs; KTO: examples)")
     p.add_argument("--seq", type=_positive(int), default=None, help="padded tokens per sequence, after TRL's BOS/EOS")
     p.add_argument("--steps", type=_positive(int), default=None, help="optimizer steps per burst")
@@ -49,6 +59,11 @@ def register(sub) -> None:
     p.add_argument("--attn", default=None, help="sdpa | eager | flash")
     p.add_argument("--seed", type=int, default=None, help="seed (weights of random models, data, LoRA init)")
     p.add_argument("--device", default="auto", help="auto | cuda | cpu (default auto)")
+    p.add_argument("--gpus", type=_positive(int), default=None, help="ranks of a sharded burst (accelerate launch; "
+                   "CPU ranks talk over gloo)")
+    p.add_argument("--zero", type=int, default=None, help="DeepSpeed ZeRO stage of a sharded burst: 2 or 3")
+    p.add_argument("--fsdp", action="store_true", help="FSDP2 FULL_SHARD instead of DeepSpeed")
+    p.add_argument("--offload", default=None, help="none | optimizer | params | all (CUDA only)")
     p.add_argument("--out", default=None, help="output directory (default reports/bench-<suite>)")
     p.add_argument("--resume", action="store_true", help="skip scenarios already in the output CSV")
     p.add_argument("--timeout", type=_positive(float), default=None, help="seconds per scenario (default 300 cpu, 600 cuda)")
@@ -170,7 +185,83 @@ def _overrides(args, device: str) -> dict:
         o["grad_ckpt"] = args.grad_ckpt == "on"
     if device == "cuda" and args.dtype is None:
         o["dtype"] = "bf16"
+    o.update(_sharding_overrides(args))
     return o
+
+
+def _sharding_overrides(args) -> dict:
+    """--gpus/--zero/--fsdp/--offload as scenario keys, checked here (one line naming the flag)."""
+    from refplan.settings import Offload, Sharding
+
+    if args.zero is None and not args.fsdp:
+        if args.gpus not in (None, 1) or args.offload not in (None, "none"):
+            raise PlanError("--gpus" if args.gpus not in (None, 1) else "--offload",
+                            "a sharded burst needs --zero 2|3 or --fsdp")
+        return {}
+    sharding = Sharding.from_flags(args.zero or 0, args.fsdp)
+    if sharding.value not in ("zero2", "zero3", "fsdp"):
+        raise PlanError("--zero", f"the bench launches ZeRO-2, ZeRO-3 or FSDP (got --zero {args.zero})")
+    return {"sharding": sharding.value, "gpus": args.gpus or 2,
+            "offload": Offload.parse(args.offload or "none", "--offload").value}
+
+
+#: bench flags that set a k-bit setting (applied to the scenarios that read it: scenario.kbit_keys_read)
+KBIT_FLAGS = ("quant_bits", "quant_type", "double_quant", "quant_compute_dtype", "prepare_kbit")
+
+
+def _kbit_settings(args) -> dict:
+    """The k-bit settings typed on the command line, each parsed once (a bad value exits 2 naming its flag)."""
+    from refplan.methods import parse_enum
+    from refplan.settings import Dtype, QuantType
+
+    kbit = {k: getattr(args, k) for k in KBIT_FLAGS if getattr(args, k) is not None}
+    if "quant_bits" in kbit and kbit["quant_bits"] not in (4, 8):
+        raise PlanError("--quant-bits", f"bitsandbytes loads in 4 or 8 bits (got {kbit['quant_bits']})")
+    if "quant_type" in kbit:
+        kbit["quant_type"] = QuantType.parse(kbit["quant_type"], "--quant-type").value
+    if "quant_compute_dtype" in kbit:
+        kbit["quant_compute_dtype"] = Dtype.parse(kbit["quant_compute_dtype"], "--quant-compute-dtype").value
+    if args.ref_quant is not None:
+        from refplan.settings import Quant
+
+        kbit["ref_quant"] = [parse_enum(Quant, q, "--ref-quant").value for q in args.ref_quant.split(",") if q.strip()]
+        if not kbit["ref_quant"] or "none" in kbit["ref_quant"]:
+            raise PlanError("--ref-quant", "expects a comma list of 8bit,4bit")
+    return kbit
+
+
+def _with_kbit(items: list, kbit: dict) -> list:
+    """``items`` with the typed k-bit settings on every scenario that reads them, plus -- for --ref-quant --
+    each 'separate' scenario again with a reference loaded in those bits."""
+    from refplan.harness.scenario import kbit_keys_read
+    from refplan.harness.suites import Unsupported, make_item, order_baselines_first
+    from refplan.methods import Strategy
+
+    if not kbit:
+        return items
+    settings = {k: v for k, v in kbit.items() if k != "ref_quant"}
+    out, seen, applied = [], set(), set()
+    for it in items:
+        variants = [it]
+        if not isinstance(it, Unsupported):
+            flat = it.as_dict()
+            flats = [flat]
+            if it.train.strategy is Strategy.SEPARATE and it.train.ref_dtype is None:
+                flats += [{**flat, "ref_quant": q} for q in kbit.get("ref_quant", ())]
+                applied |= {"ref_quant"} if len(flats) > 1 else set()
+            reads = [kbit_keys_read({**f, **settings}) for f in flats]
+            applied |= {k for r in reads for k in settings if k in r}
+            variants = [make_item({**f, **{k: x for k, x in settings.items() if k in r}}) for f, r in zip(flats, reads)]
+        for v in variants:
+            if v.key not in seen:
+                seen.add(v.key)
+                out.append(v)
+    unread = [k for k in kbit if k not in applied]
+    if unread:
+        flag = "--" + unread[0].replace("_", "-")
+        raise PlanError(flag, "no scenario here loads k-bit weights that read it (--finetune qlora for the policy; "
+                              "--ref-quant with strategy separate for a reference; 4-bit settings need a 4-bit load)")
+    return order_baselines_first(out)
 
 
 def run(args) -> int:
@@ -190,6 +281,7 @@ def run(args) -> int:
         check_dataset(args.dataset, methods or list(Method))
     device = resolve_device(args.device)
     overrides = _overrides(args, device)
+    kbit = _kbit_settings(args)
 
     custom = args.model is not None or methods or strategies or finetunes
     if args.config is not None:
@@ -221,6 +313,7 @@ def run(args) -> int:
             items += [Scenario.from_dict({**it.as_dict(), "ref_dtype": args.ref_dtype}) for it in items
                       if it.train.strategy is Strategy.SEPARATE and it.train.ref_dtype is None]
         name = "custom"
+    items = _with_kbit(items, kbit)
     if not items:
         raise PlanError("--strategy", "no scenario matches these flags")
     if args.list:

@@ -54,12 +54,16 @@ TRAIN_FLAGS = (
     ("--modules-to-save", str, "modules PEFT trains as full copies beside LoRA, e.g. embed_tokens,lm_head "
                                 "(PEFT modules_to_save); estimated by the trace engine"),
     ("--quant-bits", int, "the policy's k-bit load under --finetune qlora: 4 | 8 (default 4)"),
+    ("--quant-type", str, "4-bit data type: nf4 | fp4 (bnb_4bit_quant_type; default nf4)"),
+    ("--quant-compute-dtype", str, "4-bit matmul dtype: bf16 | fp16 | fp32 (bnb_4bit_compute_dtype; default --dtype)"),
     ("--device", str, "cuda | cpu (cpu drops CUDA-only terms; default cuda)"),
 )
 TRAIN_SWITCHES = (
     ("--grad-ckpt", "gradient checkpointing (--no-grad-ckpt to turn a config's off)"),
     ("--fsdp", "FSDP full sharding"),
-    ("--double-quant", "NF4 double quantization of the absmax constants (bnb_4bit_use_double_quant)"),
+    ("--double-quant", "4-bit double quantization of the absmax constants (bnb_4bit_use_double_quant; "
+                       "default off)"),
+    ("--prepare-kbit", "peft.prepare_model_for_kbit_training on the k-bit policy before the trainer"),
     ("--dora", "DoRA adapters (PEFT use_dora); estimated by the trace engine, seconds a row"),
 )
 

@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="re-run scenarios already in the run CSV")
     p.add_argument("--families", default=None, help="comma list of model families to draw from "
                                                     "(default: the eight of the standing matrix)")
+    p.add_argument("--quantized", action="store_true", help="the QLoRA / k-bit-reference matrix instead "
+                                                            "(bitsandbytes on CPU; its own seeded draws)")
     p.add_argument("--format", default="table", help="table | json: the summary on stdout")
     p.add_argument("--no-progress", action="store_true", help="no live progress display")
     p.set_defaults(run=run)
@@ -36,7 +38,7 @@ def run(args) -> int:
     summary = run_validation(n=args.n, seed=args.seed, out=Path(args.out), timeout_s=args.timeout,
                              resume=not args.fresh, progress=not args.no_progress,
                              families=tuple(f.strip() for f in args.families.split(",") if f.strip())
-                             if args.families else None)
+                             if args.families else None, quantized=args.quantized)
     med, worst = summary["median_abs_error_pct"], summary["worst_abs_error_pct"]
     report = Path(args.out) / "accuracy.md"
     line = (f"{summary['measured']}/{summary['scenarios']} scenarios measured; median |error| "

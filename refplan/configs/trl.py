@@ -174,6 +174,9 @@ def _peft(f: ConfigFile, res: Resolution, m: Method, mt: str | None) -> bool:
         res.set("quant_bits", 4 if four else 8, f.source("load_in_4bit" if four else "load_in_8bit"))
         nested, src = _value(f, res, "use_bnb_nested_quant", m)
         res.set("double_quant", bool(nested), src)
+        if four:
+            qtype, src = _value(f, res, "bnb_4bit_quant_type", m)
+            res.set("quant_type", str(qtype), src)
     r, src = _value(f, res, "lora_r", m)
     res.set("lora_r", r, src)
     targets = f.data.get("lora_target_modules")

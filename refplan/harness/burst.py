@@ -38,9 +38,19 @@ RECIPES = {
     Method.SIMPO: "refplan.harness.recipes.simpo",
 }
 
-#: clock of the per-step times; bench/tracker_overhead.py swaps in ``time.thread_time`` to time CPU
-#: work alone on a shared machine
-STEP_CLOCK = time.perf_counter
+#: clock of the per-step times when set; bench/tracker_overhead.py swaps in ``time.thread_time``. None:
+#: :func:`step_clock` -- the process's CPU time on CPU (the work of this burst's threads, whatever else
+#: runs on a shared machine), wall time synchronised with the device on CUDA
+STEP_CLOCK = None
+#: steps timed after the first (warm-up: lazy allocations, DeepSpeed's buffers, the optimizer's state)
+WARMUP_STEPS = 1
+
+
+def step_clock(cuda: bool):
+    """The clock of the per-step times (see :data:`STEP_CLOCK`)."""
+    if STEP_CLOCK is not None:
+        return STEP_CLOCK
+    return time.perf_counter if cuda else time.process_time
 
 #: metrics copied from TRL's logs into the per-step record (absent keys are skipped)
 LOGGED = ("loss", "grad_norm", "logps/chosen", "logps/rejected", "rewards/chosen", "rewards/rejected",
@@ -59,6 +69,7 @@ def _trainer_callback_cls():
             self.step_s: list[float] = []
             self.logs: list[dict] = []
             self._t0 = 0.0
+            self.clock = step_clock(cuda)
 
         def _sync(self):
             if self.cuda:
@@ -68,11 +79,11 @@ def _trainer_callback_cls():
 
         def on_step_begin(self, args, state, control, **kw):
             self._sync()
-            self._t0 = STEP_CLOCK()
+            self._t0 = self.clock()
 
         def on_step_end(self, args, state, control, **kw):
             self._sync()
-            self.step_s.append(STEP_CLOCK() - self._t0)
+            self.step_s.append(self.clock() - self._t0)
             if self.progress:
                 self.progress(state.global_step, state.max_steps)
 
@@ -165,11 +176,14 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {msg}"[:limit]
 
 
-def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
+def run_burst(sc: Scenario, track: bool = True, progress=None, dataset_dir: str | None = None,
+              rank_hooks=None) -> dict:
     """Run ``sc`` here and return the measured record (see ``refplan.harness.runner.COLUMNS``).
 
     Never raises for a failing scenario: an OOM or crash becomes ``status``/``error``. ``track=False``
-    turns the CPU tensor tracker off (for the overhead benchmark).
+    turns the CPU tensor tracker off (for the overhead benchmark). One rank of a sharded burst
+    (:mod:`refplan.harness.sharded`) reads the dataset every rank shares from ``dataset_dir`` and
+    passes its ``rank_hooks`` (the tracker's resize_ follower and the sharding proof callback).
     """
     t_start = time.perf_counter()
     scratch = tempfile.TemporaryDirectory(prefix="refplan-burst-")  # the Trainer's output_dir; nothing is saved
@@ -188,13 +202,18 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
         if cuda:
             if not torch.cuda.is_available():
                 raise RuntimeError("--device cuda but torch sees no CUDA device")
-            torch.cuda.set_device(0)
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.empty_cache()
         recipe = importlib.import_module(RECIPES[sc.train.method])
         model_dir = resolve_model_dir(sc.model)
         rec["model_dir"] = str(model_dir)
         tokenizer = load_tokenizer(model_dir)
-        dataset = load_dataset(sc, tokenizer)
+        if dataset_dir is not None:
+            import datasets
+
+            dataset = datasets.load_from_disk(dataset_dir)
+        else:
+            dataset = load_dataset(sc, tokenizer)
 
         # REFPLAN_TRACK_CUDA=1 also counts live tensor bytes on CUDA (diagnostics: bench/gpu/diagnose.py)
         tracker = trk.LiveBytes() if (track and (not cuda or os.environ.get("REFPLAN_TRACK_CUDA") == "1")) else None
@@ -202,7 +221,8 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
         phases = trk.Phases(tracker, cuda=cuda, nvml=nvml)
         recorder = _trainer_callback_cls()(cuda, progress)
         gc.collect()
-        _build_and_train(sc, recipe, (model_dir, tokenizer, dataset), scratch.name, tracker, phases, recorder, rec)
+        _build_and_train(sc, recipe, (model_dir, tokenizer, dataset), scratch.name, tracker, phases, recorder, rec,
+                         rank_hooks)
         steps, logs = recorder.step_s, recorder.logs
     except KeyboardInterrupt:
         raise
@@ -229,7 +249,8 @@ def run_burst(sc: Scenario, track: bool = True, progress=None) -> dict:
     return rec
 
 
-def _build_and_train(sc: Scenario, recipe, inputs, out_dir: str, tracker, phases, recorder, rec: dict) -> None:
+def _build_and_train(sc: Scenario, recipe, inputs, out_dir: str, tracker, phases, recorder, rec: dict,
+                     rank_hooks=None) -> None:
     """The recipe's trainer built (phase ``setup``, loads in ``load``) and trained (phase ``train``) under
     the tracker; ``rec`` gets the state sizes, the live bytes before training and the input shapes seen."""
     import torch
@@ -246,14 +267,19 @@ def _build_and_train(sc: Scenario, recipe, inputs, out_dir: str, tracker, phases
         else:
             phases.enter(load_stack.pop())
 
+    built: dict = {}
+    callbacks = [recorder] + ([rank_hooks.callback(lambda: built["trainer"])] if rank_hooks is not None else [])
     with contextlib.ExitStack() as stack:
         if tracker is not None:
             stack.enter_context(tracker)
+            if rank_hooks is not None:
+                stack.enter_context(rank_hooks.track(tracker))
         stack.enter_context(trk.register_loaded_models(tracker, on_load))
         stack.enter_context(_precompute_phase(phases))
         stack.enter_context(_datasets_scratch())
         phases.enter("setup")
-        trainer = recipe.build_trainer(sc, model_dir, tokenizer, dataset, out_dir, callbacks=[recorder])
+        trainer = built["trainer"] = recipe.build_trainer(sc, model_dir, tokenizer, dataset, out_dir,
+                                                          callbacks=callbacks)
         ref = getattr(trainer, "ref_model", None)
         if tracker is not None:  # idempotent: catches anything loaded outside from_pretrained
             tracker.register_module(trainer.model)
@@ -301,8 +327,8 @@ def _summarize(sc: Scenario, phases, steps: list[float], logs: list[dict]) -> di
         vals = [get(ph, c) for ph in ("precompute", "train") if get(ph, c) is not None]
         return max(vals) if vals else None
 
-    after_first = steps[1:] if len(steps) > 1 else steps
-    median = statistics.median(after_first) if after_first else None
+    timed = steps[WARMUP_STEPS:] if len(steps) > WARMUP_STEPS else steps
+    median = statistics.median(timed) if timed else None
     tokens_per_step = sc.train.tokens_per_forward
     nt = [e["num_tokens"] for e in logs if "num_tokens" in e]
     if len(nt) >= 2 and sc.dataset != "synthetic":
@@ -319,6 +345,8 @@ def _summarize(sc: Scenario, phases, steps: list[float], logs: list[dict]) -> di
         "torch_max_reserved_bytes": over_run("torch_reserved_bytes"),
         "rss_peak_bytes": max(rss) if rss else None,
         "median_step_s": median,
+        "step_spread_pct": 100.0 * (max(timed) - min(timed)) / median if median else None,
+        "step_clock": "wall" if cuda else "process-cpu",
         "tokens_per_s": tokens_per_step / median if median else None,
         "samples_per_s": sc.train.batch / median if median else None,
         "loss_first": logs[0].get("loss") if logs else None,

@@ -27,7 +27,15 @@ def run_request(req: dict) -> int:
             with open(progress_path, "w") as f:
                 f.write(f"{step} {total}\n")
 
-    rec = run_burst(sc, track=req.get("track", True), progress=progress)
+    if sc.sharded:  # N ranks through accelerate launch, one record each
+        from refplan.harness.launch import run_sharded
+
+        rec = run_sharded(sc, Path(req["out_dir"]), float(req.get("timeout_s", 300)) * 0.9)
+        est = planner_estimate(sc, rec["ranks"][0].get("model_dir") if rec["ranks"] else None)
+        for r in rec["ranks"]:
+            r["est_peak_bytes"] = est
+    else:
+        rec = run_burst(sc, track=req.get("track", True), progress=progress)
     rec["key"] = sc.key
     rec["scenario"] = sc.as_dict()
     rec["est_peak_bytes"] = planner_estimate(sc, rec.get("model_dir"))

@@ -41,6 +41,7 @@ class Display:
         if self.enabled:
             t = sc.train
             ref = f" ref {t.ref_dtype.value}" if t.ref_dtype else ""
+            ref += f" ref {t.ref_quant.value}" if t.ref_quant.value != "none" else ""
             self.progress.reset(self.current, total=sc.steps, completed=0, visible=True,
                                 description=f"  {t.method.value} {t.strategy.value}{ref} {t.finetune.value}: step")
 

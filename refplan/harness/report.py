@@ -63,9 +63,14 @@ def _formatted(values: pd.Series, spec: str) -> pd.Series:
 
 
 def _labels(df: pd.DataFrame) -> pd.Series:
-    """``strategy[ ref <dtype>] (finetune)``, e.g. ``separate ref bf16 (lora)``."""
+    """``strategy[ ref <dtype or k-bit>] (finetune[ <bits>])``, e.g. ``separate ref bf16 (lora)``,
+    ``separate ref 4bit (qlora 8-bit)``. The k-bit settings are read from the key (``-ref4bit-``,
+    ``-q8-``: :attr:`Scenario.key`), so CSVs written before they existed read the same."""
     ref = df["ref_dtype"].map(lambda d: f" ref {d}" if d else "")
-    return df["strategy"] + ref + " (" + df["finetune"] + ")"
+    ref = ref + df["key"].str.extract(r"-ref(\d+bit)-", expand=False).map(lambda q: f" ref {q}" if isinstance(q, str)
+                                                                          else "")
+    bits = df["key"].str.extract(r"-q(\d)-", expand=False).map(lambda b: f" {b}-bit" if isinstance(b, str) else "")
+    return df["strategy"] + ref + " (" + df["finetune"] + bits + ")"
 
 
 def scenario_table(df: pd.DataFrame) -> pd.DataFrame:

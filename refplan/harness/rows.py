@@ -9,7 +9,7 @@ model                       ``random:<preset>``, a directory or a hub id
 family                      ``model_type`` from the model's config.json
 method                      dpo, ipo, kto, orpo, simpo
 strategy                    separate, unwrap, ref-adapter, precompute, sync, none
-finetune                    full, lora
+finetune                    full, lora, qlora (k-bit settings: see the scenario's optional keys)
 ref_dtype                   reference dtype when it differs from the policy's (``separate`` only)
 lora_r                      LoRA rank (all linear layers but the LM head, alpha = 2r, dropout 0)
 dtype                       dtype the policy is loaded in (fp32, bf16, fp16)
@@ -50,6 +50,13 @@ est_peak_bytes              refplan's planner estimate for the same TrainSpec
 est_error_pct               100 * (est_peak_bytes - peak_bytes) / peak_bytes
 seq_seen                    longest input_ids the policy's forward received (checks ``seq``)
 wall_s                      wall time of the scenario process
+step_spread_pct             100 * (max - min) / median of the timed steps (after the first, warm-up)
+speed_vs_separate           this row's median step time over ``separate``'s in the same run, inverted
+                            (> 1: faster than separate); empty without a separate row alike
+speed_flag                  ``noisy`` when either row's spread exceeds :data:`SPREAD_LIMIT_PCT`
+gpus, sharding, offload     a sharded burst's ranks, ZeRO stage / FSDP, CPU offload (empty otherwise)
+rank, world_size            the rank this row measures (one row per rank) and how many ran
+proof                       what proved the run sharded (:mod:`refplan.harness.proof`), or empty
 ==========================  ==========================================================================
 """
 
@@ -64,7 +71,8 @@ import threading
 from pathlib import Path
 
 from refplan.harness.scenario import Scenario
-from refplan.methods import Strategy
+from refplan.methods import Finetune, Strategy
+from refplan.settings import Quant
 
 COLUMNS = [
     "key", "suite", "model", "family", "method", "strategy", "finetune", "ref_dtype", "lora_r", "dtype",
@@ -74,7 +82,8 @@ COLUMNS = [
     "policy_state_bytes", "nvml_peak_bytes", "torch_max_allocated_bytes", "torch_max_reserved_bytes",
     "rss_peak_bytes", "median_step_s", "tokens_per_s", "samples_per_s", "loss_first", "loss_last",
     "parity_baseline", "parity_max_abs_diff", "ref_logp_max_abs_diff", "parity_ok", "est_peak_bytes",
-    "est_error_pct", "seq_seen", "wall_s",
+    "est_error_pct", "seq_seen", "wall_s", "step_spread_pct", "speed_vs_separate", "speed_flag",
+    "gpus", "sharding", "offload", "rank", "world_size", "proof",
 ]
 
 
@@ -170,7 +179,9 @@ def parity(sc: Scenario, rec: dict, base: dict | None) -> dict:
             ref_rel.append(abs(a - b) / max(1.0, abs(b)))
     out["parity_max_abs_diff"] = max(loss_diff) if loss_diff else None
     out["ref_logp_max_abs_diff"] = max(ref_abs) if ref_abs else None
-    if t.ref_dtype is not None:  # a lower-precision reference is expected to drift: report it
+    if t.ref_dtype is not None or t.ref_quant is not Quant.NONE or t.finetune is Finetune.QLORA:
+        # a lower-precision or k-bit reference is expected to drift (a QLoRA policy's reference is its
+        # k-bit base, its baseline's a full-precision copy): report it
         out["parity_ok"] = "drift"
         return out
     tol = PARITY_TOL[t.dtype.value]
@@ -202,6 +213,29 @@ def rescore(out_dir: Path) -> int:
         w.writerows(rows)
     os.replace(tmp, csv_path)
     return changed
+
+
+def rank_key(key: str, rank: int) -> str:
+    """The CSV key of one rank's row of a sharded scenario."""
+    return f"{key}-rank{rank}"
+
+
+def rank_rows(sc: Scenario, rec: dict | None, suite: str, reply: dict, timeout_s: float) -> list[dict]:
+    """One row per rank of a sharded scenario (``rec`` from :func:`refplan.harness.launch.run_sharded`)."""
+    base = scenario_row(sc, suite)
+    world = sc.train.gpus
+    ranks = (rec or {}).get("ranks") or [{"status": "timeout" if reply.get("timed_out") else "crash",
+                                          "error": "the launcher left no result"} for _ in range(world)]
+    rows = []
+    for i, r in enumerate(ranks):
+        row = {**base, **{k: r.get(k) for k in COLUMNS if k in r}}
+        row.update(key=rank_key(sc.key, i), rank=i, world_size=world, family=family_of(r.get("model_dir")),
+                   est_error_pct=estimate_error(r), wall_s=(rec or {}).get("launch", {}).get("wall_s"),
+                   proof=json.dumps(r["proof"], sort_keys=True) if r.get("proof") else "")
+        if reply.get("timed_out") and row.get("status") == "ok":
+            row.update(status="timeout", error=f"no result after {timeout_s:.0f} s (killed)")
+        rows.append(row)
+    return rows
 
 
 def estimate_error(rec: dict) -> float | None:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from refplan.harness.display import Display
 from refplan.harness.processes import ForkServer, SpawnRunner
-from refplan.harness.rows import (COLUMNS, append_row, estimate_error, family_of, parity, read_done, read_json,
-                                  scenario_row)
+from refplan.harness.rows import (COLUMNS, append_row, estimate_error, family_of, parity, rank_key, rank_rows,
+                                  read_done, read_json, scenario_row)
 from refplan.harness.scenario import Scenario
 from refplan.harness.suites import Unsupported
 
@@ -45,8 +45,8 @@ def run_matrix(items: list[Scenario | Unsupported], opts: RunOptions) -> list[di
     done = read_done(csv_path) if opts.resume else {}
     if not opts.resume and csv_path.exists():
         csv_path.unlink()
-    todo = [it for it in items if it.key not in done]
-    rows = [done[it.key] for it in items if it.key in done]
+    todo = [it for it in items if _done_rows(it, done) is None]
+    rows = [row for it in items for row in (_done_rows(it, done) or [])]
     cuda = any(isinstance(it, Scenario) and it.train.device.value == "cuda" for it in todo)
     isolation = opts.isolation if opts.isolation != "auto" else ("spawn" if cuda else "fork")
     log_path = out / "bench.log"
@@ -66,10 +66,10 @@ def run_matrix(items: list[Scenario | Unsupported], opts: RunOptions) -> list[di
                 if runner is None:
                     display.note("starting bench worker (imports torch, transformers, trl)...")
                     runner = ForkServer(log_path) if isolation == "fork" else SpawnRunner(log_path)
-                row = _run_one(it, runner, opts, out, display)
-                append_row(csv_path, row)
-                rows.append(row)
-                display.finished(row)
+                for row in _run_one(it, runner, opts, out, display):
+                    append_row(csv_path, row)
+                    rows.append(row)
+                    display.finished(row)
     finally:
         if runner is not None:
             runner.close()
@@ -81,7 +81,16 @@ def run_matrix(items: list[Scenario | Unsupported], opts: RunOptions) -> list[di
     return rows
 
 
-def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> dict:
+def _done_rows(it, done: dict) -> list[dict] | None:
+    """The rows of ``it`` already in the CSV (a sharded scenario's: every rank's), or None."""
+    if isinstance(it, Scenario) and it.sharded:
+        keys = [rank_key(it.key, r) for r in range(it.train.gpus)]
+        return [done[k] for k in keys] if all(k in done for k in keys) else None
+    return [done[it.key]] if it.key in done else None
+
+
+def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> list[dict]:
+    """The rows of one scenario: one, or one per rank of a sharded scenario."""
     result_path = out / "losses" / f"{sc.key}.json"
     progress_path = out / ".progress"
     result_path.unlink(missing_ok=True)
@@ -97,6 +106,8 @@ def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> dict
         display.step(_read_progress(progress_path), time.monotonic() - t0)
     wall = time.monotonic() - t0
     rec = read_json(result_path)
+    if sc.sharded:
+        return rank_rows(sc, rec, opts.suite, reply, opts.timeout_s)
     row = scenario_row(sc, opts.suite)
     if rec is None:
         if reply.get("timed_out"):
@@ -106,7 +117,7 @@ def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> dict
             row.update(status="crash", error=f"process ended without a result (exit {reply.get('exit')}"
                                              + (f", signal {signal.Signals(sig).name})" if sig else ")"))
         row["wall_s"] = wall
-        return row
+        return [row]
     base = read_json(out / "losses" / f"{sc.baseline.key}.json") if sc.baseline is not None else None
     row.update({k: rec.get(k) for k in COLUMNS if k in rec})
     row.update(parity(sc, rec, base))
@@ -116,7 +127,7 @@ def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> dict
     row["wall_s"] = wall
     if rec.get("env") and not (out / "env.json").exists():
         (out / "env.json").write_text(json.dumps(rec["env"], indent=1))
-    return row
+    return [row]
 
 
 def _read_progress(path: Path) -> tuple[int, int] | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from refplan.errors import PlanError
 from refplan.methods import Finetune, Strategy
@@ -31,13 +31,20 @@ FLAT_KEYS = ("method", "strategy", "finetune", "model", "dataset", "dtype", "aut
              "batch", "seq", "steps", "grad_ckpt", "attn", "device", "seed", "optim")
 #: flat keys a scenario carries only when they differ from what the bench derives (so that every other
 #: scenario keeps its key): LoRA targets other than all-linear, a precompute batch other than the train batch,
-#: DoRA, modules PEFT trains in full
-OPTIONAL_KEYS = ("lora_targets", "precompute_batch", "dora", "modules_to_save")
+#: the k-bit settings of a QLoRA policy or a quantized reference (:data:`QUANT_KEYS`), and a sharded
+#: burst's ranks, sharding and offload (:mod:`refplan.harness.launch`), DoRA and the modules PEFT trains in full
+QUANT_KEYS = ("ref_quant", "quant_bits", "quant_type", "double_quant", "quant_compute_dtype", "prepare_kbit")
+OPTIONAL_KEYS = ("lora_targets", "precompute_batch", *QUANT_KEYS, "gpus", "sharding", "offload", "dora",
+                 "modules_to_save")
+#: TrainSpec's defaults of the k-bit settings: a scenario spells one only where it differs
+_QUANT_DEFAULTS = {f.name: f.default for f in fields(TrainSpec) if f.name in QUANT_KEYS}
+#: shardings a burst can launch (ZeRO-1 is ZeRO-2 without gradient partitioning: not measured)
+BENCH_SHARDINGS = (Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP)
 #: flat keys that are a burst's own, not the training setup's
 BENCH_KEYS = ("model", "dataset", "steps", "seed")
 #: flat keys that are TrainSpec fields
 TRAIN_KEYS = tuple(k for k in FLAT_KEYS if k not in BENCH_KEYS)
-#: optimizers the bench can run on this machine's CPU (bitsandbytes ones need CUDA here)
+#: optimizers the bench can run on CPU (every one: bitsandbytes 0.50 has CPU kernels for its own)
 BENCH_OPTIMS = tuple(o for o in Optim if o.caps.runs_on_cpu)
 
 
@@ -109,6 +116,12 @@ class Scenario:
             out["lora_targets"] = ",".join(t.lora_targets)
         if t.precompute_batch != t.batch:
             out["precompute_batch"] = t.precompute_batch
+        for k, default in _QUANT_DEFAULTS.items():
+            v = getattr(t, k)
+            if v != default:
+                out[k] = v.value if hasattr(v, "value") else v
+        if t.sharding is not Sharding.NONE:
+            out.update(gpus=t.gpus, sharding=t.sharding.value, offload=t.offload.value)
         if t.dora:
             out["dora"] = True
         if t.modules_to_save:
@@ -116,11 +129,21 @@ class Scenario:
         return out
 
     @property
+    def sharded(self) -> bool:
+        """Launched as ``gpus`` ranks through accelerate (:mod:`refplan.harness.launch`)."""
+        return self.train.sharding is not Sharding.NONE
+
+    @property
     def key(self) -> str:
         """Readable and unique: ``dpo-separate-full-fp32-b2-s128-<hash of every field>``."""
         t = self.train
         ref = f"-ref{t.ref_dtype.value}" if t.ref_dtype else ""
+        ref += f"-ref{t.ref_quant.value}" if t.ref_quant is not Quant.NONE else ""
         lora = f"-r{t.lora_r}" if t.finetune.peft else ""
+        lora += f"-q{t.quant_bits}" if t.finetune is Finetune.QLORA else ""
+        if t.sharding is not Sharding.NONE:
+            off = f"-off{t.offload.value}" if t.offload.value != "none" else ""
+            lora += f"-{t.sharding.value}x{t.gpus}{off}"
         digest = hashlib.sha256(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:8]
         return (f"{t.method.value}-{t.strategy.value}{ref}-{t.finetune.value}{lora}-{t.dtype.value}"
                 f"-b{t.batch}-s{t.seq}-{digest}")
@@ -145,10 +168,14 @@ class Scenario:
     @property
     def baseline(self) -> Scenario | None:
         """The scenario this one's losses are compared with: same everything, strategy 'separate' at the
-        policy's dtype. None for the baseline itself and for reference-free methods."""
+        policy's dtype with a full-precision reference. None for the baseline itself and for
+        reference-free methods."""
         if not self.train.method.caps.needs_reference:
             return None
-        base = replace(self, train=replace(self.train, strategy=Strategy.SEPARATE, ref_dtype=None))
+        train = replace(self.train, strategy=Strategy.SEPARATE, ref_dtype=None, ref_quant=Quant.NONE)
+        read = kbit_keys_read({"finetune": train.finetune, "quant_bits": train.quant_bits})
+        train = replace(train, **{k: v for k, v in _QUANT_DEFAULTS.items() if k not in read})
+        base = replace(self, train=train)
         return None if base == self else base
 
 
@@ -159,9 +186,54 @@ def _check_benchable(train: TrainSpec, dataset: str) -> None:
         raise PlanError("--ref-dtype", "equals the policy's dtype; leave it unset (one spelling, one key)")
     if train.padded != (dataset != DEFAULT_DATASET):
         raise PlanError("--batch", "a burst pads real data only; build its TrainSpec with bench_train_spec()")
-    if train.finetune is Finetune.QLORA:
-        raise PlanError("--finetune", "the bench runs full and lora fine-tuning (its recipes load no 4-bit model)")
-    if train.ref_quant is not Quant.NONE:
-        raise PlanError("--ref-quant", "the bench runs full-precision references only")
-    if train.gpus != 1 or train.sharding is not Sharding.NONE:
-        raise PlanError("--gpus", "the bench runs one unsharded device; drop --gpus/--zero/--fsdp")
+    _check_quant_spelling(train)
+    if train.ref_quant is not Quant.NONE and train.strategy is Strategy.PRECOMPUTE:
+        raise PlanError("--ref-quant", "precompute without FSDP loads no reference (the policy computes the "
+                                       "reference log-probs); drop --ref-quant")
+    if train.sharding is Sharding.NONE and train.gpus != 1:
+        raise PlanError("--gpus", "several ranks need a sharding: add --zero 2|3 or --fsdp")
+    if train.sharding is not Sharding.NONE:
+        if train.sharding not in BENCH_SHARDINGS:
+            raise PlanError("--zero", "the bench launches ZeRO-2, ZeRO-3 or FSDP (got ZeRO-1)")
+        if train.gpus < 2:
+            raise PlanError("--gpus", f"a sharded burst needs at least 2 ranks (got {train.gpus})")
+        if train.strategy.value in ("sync", "ref-adapter"):
+            raise PlanError("--strategy", f"sharded bursts run separate, unwrap, precompute and none "
+                                          f"(got {train.strategy.value!r})")
+        if train.finetune is Finetune.QLORA or train.ref_quant is not Quant.NONE:
+            raise PlanError("--finetune" if train.finetune is Finetune.QLORA else "--ref-quant",
+                            "sharded bursts run full-precision weights (k-bit under ZeRO/FSDP is not measured)")
+
+
+def kbit_keys_read(flat: dict) -> set[str]:
+    """The k-bit keys (:data:`QUANT_KEYS`) a scenario's flat spelling reads: ``ref_quant`` always; the
+    policy's bits and ``prepare_kbit`` under QLoRA; the 4-bit settings when something loads 4-bit."""
+    def value(k):
+        v = flat.get(k)
+        return getattr(v, "value", v)
+
+    qlora = value("finetune") == "qlora"
+    four = (qlora and int(value("quant_bits") or 4) == 4) or value("ref_quant") == "4bit"
+    keys = {"ref_quant"}
+    if qlora:
+        keys |= {"quant_bits", "prepare_kbit"}
+    if four:
+        keys |= {"quant_type", "double_quant", "quant_compute_dtype"}
+    return keys
+
+
+def _check_quant_spelling(train: TrainSpec) -> None:
+    """One spelling per scenario: a k-bit setting that no k-bit load reads is refused, naming its flag."""
+    four = train.policy_quant is Quant.NF4 or train.ref_quant is Quant.NF4
+    used = {
+        "quant_bits": train.finetune is Finetune.QLORA,
+        "quant_type": four, "double_quant": four, "quant_compute_dtype": four,
+        "prepare_kbit": train.finetune is Finetune.QLORA,
+    }
+    for key, applies in used.items():
+        if not applies and getattr(train, key) != _QUANT_DEFAULTS[key]:
+            raise PlanError(f"--{key.replace('_', '-')}", "no k-bit load reads it here (it applies to --finetune "
+                                                          "qlora" + ("" if key in ("quant_bits", "prepare_kbit")
+                                                                     else " or --ref-quant 4bit") + ")")
+    if train.quant_compute_dtype is not None and train.quant_compute_dtype is train.dtype:
+        raise PlanError("--quant-compute-dtype", "equals --dtype (the default); leave it unset (one spelling, one key)")

@@ -1,7 +1,8 @@
 """Bench suites: TOML files shipped in ``refplan/suites/``, expanded into scenarios.
 
 A suite has ``[defaults]`` (scenario fields), ``[[matrix]]`` blocks (methods x fine-tune modes x
-strategies, optionally ``ref_dtypes`` for 'separate') and ``[[unsupported]]`` cells TRL cannot run,
+strategies, optionally ``ref_dtypes`` and ``ref_quants`` -- 'separate' again with a reference in that dtype
+or loaded k-bit -- and ``set``, fields of that block's scenarios) and ``[[unsupported]]`` cells TRL cannot run,
 listed on purpose so the report says why they are missing. Imports no torch.
 """
 
@@ -72,12 +73,13 @@ def expand(suite: dict, overrides: dict | None = None) -> list[Scenario | Unsupp
                 strategies = block.get("strategies", "applicable")
                 names = ([s.value for s in applicable_strategies(m, ft)] if strategies == "applicable"
                          else strategies)
-                cells = [(Strategy(s), None) for s in names]
+                cells = [(Strategy(s), {}) for s in names]
                 if Strategy.SEPARATE.value in names:
-                    cells += [(Strategy.SEPARATE, d) for d in block.get("ref_dtypes", [])]
-                for strat, ref_dtype in cells:
+                    cells += [(Strategy.SEPARATE, {"ref_dtype": d}) for d in block.get("ref_dtypes", [])]
+                    cells += [(Strategy.SEPARATE, {"ref_quant": q}) for q in block.get("ref_quants", [])]
+                for (strat, reference), shard in ((c, sh) for c in cells for sh in _shardings(block)):
                     params = {**defaults, **block.get("set", {}), "method": m, "strategy": strat,
-                              "finetune": ft, "ref_dtype": ref_dtype}
+                              "finetune": ft, "ref_dtype": None, **reference, **shard}
                     item = make_item(params)
                     if item.key not in seen:
                         seen.add(item.key)
@@ -88,6 +90,13 @@ def expand(suite: dict, overrides: dict | None = None) -> list[Scenario | Unsupp
             seen.add(item.key)
             out.append(item)
     return order_baselines_first(out)
+
+
+def _shardings(block: dict) -> list[dict]:
+    """A block's ``shardings = ["zero2", "zero3", "fsdp"]`` axis (each sharded over ``gpus``), or the
+    defaults' single setting."""
+    names = block.get("shardings")
+    return [{"sharding": n} for n in names] if names else [{}]
 
 
 def make_item(params: dict) -> Scenario | Unsupported:

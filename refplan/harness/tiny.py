@@ -60,6 +60,10 @@ PRESETS: dict[str, TinyModel] = {
     # tests: as small as still exercises GQA, LoRA and the fused head.
     "micro": TinyModel("micro", hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
                        num_kv_heads=2, vocab_size=512, tokenizer_vocab=512),
+    # sharded bursts (refplan/suites/sharded.toml): weights outweigh a short sequence's activations
+    # (13.9M parameters, vocab 512), so what sharding splits dominates every rank's peak.
+    "wide": TinyModel("wide", hidden_size=512, intermediate_size=1536, num_layers=4, num_heads=8,
+                      num_kv_heads=8, vocab_size=512, tokenizer_vocab=512),
     # GPU script: ~0.5B parameters, Llama-shaped (head_dim 128, GQA 12/4, vocab 32000).
     "llama-0.5b": TinyModel("llama-0.5b", hidden_size=1536, intermediate_size=4096, num_layers=16,
                             num_heads=12, num_kv_heads=4, vocab_size=32000, save_dtype="bf16",

@@ -2,7 +2,9 @@
 
 :class:`LiveBytes` is a ``TorchDispatchMode`` that sees the output of every aten op, records each
 new untyped storage once (by ``nbytes``) and releases it when the storage dies (a ``weakref``
-callback on the storage, the mechanism of ``weakref.finalize`` at a third of its cost). Views share
+callback on the storage, the mechanism of ``weakref.finalize`` at a third of its cost). bitsandbytes'
+custom ops are run with the mode still active, so their kernels' temporaries count too (see
+:func:`_run_inside`). Views share
 their base's storage and are not counted twice; in-place ops return a storage already seen. Storages that never pass through the dispatcher -- weights that ``from_pretrained``
 reads from safetensors -- are added with :meth:`LiveBytes.register_module` (the harness registers
 every model ``from_pretrained`` returns, TRL's own reference reload included, see
@@ -72,11 +74,10 @@ class LiveBytes(TorchDispatchMode):
         self.add_storage(storage)
 
     def register_module(self, module: torch.nn.Module) -> None:
-        """Add a module's parameters and buffers (idempotent: a storage is counted once)."""
-        for p in module.parameters():
-            self.add_tensor(p.data)
-        for b in module.buffers():
-            self.add_tensor(b)
+        """Add a module's parameters, buffers and bitsandbytes quantization state (idempotent: a storage
+        is counted once)."""
+        for t in module_tensors(module):
+            self.add_tensor(t)
 
     def reset_peak(self) -> None:
         self.peak = self.live
@@ -90,7 +91,10 @@ class LiveBytes(TorchDispatchMode):
         return False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **kwargs) if kwargs else func(*args)
+        if func.namespace == "bitsandbytes":
+            out = _run_inside(self, func, args, kwargs or {})
+        else:
+            out = func(*args, **kwargs) if kwargs else func(*args)
         inplace = self._inplace.get(func)
         if inplace is None:
             inplace = self._inplace[func] = _writes_inputs_in_place(func)
@@ -113,6 +117,26 @@ class LiveBytes(TorchDispatchMode):
 
 _RESIZING = {"resize_", "resize_as_", "set_"}
 
+#: backend dispatch keys of the devices a bitsandbytes kernel may run on
+_BACKEND_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}
+
+
+def _run_inside(mode: TorchDispatchMode, func, args, kwargs):
+    """Run a bitsandbytes custom op with ``mode`` still on the stack, so that the tensors its kernel makes
+    -- outputs and temporaries (a dequantized weight inside ``gemm_4bit``, the fp32 absmax of a nested
+    state) -- are counted like any other op's.
+
+    A dispatch mode normally sees a custom op as one call and its outputs only: the kernel runs with
+    the mode popped. Here the op is re-dispatched straight to its backend kernel (below the Python key,
+    so it does not come back here) with the mode pushed again; the kernel's own aten and bitsandbytes
+    calls then pass through the mode. Ops on another device run as usual."""
+    device = next((a.device.type for a in args if isinstance(a, torch.Tensor)), None)
+    key = _BACKEND_KEYS.get(device)
+    if key is None:
+        return func(*args, **kwargs)
+    with mode:
+        return func.redispatch(torch._C.DispatchKeySet(key), *args, **kwargs)
+
 
 def _writes_inputs_in_place(func) -> bool:
     """True when every output of an aten op is an input written in place (``Tensor(a!)``) and the op
@@ -129,10 +153,37 @@ def _writes_inputs_in_place(func) -> bool:
     return bool(returns) and all(r.alias_info is not None and r.alias_info.is_write for r in returns)
 
 
+def quant_state_tensors(module: torch.nn.Module):
+    """The tensors bitsandbytes keeps outside parameters and buffers: a ``Params4bit``'s ``quant_state``
+    (absmax; the 16-value code; with nested quantization the offset and the second-level absmax and
+    code), a ``Linear8bitLt``'s row scales ``SCB`` (and ``CB``, the int8 weight itself)."""
+    for m in module.modules():
+        w = getattr(m, "weight", None)
+        qs = getattr(w, "quant_state", None) or getattr(m, "quant_state", None)
+        if qs is not None and hasattr(qs, "absmax"):
+            yield from (t for t in (qs.absmax, qs.code, getattr(qs, "offset", None)) if t is not None)
+            s2 = getattr(qs, "state2", None) if getattr(qs, "nested", False) else None
+            if s2 is not None:
+                yield from (t for t in (s2.absmax, s2.code) if t is not None)
+        state = getattr(m, "state", None)
+        for t in (getattr(w, "SCB", None), getattr(state, "SCB", None), getattr(state, "CB", None)):
+            if isinstance(t, torch.Tensor):
+                yield t
+
+
+def module_tensors(module: torch.nn.Module):
+    """Every tensor a module holds: parameters, buffers and bitsandbytes' quantization state."""
+    yield from (p.data for p in module.parameters())
+    yield from module.buffers()
+    yield from quant_state_tensors(module)
+
+
 def module_state_bytes(module: torch.nn.Module) -> int:
-    """Bytes of a module's parameters and buffers, each storage once."""
+    """Bytes of a module's parameters, buffers and quantization state, each storage once."""
     seen, total = set(), 0
-    for t in list(module.parameters()) + list(module.buffers()):
+    for t in module_tensors(module):
+        if t.is_meta:
+            continue
         st = t.untyped_storage()
         if st._cdata not in seen:
             seen.add(st._cdata)

@@ -43,7 +43,7 @@ Differences from a real run, by design or by device:
   meta kernel accepts bf16 only (the CPU kernel takes fp32 too); same outputs and saved tensors.
 - fp16 mixed precision autocasts and runs a GradScaler, as accelerate does on CUDA (on the CPU it does
   neither).
-- Not supported: QLoRA and k-bit references (bitsandbytes), flash-attention 2, sharding (ZeRO/FSDP),
+- Not supported: QLoRA and k-bit references (bitsandbytes' kernels need real data), flash-attention 2, sharding (ZeRO/FSDP),
   bitsandbytes and Adafactor optimizers (Adafactor branches on tensor values), a model loaded in fp16
   (the GradScaler refuses fp16 gradients, on CUDA too).
 """
@@ -51,6 +51,7 @@ Differences from a real run, by design or by device:
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from dataclasses import replace
@@ -74,10 +75,12 @@ def check_traceable(train: TrainSpec, *, any_device: bool = False) -> None:
     """Refuse what the fake CPU device cannot run, naming the flag (``any_device``: a CUDA setup is
     accepted, for :func:`fallback_estimate`, which traces it on the CPU device)."""
     if train.finetune is Finetune.QLORA:
-        raise PlanError("--finetune", "the trace engine cannot run QLoRA (bitsandbytes needs CUDA); use the "
-                                      "formula engine or --finetune lora")
+        raise PlanError("--finetune", "the trace engine cannot run QLoRA (bitsandbytes' kernels do not run on fake "
+                                      "tensors); use the formula engine (measured on CPU bursts: refplan validate "
+                                      "--quantized)")
     if train.ref_quant != "none":
-        raise PlanError("--ref-quant", "the trace engine cannot run a k-bit reference (bitsandbytes needs CUDA)")
+        raise PlanError("--ref-quant", "the trace engine cannot run a k-bit reference (bitsandbytes' kernels do not "
+                                       "run on fake tensors); use the formula engine")
     if train.attn == "flash":
         raise PlanError("--attn", "the trace engine runs sdpa or eager attention (flash-attention 2 needs CUDA)")
     if train.dtype is Dtype.FP16:
@@ -174,6 +177,10 @@ def trace(model: ModelSpec, train: TrainSpec, layers: int, *, inventory_phase: s
         raise PlanError("--layers", f"trace between 1 and {model.num_layers} layers (got {layers})")
     import torch
 
+    if not torch.cuda.is_available():
+        # transformers imports DeepSpeed when it is installed, and DeepSpeed, finding no accelerator, says so
+        # in a warning on stdout (real_accelerator.get_accelerator) -- into --format json; cpu is its own pick
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from refplan.activations import attention_impl
     from refplan.trace import fake, step
 

@@ -46,6 +46,12 @@ def test_cli_json_contract():
     (["--model", "meta-llama/Llama-3.1-8B", "--strategy", "sync", "--finetune", "lora"], "--strategy"),
     (["--model", "meta-llama/Llama-3.1-8B", "--batch", "abc"], "--batch"),
     (["--model", "meta-llama/Llama-3.1-8B", "--format", "xml"], "--format"),
+    (["--model", "meta-llama/Llama-3.1-8B", "--finetune", "qlora", "--quant-bits", "3"], "--quant-bits"),
+    (["--model", "meta-llama/Llama-3.1-8B", "--finetune", "qlora", "--quant-type", "nf5"], "--quant-type"),
+    (["--model", "meta-llama/Llama-3.1-8B", "--finetune", "qlora", "--quant-compute-dtype", "int4"],
+     "--quant-compute-dtype"),
+    (["--model", "meta-llama/Llama-3.1-8B", "--finetune", "lora", "--prepare-kbit"], "--prepare-kbit"),
+    (["--model", "meta-llama/Llama-3.1-8B", "--ref-quant", "2bit"], "--ref-quant"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, flag):
     r = run_cli("estimate", *args)

@@ -104,6 +104,46 @@ def test_tracker_registers_weights_loaded_from_safetensors():
         assert module_state_bytes(model) >= 4 * n_params
 
 
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_tracker_counts_a_linear4bit_and_its_quant_state_exactly(double_quant):
+    bnb = pytest.importorskip("bitsandbytes")
+    from refplan.harness.tracker import LiveBytes, module_state_bytes
+
+    def quantized(out_f, in_f):
+        layer = bnb.nn.Linear4bit(in_f, out_f, bias=False, compute_dtype=torch.float32,
+                                  compress_statistics=double_quant, quant_type="nf4")
+        return layer.to("cpu")  # quantization happens here (Params4bit._quantize)
+
+    quantized(64, 64)  # bitsandbytes caches its 8-bit dynamic map once per process: not this layer's
+    out_f, in_f = 96, 160  # 15360 weights, 240 blocks of 64
+    tr = LiveBytes()
+    with tr:
+        layer = quantized(out_f, in_f)
+        # packed 4-bit codes + absmax (fp32, or uint8 + an fp32 per 256 blocks + 1 KiB code + offset) + 64 B code
+        n, blocks = out_f * in_f, 240
+        expected = n // 2 + 64 + (blocks + 4 * 1 + 1024 + 4 if double_quant else 4 * blocks)
+        assert module_state_bytes(layer) == expected
+        assert tr.live == expected  # made through the dispatcher: counted without registering anything
+        x = torch.randn(8, in_f, requires_grad=True)
+        tr.reset_peak()
+        before = tr.live
+        y = layer(x)
+        # inside bitsandbytes::gemm_4bit: the weight dequantized to fp32 (and a nested absmax in fp32)
+        assert tr.peak - before == 8 * out_f * 4 + 4 * n + (4 * blocks if double_quant else 0)
+        del y
+
+
+def test_tracker_counts_a_linear8bit_exactly():
+    bnb = pytest.importorskip("bitsandbytes")
+    from refplan.harness.tracker import LiveBytes, module_state_bytes
+
+    tr = LiveBytes()
+    with tr:
+        layer = bnb.nn.Linear8bitLt(160, 96, bias=False, has_fp16_weights=False, threshold=6.0).to("cpu")
+        # int8 weight + one fp32 scale per output row
+        assert module_state_bytes(layer) == tr.live == 96 * 160 + 4 * 96
+
+
 # --------------------------------------------------------------------------------------------------
 # bursts: every method and strategy family, parity
 # --------------------------------------------------------------------------------------------------
@@ -148,6 +188,26 @@ def test_lora_unwrap_holds_no_reference_copy():
     sep, unwrap, adapter = (burst("dpo", s, "lora") for s in ("separate", "unwrap", "ref-adapter"))
     assert sep["loaded_bytes"] - unwrap["loaded_bytes"] == sep["ref_state_bytes"]
     assert adapter["loaded_bytes"] > unwrap["loaded_bytes"]  # the frozen 'ref' adapter copy
+
+
+@pytest.mark.parametrize("setup", [
+    # a QLoRA policy: 4-bit NF4 base, bf16 compute, TRL's bf16 adapters; the reference is the base itself
+    dict(method="dpo", strategy="unwrap", finetune="qlora", quant_compute_dtype="bf16"),
+    # a full-precision LoRA policy against a 4-bit reference (double quantization; CPU-repacked at its first
+    # forward) and an 8-bit QLoRA policy under checkpointing (its inputs outlive the checkpoint)
+    dict(method="kto", strategy="separate", finetune="lora", ref_quant="4bit", double_quant=True),
+    dict(method="orpo", strategy="none", finetune="qlora", quant_bits=8, grad_ckpt=True),
+], ids=["qlora-4bit-unwrap", "lora-4bit-reference", "qlora-8bit-ckpt"])
+def test_kbit_bursts_match_the_planner(setup):
+    pytest.importorskip("bitsandbytes")
+    from refplan.harness.tiny import build_model
+    from refplan.planner import estimate
+    from refplan.resolve import resolve_model
+
+    rec = burst(**setup)
+    sc = scenario(**setup)
+    est = estimate(resolve_model(str(build_model("micro"))), sc.train).peak_bytes
+    assert abs(est - rec["peak_bytes"]) / rec["peak_bytes"] < 0.005, (est, rec["peak_bytes"])
 
 
 def test_sync_matches_separate_until_the_first_sync():
@@ -203,8 +263,8 @@ def test_runner_turns_crash_and_timeout_into_rows_and_resumes(tmp_path, monkeypa
 def test_suites_expand_without_torch_errors():
     from refplan.harness import suites
 
-    assert set(suites.shipped_suites()) == {"default", "ci", "gpu"}
-    for name in ("default", "ci", "gpu"):
+    assert set(suites.shipped_suites()) == {"default", "ci", "gpu", "sharded"}
+    for name in ("default", "ci", "gpu", "sharded"):
         items = suites.expand(suites.load_suite(name))
         keys = [it.key for it in items]
         assert len(keys) == len(set(keys))
@@ -225,6 +285,12 @@ def test_suites_expand_without_torch_errors():
     (["--dataset", "/nonexistent.jsonl"], "--dataset"),
     (["--method", "kto", "--batch", "1", "--list"], "--batch"),
     (["--suite", "no-such-suite"], "--suite"),
+    (["--finetune", "qlora", "--quant-bits", "3", "--list"], "--quant-bits"),
+    (["--finetune", "qlora", "--quant-type", "int4", "--list"], "--quant-type"),
+    (["--finetune", "qlora", "--quant-compute-dtype", "fp8", "--list"], "--quant-compute-dtype"),
+    (["--ref-quant", "2bit", "--list"], "--ref-quant"),
+    (["--method", "dpo", "--strategy", "precompute", "--finetune", "lora", "--ref-quant", "4bit",
+      "--double-quant", "--list"], "--double-quant"),
 ])
 def test_bad_input_exits_2_naming_the_flag(argv, flag, capsys):
     from refplan.cli import main

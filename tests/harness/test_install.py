@@ -85,7 +85,7 @@ def test_the_wheel_is_what_runs(installed):
     for line in out.stdout.split():
         assert Path(line).resolve().is_relative_to(site.resolve()), out.stdout
     assert sorted(p.name for p in (site / "refplan" / "suites").glob("*.toml")) == ["ci.toml", "default.toml",
-                                                                                    "gpu.toml"]
+                                                                                    "gpu.toml", "sharded.toml"]
 
 
 def test_estimate(installed):

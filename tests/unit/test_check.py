@@ -159,7 +159,8 @@ def test_a_longer_context_pushes_a_scenario_over_its_budget(tmp_path, capsys):
 # -- budget keys are TrainSpec's fields -------------------------------------------------------------
 
 #: values for the TrainSpec fields with no default, or a default TOML cannot write (None)
-EXAMPLES = {"method": "dpo", "strategy": "separate", "autocast": "fp16", "ref_dtype": "bf16", "precompute_batch": 2}
+EXAMPLES = {"method": "dpo", "strategy": "separate", "autocast": "fp16", "ref_dtype": "bf16", "precompute_batch": 2,
+            "quant_compute_dtype": "fp32"}
 BUDGET_FIELDS = [f for f in dataclasses.fields(TrainSpec) if f.name not in chk.NOT_BUDGET_KEYS]
 
 

@@ -115,7 +115,12 @@ def test_trl_qlora_keys(tmp_path):
     run = configs.read_config(path, method=Method.DPO, model_type="llama")
     assert run.settings["finetune"] == "qlora" and run.settings["quant_bits"] == 4
     assert run.settings["double_quant"] is False  # use_bnb_nested_quant defaults to False
+    assert run.settings["quant_type"] == "nf4"  # ModelConfig.bnb_4bit_quant_type
     assert run.settings["lora_targets"] == "q_proj,k_proj"
+    fp4 = configs.read_config(_write(tmp_path, "f.yaml", "model_name_or_path: x\nuse_peft: true\nload_in_4bit: true\n"
+                                                       "bnb_4bit_quant_type: fp4\nlora_target_modules: [q_proj]\n"),
+                              method=Method.DPO, model_type="llama")
+    assert fp4.settings["quant_type"] == "fp4"
 
 
 @pytest.mark.parametrize("text, key, phrase", [

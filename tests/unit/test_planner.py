@@ -35,11 +35,18 @@ def test_weight_bytes_hand_derived(tiny):
 
 
 def test_nf4_bytes_hand_derived(llama8b):
-    q = sum(l.in_features * l.out_features * l.count for layer in llama8b.layers for l in layer.linears)
+    # Llama-3.1-8B: per layer q 4096x4096, k/v 4096x1024, o 4096x4096, gate/up 4096x14336, down 14336x4096;
+    # every one a multiple of 64 weights, so per linear: n/2 packed + n/64 absmax + 64 B code, and with
+    # nested quantization n/64 uint8 + ceil(n/64/256) fp32 + 1024 B code + 4 B offset instead of n/64 fp32
+    sizes = [4096 * 4096, 4096 * 1024, 4096 * 1024, 4096 * 4096] + [4096 * 14336] * 3
+    q = 32 * sum(sizes)
     rest = llama8b.params - q
-    # 4 bits + an 8-bit absmax per 64 weights + an fp32 constant per 256 blocks
-    expected = rest * 2 + -(-(q * (0.5 + 1 / 64 + 4 / (64 * 256)) * 2**20) // 2**20)
-    assert abs(terms.weight_bytes(llama8b, "bf16", "4bit") - expected) <= 1
+    plain = rest * 2 + 32 * sum(n // 2 + 4 * (n // 64) + 64 for n in sizes)
+    nested = rest * 2 + 32 * sum(n // 2 + n // 64 + 4 * -(-(n // 64) // 256) + 64 + 1024 + 4 for n in sizes)
+    assert terms.weight_bytes(llama8b, "bf16", "4bit") == plain
+    assert terms.weight_bytes(llama8b, "bf16", "4bit", double_quant=True) == nested
+    # QLoRA's 0.5 + 1/64 + 4/(64*256) bytes per weight, plus 1092 B of per-linear constants
+    assert abs((nested - rest * 2) / q - (0.5 + 1 / 64 + 4 / (64 * 256))) < 1e-4
 
 
 def test_lora_params_hand_derived(tiny):
@@ -231,5 +238,6 @@ def test_zero3_lora_adapters_keep_the_base_dtype(llama8b):
 def test_nf4_without_double_quant_keeps_fp32_absmax(llama8b):
     dq = terms.weight_bytes(llama8b, "bf16", "4bit", double_quant=True)
     plain = terms.weight_bytes(llama8b, "bf16", "4bit", double_quant=False)
-    q = sum(l.in_features * l.out_features * l.count for layer in llama8b.layers for l in layer.linears)
-    assert plain - dq == (q // 64) * 4 - (q * (256 * 8 + 4 * 8) // (64 * 256 * 8))
+    sizes = [4096 * 4096, 4096 * 1024, 4096 * 1024, 4096 * 4096] + [4096 * 14336] * 3
+    # per linear: 3 bytes more per block, less the nested state (its fp32 absmax, 1 KiB code, offset)
+    assert plain - dq == 32 * sum(3 * (n // 64) - 4 * -(-(n // 64) // 256) - 1024 - 4 for n in sizes)

@@ -9,6 +9,7 @@ logging every step, nothing saved, nothing reported.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -18,23 +19,51 @@ from refplan.harness import tiny
 from refplan.harness.scenario import Scenario
 from refplan.methods import Method
 from refplan.reference import reference_plan
-from refplan.settings import ALL_LINEAR, Attn, Device, Dtype
+from refplan.settings import ALL_LINEAR, Attn, Device, Dtype, Quant
 from refplan.spec import TrainSpec
 
 TORCH_DTYPES = {Dtype.FP32: torch.float32, Dtype.BF16: torch.bfloat16, Dtype.FP16: torch.float16}
 LEARNING_RATE = 1e-5  # small: a burst measures memory and speed, not learning
 
 
-def load_model(model_dir: str | Path, dtype: Dtype, train: TrainSpec):
-    """``AutoModelForCausalLM.from_pretrained`` in ``dtype``, with the setup's attention, on its device."""
+def load_model(model_dir: str | Path, dtype: Dtype, train: TrainSpec, quant: Quant = Quant.NONE):
+    """``AutoModelForCausalLM.from_pretrained`` in ``dtype``, with the setup's attention, on its device;
+    k-bit through bitsandbytes when ``quant`` says so (:func:`quantization_config`)."""
     from transformers import AutoModelForCausalLM
 
+    kbit = {"quantization_config": quantization_config(train, quant)} if quant is not Quant.NONE else {}
     return AutoModelForCausalLM.from_pretrained(
         str(model_dir),
         dtype=TORCH_DTYPES[dtype],
         attn_implementation="flash_attention_2" if train.attn is Attn.FLASH else train.attn.value,
-        device_map={"": 0} if train.device is Device.CUDA else None,
+        device_map={"": int(os.environ.get("LOCAL_RANK", "0"))} if train.device is Device.CUDA else None,
+        **kbit,
     )
+
+
+def quantization_config(train: TrainSpec, quant: Quant):
+    """transformers' ``BitsAndBytesConfig`` as TRL's ``get_quantization_config`` builds it (trainer/utils.py):
+    4 bits with the setup's quant type, nested quantization and compute dtype; 8 bits with its defaults
+    (LLM.int8 threshold 6.0, int8 weights). Either way transformers leaves the LM head (the output
+    embedding and anything tied to it) unquantized."""
+    from transformers import BitsAndBytesConfig
+
+    if quant is Quant.INT8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=train.quant_type.value,
+                              bnb_4bit_use_double_quant=train.double_quant,
+                              bnb_4bit_compute_dtype=TORCH_DTYPES[train.kbit_compute_dtype])
+
+
+def load_policy(model_dir: str | Path, train: TrainSpec):
+    """The policy: in its dtype, k-bit under QLoRA, and -- when the setup asks for it -- through PEFT's
+    ``prepare_model_for_kbit_training`` (with the run's checkpointing, as TRL's ORPO/CPO call it)."""
+    model = load_model(model_dir, train.dtype, train, train.policy_quant)
+    if train.prepare_kbit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=train.grad_ckpt)
+    return model
 
 
 def lora_config(train: TrainSpec):
@@ -53,16 +82,16 @@ def policy_and_reference(sc: Scenario, model_dir: str | Path):
 
     - a PEFT policy is wrapped by TRL from ``peft_config``, unless the plan wraps it before the trainer
       (ref-adapter: TRL then adds a frozen "ref" copy of the adapter). Seed first, as TRL does, so the
-      adapters start equal.
+      adapters start equal. A QLoRA policy is loaded k-bit (:func:`load_policy`).
     - our own reference only where the plan says TRL would not build it (``own_model``: a PEFT policy, or
-      another dtype); everything else is TRL's (automatic reload, adapters off, "ref" adapter, precompute).
+      another dtype, or a k-bit load); everything else is TRL's (automatic reload, adapters off, "ref" adapter, precompute).
     """
     from peft import get_peft_model
     from transformers import set_seed
 
     train = sc.train
     plan = reference_plan(train)
-    model = load_model(model_dir, train.dtype, train)
+    model = load_policy(model_dir, train)
     peft_config = None
     if train.finetune.peft:
         if plan.wrap_policy_before_trainer:
@@ -70,7 +99,7 @@ def policy_and_reference(sc: Scenario, model_dir: str | Path):
             model = get_peft_model(model, lora_config(train))
         else:
             peft_config = lora_config(train)
-    ref_model = load_model(model_dir, plan.dtype, train) if plan.own_model else None
+    ref_model = load_model(model_dir, plan.dtype, train, plan.quant) if plan.own_model else None
     return model, peft_config, ref_model
 
 
@@ -101,6 +130,8 @@ def training_args(sc: Scenario, out_dir: str | Path, max_length: int | None) -> 
         use_cpu=train.device is Device.CPU,
         max_length=max_length,
         disable_dropout=True,
+        # CPU ranks talk over gloo; without it accelerate sees one process (a sharded burst's ranks)
+        ddp_backend="gloo" if train.gpus > 1 and train.device is Device.CPU else None,
     )
 
 

@@ -14,15 +14,16 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from trl.experimental.orpo import ORPOConfig, ORPOTrainer  # noqa: E402
 
-from refplan.harness.recipes.common import load_model, lora_config, training_args  # noqa: E402
+from refplan.harness.recipes.common import load_policy, lora_config, training_args  # noqa: E402
 from refplan.harness.scenario import Scenario  # noqa: E402
 
 BETA = 0.1  # ORPO's lambda on the odds-ratio term
 
 
 def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, callbacks=()) -> ORPOTrainer:
-    # 1. The policy, in the dtype the scenario names.
-    model = load_model(model_dir, sc.train.dtype, sc.train)
+    # 1. The policy, in the dtype the scenario names (k-bit under QLoRA; the trainer itself then runs
+    #    prepare_model_for_kbit_training on it).
+    model = load_policy(model_dir, sc.train)
 
     # 2. The config. max_length bounds prompt + completion + the BOS/EOS TRL adds.
     args = ORPOConfig(

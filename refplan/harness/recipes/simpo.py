@@ -15,7 +15,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 from trl.experimental.cpo import CPOConfig, CPOTrainer  # noqa: E402
 
-from refplan.harness.recipes.common import load_model, lora_config, training_args  # noqa: E402
+from refplan.harness.recipes.common import load_policy, lora_config, training_args  # noqa: E402
 from refplan.harness.scenario import Scenario  # noqa: E402
 
 BETA = 2.0  # SimPO's beta (the paper's range is 2-10)
@@ -23,8 +23,9 @@ GAMMA = 0.5
 
 
 def build_trainer(sc: Scenario, model_dir, tokenizer, train_dataset, out_dir, callbacks=()) -> CPOTrainer:
-    # 1. The policy, in the dtype the scenario names.
-    model = load_model(model_dir, sc.train.dtype, sc.train)
+    # 1. The policy, in the dtype the scenario names (k-bit under QLoRA; the trainer itself then runs
+    #    prepare_model_for_kbit_training on it).
+    model = load_policy(model_dir, sc.train)
 
     # 2. The config: SimPO is CPO's "simpo" loss without the NLL term.
     args = CPOConfig(
