@@ -5,7 +5,8 @@
 - ``--dora`` (PEFT ``use_dora=True``: the weight norm recomputed every forward, a magnitude vector per
   adapted linear),
 - ``--modules-to-save`` (PEFT trains full copies of the named modules, e.g. the embeddings and the LM head),
-- a LoRA adapter on the LM head (``--lora-targets ...,lm_head``; ORPO / SimPO -- TRL's DPO and KTO refuse it).
+- a LoRA adapter on the LM head (``--lora-targets ...,lm_head``; ORPO / SimPO -- TRL's DPO and KTO refuse it),
+- a LoRA adapter on the token embeddings (``--lora-targets ...,embed_tokens``; PEFT's ``lora.Embedding``).
 
 This script runs real TRL bursts with each knob on tiny random-weight models -- a Llama (a formula
 family) and a GPT-J (no formula family) -- and compares the measured peak live tensor bytes with
@@ -47,7 +48,8 @@ SETUPS = (("dpo", "unwrap", 2, 64, False), ("dpo", "ref-adapter", 1, 96, True), 
 
 def knobs(model: str, method: str) -> dict[str, dict]:
     """knob name -> TrainSpec fields, for the setups where TRL runs it."""
-    out = {"dora": {"dora": True}, "modules_to_save": {"modules_to_save": (EMBEDDING[model], "lm_head")}}
+    out = {"dora": {"dora": True}, "modules_to_save": {"modules_to_save": (EMBEDDING[model], "lm_head")},
+           "embedding_lora": {"lora_targets": ("q_proj", "v_proj", EMBEDDING[model])}}
     if method in ("orpo", "simpo"):
         out["lm_head_lora"] = {"lora_targets": ("q_proj", "v_proj", "lm_head")}
     return out
@@ -105,10 +107,13 @@ def _write(results: list[dict], out: Path, argv: list[str]) -> None:
     (out / "accuracy.csv").write_text("\r\n".join(lines) + "\r\n")
     md = ["# PEFT knobs the formula has no term for: the trace engine against real CPU bursts", "",
           f"Regenerate: `python bench/peft_knobs.py {' '.join(argv)}`. Real TRL 1.16 bursts on tiny random-weight "
-          "models, each in its own process, with PEFT `use_dora=True`, `modules_to_save=[<embeddings>, lm_head]` "
-          "or a LoRA adapter on `lm_head` (ORPO / SimPO only: TRL's DPO and KTO refuse it); estimate = `refplan "
-          "estimate --device cpu` with `--dora`, `--modules-to-save` or `--lora-targets ...,lm_head`, which the "
-          "trace engine plans. `knob adds` = the knob's burst over the same scenario's plain-LoRA burst.", ""]
+          "models, each in its own process, with PEFT `use_dora=True`, `modules_to_save=[<embeddings>, lm_head]`, "
+          "a LoRA adapter on `lm_head` (ORPO / SimPO only: TRL's DPO and KTO refuse it) or on the token embeddings; "
+          "estimate = `refplan estimate --device cpu` with `--dora`, `--modules-to-save` or `--lora-targets "
+          "...,lm_head` / `...,embed_tokens`, which the "
+          "trace engine plans. `knob adds` = the knob's burst over the same scenario's plain-LoRA burst (all-linear "
+          "targets; `embedding_lora` and `lm_head_lora` adapt q_proj, v_proj and that module only, so theirs can "
+          "read below it).", ""]
     for knob in dict.fromkeys(r["knob"] for r in results):
         errs = [abs(r["error_pct"]) for r in results if r["knob"] == knob and r["error_pct"] is not None]
         n = sum(r["knob"] == knob for r in results)

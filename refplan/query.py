@@ -47,12 +47,19 @@ class EstimateAnswer:
     notes: tuple[str, ...] = ()
 
 
+#: token-embedding module names of transformers' causal LMs, as ``--lora-targets`` may name them
+#: (``embed_tokens``: Llama and most; ``wte``: GPT-2, GPT-J, CodeGen; ``word_embeddings``: BLOOM, Falcon;
+#: ``embed_in``: GPT-NeoX): PEFT wraps them in ``lora.Embedding``, which the formula engine has no term for
+EMBEDDING_MODULES = ("embed_tokens", "wte", "word_embeddings", "embed_in")
+
+
 def needs_trace(model: ModelSpec, train: TrainSpec) -> bool:
     """Only the trace engine plans this row: a model without a formula family, or a setting the formula
     engine has no term for -- DoRA's weight-norm path, modules PEFT trains in full (``modules_to_save``), a
-    LoRA adapter on the LM head (ORPO/SimPO compute full logits through it; DPO/IPO/KTO refuse it)."""
+    LoRA adapter on the LM head (ORPO/SimPO compute full logits through it; DPO/IPO/KTO refuse it) or on
+    the token embeddings."""
     return model.trace_only or train.dora or bool(train.modules_to_save) or (
-        train.finetune.peft and "lm_head" in train.lora_targets)
+        train.finetune.peft and any(t in ("lm_head", *EMBEDDING_MODULES) for t in train.lora_targets))
 
 
 def estimate_one(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
@@ -149,10 +156,13 @@ def trace_fallback_note(model: ModelSpec, specs: list[TrainSpec], seconds: float
 
 def untraced_setting(specs: list[TrainSpec]) -> str:
     """The flag that sent rows to the trace engine, and why, for the note."""
-    t = next(t for t in specs if t.dora or t.modules_to_save or "lm_head" in t.lora_targets)
+    t = next(t for t in specs if t.dora or t.modules_to_save or set(t.lora_targets) & {"lm_head", *EMBEDDING_MODULES})
     if t.dora:
         return "--dora: the formula engine has no term for DoRA's weight-norm path"
     if t.modules_to_save:
         return (f"--modules-to-save {','.join(t.modules_to_save)}: the formula engine has no term for PEFT's "
                 "trained module copies")
-    return "--lora-targets lm_head: the formula engine has no term for a LoRA adapter on the LM head"
+    if "lm_head" in t.lora_targets:
+        return "--lora-targets lm_head: the formula engine has no term for a LoRA adapter on the LM head"
+    name = next(n for n in t.lora_targets if n in EMBEDDING_MODULES)
+    return f"--lora-targets {name}: the formula engine has no term for a LoRA adapter on the token embeddings"

@@ -93,3 +93,23 @@ def test_modules_to_save_is_traced_and_a_lora_lm_head_is_refused_for_dpo(tiny_co
     r = run_cli("estimate", "--model", str(tiny_config), "--finetune", "lora", "--lora-targets", "q_proj,lm_head",
                 "--method", "dpo")
     assert r.returncode == 2 and "Applying a PEFT adapter to `lm_head` is not supported" in r.stderr
+
+
+def test_rows_only_the_trace_engine_plans_are_sent_there_and_refused_by_the_formula():
+    from refplan.errors import PlanError
+    from refplan.families import spec_from_config
+    from refplan.planner import estimate
+    from refplan.query import needs_trace
+    from refplan.spec import TrainSpec
+
+    llama = spec_from_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                              "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 96,
+                              "vocab_size": 256}, "x", "test")
+    lora = dict(method="orpo", strategy="none", finetune="lora")
+    assert not needs_trace(llama, TrainSpec.parse(**lora, lora_targets="q_proj,v_proj"))
+    for extra in (dict(dora=True), dict(modules_to_save="lm_head"), dict(lora_targets="q_proj,embed_tokens"),
+                  dict(lora_targets="q_proj,lm_head")):
+        train = TrainSpec.parse(**lora, **extra)
+        assert needs_trace(llama, train), extra
+        with pytest.raises(PlanError, match="the trace engine plans it"):
+            estimate(llama, train)
