@@ -195,6 +195,7 @@ def _write(path, text: str) -> None:
 
 
 def estimate_page(inputs, rows, gpu, path) -> None:
+    from refplan.query import needs_trace
     from refplan.render import cheapest_per_method
     from refplan.spec import TrainSpec
 
@@ -210,7 +211,7 @@ def estimate_page(inputs, rows, gpu, path) -> None:
                      f'{inputs.model.params / 1e9:.2f}B parameters){" on " + html.escape(gpu.name) if gpu else ""}.</p>'),
                 ("Peak memory per method × strategy", table),
                 ("Where the memory goes", _img(estimate_plot(inputs.model, rows, gpu), "stacked components")),
-                *([] if inputs.model.trace_only else  # the timeline is the formula engine's
+                *([] if any(needs_trace(inputs.model, t) for t in trains) else  # the formula engine's
                   [("Memory over one step", _img(timeline_plot(inputs.model, trains, gpu), "timeline"))]),
                 ("Settings and where they came from", _settings_html(inputs))]
     _write(path, _page(f"refplan estimate: {inputs.model.model_id}", sections))

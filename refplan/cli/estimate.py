@@ -25,33 +25,34 @@ def register(sub) -> None:
 
 def run(args) -> int:
     import sys
+    from dataclasses import replace
 
     from refplan.cli.common import gather_inputs
     from refplan.gpus import get_gpu
     from refplan.output import emit, parse_format
-    from refplan.query import Engine, EstimateQuery, answer
+    from refplan.query import Engine, EstimateQuery, answer, needs_trace, train_specs
     from refplan.render import estimate_output
 
     parse_format(args.format)
     engine = Engine.parse(args.engine, "--engine")
     gpu = get_gpu(args.gpu) if args.gpu else None
     inputs = gather_inputs(args)
-    if inputs.model.trace_only:
+    query = EstimateQuery(inputs.model, inputs.settings, inputs.methods, inputs.strategies, gpu, engine)
+    if any(needs_trace(inputs.model, t) for t in train_specs(query)[0]):
         from refplan.errors import PlanError
 
         if args.timeline:
-            raise PlanError("--timeline", f"the step timeline is the formula engine's, and model_type "
-                                          f"{inputs.model.family!r} has no formula family; use --plot")
-        engine = Engine.TRACE  # the only engine that plans it (a note says so)
+            raise PlanError("--timeline", "the step timeline is the formula engine's, and only the trace engine "
+                                          "plans these rows; use --plot")
+        query = replace(query, engine=Engine.TRACE)  # the only engine that plans them (a note says so)
+        engine = Engine.TRACE
     for w in inputs.warnings:
         sys.stderr.write(f"refplan: warning: {w}\n")
-    query = EstimateQuery(inputs.model, inputs.settings, inputs.methods, inputs.strategies, gpu, engine)
     result = answer(query)
     emit(estimate_output(inputs, list(result.rows), engine.value, gpu, skipped_kto=result.skipped_kto,
                          notes=result.notes), args.format)
     if args.plot or args.timeline or args.html:
         from refplan import pictures
-        from refplan.query import train_specs
 
         if args.plot:
             pictures.estimate_plot(inputs.model, list(result.rows), gpu, args.plot)
