@@ -71,11 +71,13 @@ class LiveBytes(TorchDispatchMode):
             self.peak = self.live
 
     def add_tensor(self, t: torch.Tensor) -> None:
-        if t.is_meta:
+        if t.is_meta or isinstance(t, FakeTensor):  # DTensor's sharding propagation makes fake tensors
             return
         if _is_wrapper_subclass(t):  # count the local tensors it holds, not its data-less wrapper storage
             for name in t.__tensor_flatten__()[0]:
-                self.add_tensor(getattr(t, name))
+                inner = getattr(t, name, None)
+                if isinstance(inner, torch.Tensor):
+                    self.add_tensor(inner)
             return
         try:
             storage = t.untyped_storage()

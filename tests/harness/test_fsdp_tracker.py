@@ -64,6 +64,9 @@ def test_tracker_matches_visible_storages_under_fully_shard(world_of_one):
         x = torch.randn(4, 128)
         weights = sum(p.numel() * 4 for p in model.parameters())
         assert tr.live - visible_bytes() == 0, "after fully_shard"
+        before = tr.live
+        tr.register_module(model)  # as the harness does with TRL's prepared reference: already counted
+        assert tr.live == before
         for step in range(2):
             loss = model(x).square().mean()
             assert tr.live == visible_bytes(), f"step {step}: after forward"
