@@ -23,7 +23,7 @@ from functools import cached_property
 
 from refplan import activations as act
 from refplan import forward_tensors as fwd
-from refplan import backward, logprob, sharding_terms, terms
+from refplan import backward, fsdp_terms, logprob, sharding_terms, terms
 from refplan import quant as quant_terms
 from refplan.methods import Method, Strategy, applicable_strategies
 from refplan.model import ModelSpec, Role
@@ -127,14 +127,15 @@ class _Step:
         ref_w = terms.reference_weight_bytes(model, train)
         if self.ref.sharded:
             ref_w = _div(ref_w, train.shards)  # TRL prepare_deepspeed / prepare_fsdp shard the reference too
-        gathered = 0
-        if train.shards_of("params") > 1:
+        gathered = 0  # FSDP2: per phase, see _fsdp_gathered
+        if train.shards_of("params") > 1 and not fsdp_terms.enabled(train):
             # ZeRO-3 / FSDP all-gather one layer (and prefetch the next): 2 layers in full
             gathered = 2 * max(l.params for l in model.layers) * dtype_bytes(train.dtype)
         on_cpu = train.offload
         return {
             "policy weights": self.policy_weight_bytes,
-            "lora weights": terms.lora_weight_bytes(model, train),
+            "lora weights": (fsdp_terms.lora_shard_bytes(model, train) if fsdp_terms.enabled(train)
+                             else terms.lora_weight_bytes(model, train)),
             # TRL's ZeRO-3 reference engine takes the user's DeepSpeed config, offload included
             "reference weights": 0 if (on_cpu.params_on_cpu and self.ref.sharded) else ref_w,
             "optimizer state": 0 if on_cpu.optimizer_on_cpu else _div(terms.optimizer_state_bytes(model, train),
@@ -232,12 +233,34 @@ def _precompute(step: _Step) -> Phase | None:
         packed = terms.policy_repacked_on_cpu(model, train)
         kbit = max(step.kbit_forward_extra(pre_rows, train.policy_quant, True, packed), step.cpu_repack_bytes)
     return _phase("precompute", {
-        "policy weights": step.policy_weight_bytes,
+        # FSDP: the policy is not sharded before train() (accelerate prepares it there)
+        "policy weights": (terms.policy_weight_bytes(model, train) if fsdp_terms.enabled(train)
+                           else step.policy_weight_bytes),
         "lora weights": terms.lora_weight_bytes(model, train),
         "reference weights": pre_ref,
         "activations": logprob.reference_forward_transient_bytes(model, train, pre_rows, kbit),
         "autocast weight copies": step.autocast_copies(not train.finetune.peft),
+        **_fsdp_gathered(step, "precompute"),
     }, train)
+
+
+def _fsdp_gathered(step: _Step, phase: str) -> dict[str, int]:
+    """FSDP2's gathered units at a phase's peak (:mod:`refplan.fsdp_terms`); nothing for other engines,
+    whose gathered layers are in ``_Step.static``."""
+    model, train = step.model, step.train
+    if not fsdp_terms.enabled(train):
+        return {}
+    if phase == "precompute":  # the reference TRL loads for the pass, one unit, gathered whole
+        full = terms.weight_bytes(model, train.reference_dtype, train.ref_quant, train.double_quant)
+        return {"gathered params": 2 * full}
+    if phase == "policy forward":
+        return {"gathered params": fsdp_terms.policy_forward_gathered_bytes(model, train)}
+    if phase == "reference forward":
+        if step.ref.holds_copy:
+            return {"gathered params": fsdp_terms.policy_held_bytes(model, train),
+                    "gathered reference": fsdp_terms.reference_gathered_bytes(model, train)}
+        return {"gathered params": fsdp_terms.adapters_off_forward_gathered_bytes(model, train)}
+    return {"gathered params": 0}
 
 
 def _policy_forward(step: _Step) -> Phase:
@@ -249,6 +272,7 @@ def _policy_forward(step: _Step) -> Phase:
         # with checkpointing the layers keep no weight copies, but autocast's cache holds them
         # until the forward returns
         "autocast weight copies": step.autocast_copies(not step.train.finetune.peft) if step.train.grad_ckpt else 0,
+        **_fsdp_gathered(step, "policy forward"),
     }, step.train)
 
 
@@ -268,6 +292,7 @@ def _reference_forward(step: _Step) -> Phase | None:
         "logprob path": step.head[0],
         "reference forward": logprob.reference_forward_transient_bytes(step.model, train, step.rows, kbit),
         "autocast weight copies": copies,
+        **_fsdp_gathered(step, "reference forward"),
     }
     if step.cpu_repack_bytes and step.ref.holds_copy:
         # the first step's reference forward repacks the 4-bit copy, before any optimizer state exists
@@ -296,10 +321,15 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
     grad_shards = train.shards_of("grads")
     kept = 0 if train.offload.optimizer_on_cpu else 1
     layer_grads = [kept * _div(b, grad_shards) for b in _layer_param_bytes(model, train)]
+    # FSDP2: a layer's gradients stay unsharded until its post_backward reduce-scatters them
+    fsdp = fsdp_terms.enabled(train)
+    unit_grads = [kept * b for b in _layer_param_bytes(model, train)] if fsdp else layer_grads
+    own_shards = 1 if fsdp else grad_shards
     nonlayer_grads = max(step.gradient_bytes - sum(layer_grads), 0)
     head_grad = nonlayer_grads if model.lm_head is None else nonlayer_grads // 2
     head_saved, _, head_bwd = step.head
-    moments = [("head", {"activations": step.saved, "logprob path": head_saved + head_bwd, "gradients": 0})]
+    moments = [("head", {"activations": step.saved, "logprob path": head_saved + head_bwd, "gradients": 0,
+                         **({"gathered params": fsdp_terms.backward_head_gathered_bytes(model, train)} if fsdp else {})})]
     tokens = step.rows * train.seq
     residual_grad = tokens * model.hidden_size * act.act_mode(train).w
     # each layer from the top: (index, kind, activations and gradients before its backward); the
@@ -325,14 +355,15 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
     for idx, kind, before, grads in walk:
         if chosen is not None and idx not in chosen:
             continue
+        gathered = {"gathered params": fsdp_terms.backward_layer_gathered_bytes(model, train, idx, unit_grads)} if fsdp else {}
         if kind not in memo:
             recomputed = act.recompute_saved_bytes(model, train, step.rows, idx) if train.grad_ckpt else 0
             memo[kind] = [(mom.name, recomputed - mom.copies_freed + tokens * (mom.forward_locals - mom.saved_freed),
-                           residual_grad + tokens * mom.act_grads, kept * _div(mom.weight_grads, grad_shards))
+                           residual_grad + tokens * mom.act_grads, kept * _div(mom.weight_grads, own_shards))
                           for mom in backward.layer_moments(model, model.layers[idx], train)]
         for name, activations, activation_grads, gradients in memo[kind]:
             parts = {"activations": before + activations, "activation grads": activation_grads,
-                     "gradients": grads + gradients}
+                     "gradients": grads + gradients, **gathered}
             if name == "down" and dequant[idx] is not None:
                 # the k-bit down projection's input gradient: its weight dequantized (and cast) before the
                 # matmul, which then writes the input gradient beside the compute-dtype copy
@@ -345,7 +376,7 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
         # it returns
         moments.append((f"layer {idx}", {"activations": before - step.layer_saved[idx],
                                          "activation grads": 2 * residual_grad,
-                                         "gradients": grads + layer_grads[idx]}))
+                                         "gradients": grads + unit_grads[idx], **gathered}))
     if model.lm_head is None and not train.finetune.peft and act.act_mode(train).w == act.FP32:
         # tied embeddings, fp32 weights: autograd sums the head's gradient (returned by TRL's
         # autograd.Function) and embedding_dense_backward's out of place -- three [V, h] fp32
@@ -357,7 +388,9 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
         # a trainable embedding's backward: every gradient made, its own last, while the embedding
         # output's gradient is still alive
         moments.append(("embedding", {"activations": remaining, "activation grads": residual_grad,
-                                      "gradients": step.gradient_bytes}))
+                                      "gradients": step.gradient_bytes,
+                                      **({"gathered params": fsdp_terms.backward_embedding_gathered_bytes(
+                                          model, train, unit_grads)} if fsdp else {})}))
     if train.sharding is Sharding.ZERO2:
         moments = sharding_terms.zero2_backward(moments, step.gradient_bytes,
                                                 sharding_terms.reduce_bucket_bytes(model, train))
@@ -387,12 +420,14 @@ def _layer_dequant_bytes(step: _Step, layer) -> tuple[tuple[int, int], int] | No
 def _backward(step: _Step) -> Phase:
     """The backward's peak: the largest of its moments (the first one on ties)."""
     best_total, best_parts = -1, {}
-    # ZeRO-2 rewrites the moments' gradients after the walk, so the walk's candidates do not hold there
-    for _, parts in _backward_moments(step, candidates_only=train_zero2(step.train) is False):
+    # ZeRO-2 rewrites the moments' gradients after the walk, and FSDP2's prefetched and in-flight buffers
+    # differ by layer, so the walk's candidates do not hold there
+    whole = train_zero2(step.train) or fsdp_terms.enabled(step.train)
+    for _, parts in _backward_moments(step, candidates_only=not whole):
         total = sum(parts.values())
         if total > best_total:
             best_total, best_parts = total, parts
-    return _phase("backward", {**step.static, **best_parts}, step.train)
+    return _phase("backward", {**step.static, **_fsdp_gathered(step, "backward"), **best_parts}, step.train)
 
 
 def _optimizer_step(step: _Step) -> Phase:
@@ -403,6 +438,7 @@ def _optimizer_step(step: _Step) -> Phase:
         "flattened gradients": sharding_terms.zero2_flat_gradient_bytes(step.gradient_bytes, train),
         # an offloaded optimizer steps on the CPU (DeepSpeedCPUAdam / FSDP's CPU shards)
         "optimizer transient": 0 if train.offload.optimizer_on_cpu else optimizer_transient_bytes(model, train),
+        **_fsdp_gathered(step, "optimizer step"),
     }, train)
 
 
@@ -417,7 +453,8 @@ def timeline(model: ModelSpec, train: TrainSpec) -> list[tuple[str, str, int]]:
         if phase is not None:
             points.append((phase.name, phase.name, phase.total_bytes))
     for label, parts in _backward_moments(step):
-        points.append(("backward", label, _phase("backward", {**step.static, **parts}, train).total_bytes))
+        points.append(("backward", label, _phase("backward", {**step.static, **_fsdp_gathered(step, "backward"), **parts},
+                                                 train).total_bytes))
     opt = _optimizer_step(step)
     points.append((opt.name, opt.name, opt.total_bytes))
     return points
