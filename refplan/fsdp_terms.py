@@ -77,11 +77,13 @@ def policy_held_bytes(model: ModelSpec, train: TrainSpec) -> int:
     return tail_bytes(model, train)
 
 
-def adapters_off_forward_gathered_bytes(model: ModelSpec, train: TrainSpec) -> int:
-    """The reference forward as the policy with adapters off (unwrap): the tail is still gathered, so its
-    unshard returns early and ``wait_for_unshard`` never frees the last layer's deferred flat output: the
-    tail and one layer unit at the log-prob path."""
-    return tail_bytes(model, train) + layer_unit_bytes(model, train)
+def forward_layer_gathered_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """A forward at a decoder layer's copy-out, bytes: its unsharded parameters, its flat all-gather
+    output, and the previous unit's deferred flat output -- ``wait_for_unshard`` drops
+    ``comm_ctx.all_gather_state`` but its local ``prev_all_gather_state`` keeps it alive until the
+    copy-out returns: three units (measured on the adapters-off reference forward: two 1-D flat buffers
+    and the layer's parameters live at once)."""
+    return 3 * layer_unit_bytes(model, train)
 
 
 def _unit_bytes(model: ModelSpec, train: TrainSpec, idx: int) -> int:
@@ -129,3 +131,17 @@ def backward_head_gathered_bytes(model: ModelSpec, train: TrainSpec) -> int:
 def backward_embedding_gathered_bytes(model: ModelSpec, train: TrainSpec, unit_grad_bytes: list[int]) -> int:
     """The embedding's backward: its unit gathered and layer 0's reduce-scatter input in flight."""
     return _embed_unit_bytes(model, train) + (unit_grad_bytes[0] if unit_grad_bytes else 0)
+
+
+def prepare_original_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """While accelerate shards the policy (``fsdp2_prepare_model``, in ``Trainer.train``), bytes of the
+    unsharded policy still alive: it takes ``original_sd = model.state_dict()`` before the
+    ``fully_shard`` calls and holds it to the end, so every original parameter outlives its shard.
+    On CPU ranks that is the whole policy (and its adapters) beside the shards. On CUDA the policy waits
+    in host memory (the Trainer does not place an FSDP model on the device) and ``fully_shard`` moves
+    one unit at a time before sharding it: the largest unit, in full (not measured here)."""
+    from refplan.settings import Device
+
+    if train.device is Device.CPU:
+        return terms.policy_weight_bytes(model, train) + terms.lora_weight_bytes(model, train)
+    return layer_unit_bytes(model, train)

@@ -6,6 +6,8 @@ order TRL 1.16 runs them, one function each:
 
   precompute        (precompute strategy only, during trainer construction: policy + reference
                      weights, no optimizer state yet; a no-grad forward per precompute batch)
+  fsdp prepare      (FSDP2 only, at the start of train(): accelerate shards the policy while its
+                     unsharded originals are still held)
   policy forward    (activations saved for backward accumulate; the log-prob path at the end)
   reference forward (DPO/KTO run it *after* the policy forward -- dpo_trainer.py _compute_loss --
                      so its transient sits on top of the saved policy activations)
@@ -33,7 +35,7 @@ from refplan.settings import Device, Quant, Sharding, StateRule, TransientRule, 
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
-PHASES = ("precompute", "policy forward", "reference forward", "backward", "optimizer step")
+PHASES = ("precompute", "fsdp prepare", "policy forward", "reference forward", "backward", "optimizer step")
 
 
 def _div(x: int, n: int) -> int:
@@ -259,13 +261,40 @@ def _fsdp_gathered(step: _Step, phase: str) -> dict[str, int]:
         if step.ref.holds_copy:
             return {"gathered params": fsdp_terms.policy_held_bytes(model, train),
                     "gathered reference": fsdp_terms.reference_gathered_bytes(model, train)}
-        return {"gathered params": fsdp_terms.adapters_off_forward_gathered_bytes(model, train)}
+        return {"gathered params": fsdp_terms.policy_forward_gathered_bytes(model, train)}
     return {"gathered params": 0}
+
+
+def _fsdp_prepare(step: _Step) -> Phase | None:
+    """FSDP2 only: accelerate sharding the policy at the start of ``train`` -- the shards made, the
+    unsharded originals not yet freed (:func:`refplan.fsdp_terms.prepare_original_bytes`), the
+    reference already sharded at trainer construction, no optimizer state or batch yet."""
+    model, train = step.model, step.train
+    if not fsdp_terms.enabled(train):
+        return None
+    static = step.static
+    return _phase("fsdp prepare", {
+        "policy weights": static["policy weights"],
+        "lora weights": static["lora weights"],
+        "reference weights": static["reference weights"],
+        "unsharded originals": fsdp_terms.prepare_original_bytes(model, train),
+    }, train)
+
+
+def _fsdp_layer_moment(step: _Step, parts: dict[str, int], activations: int, logprob_path: int) -> dict[str, int]:
+    """FSDP2: a forward's peak may be at a decoder layer's copy-out rather than at the head (three units
+    gathered, :func:`refplan.fsdp_terms.forward_layer_gathered_bytes`): ``parts`` at the head, or the
+    layer moment with ``activations`` and ``logprob_path`` then alive, whichever is larger."""
+    if not fsdp_terms.enabled(step.train):
+        return parts
+    layer = {**parts, "activations": activations, "logprob path": logprob_path, "reference forward": 0,
+             "gathered params": fsdp_terms.forward_layer_gathered_bytes(step.model, step.train)}
+    return layer if sum(layer.values()) > sum(parts.values()) else parts
 
 
 def _policy_forward(step: _Step) -> Phase:
     saved, fwd, _ = step.head
-    return _phase("policy forward", {
+    parts = {
         **step.static,
         "activations": step.saved,
         "logprob path": saved + fwd,
@@ -273,7 +302,10 @@ def _policy_forward(step: _Step) -> Phase:
         # until the forward returns
         "autocast weight copies": step.autocast_copies(not step.train.finetune.peft) if step.train.grad_ckpt else 0,
         **_fsdp_gathered(step, "policy forward"),
-    }, step.train)
+    }
+    # the top layer's copy-out: every layer's saved tensors but its own
+    parts = _fsdp_layer_moment(step, parts, step.saved - step.layer_saved[-1], 0)
+    return _phase("policy forward", parts, step.train)
 
 
 def _reference_forward(step: _Step) -> Phase | None:
@@ -294,6 +326,8 @@ def _reference_forward(step: _Step) -> Phase | None:
         "autocast weight copies": copies,
         **_fsdp_gathered(step, "reference forward"),
     }
+    if not step.ref.holds_copy:  # the policy's own layer units (a separate reference is one unit)
+        parts = _fsdp_layer_moment(step, parts, step.saved, step.head[0])
     if step.cpu_repack_bytes and step.ref.holds_copy:
         # the first step's reference forward repacks the 4-bit copy, before any optimizer state exists
         first = {**parts, "optimizer state": 0, "reference forward": logprob.reference_forward_transient_bytes(
@@ -449,7 +483,7 @@ def timeline(model: ModelSpec, train: TrainSpec) -> list[tuple[str, str, int]]:
     check_lora_targets(train.lora_targets, model.linear_names)
     step = _Step(model, train, reference_plan(train))
     points = []
-    for phase in (_precompute(step), _policy_forward(step), _reference_forward(step)):
+    for phase in (_precompute(step), _fsdp_prepare(step), _policy_forward(step), _reference_forward(step)):
         if phase is not None:
             points.append((phase.name, phase.name, phase.total_bytes))
     for label, parts in _backward_moments(step):
@@ -467,8 +501,8 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
     """
     check_lora_targets(train.lora_targets, model.linear_names)
     step = _Step(model, train, reference_plan(train))
-    phases = [_precompute(step), _policy_forward(step), _reference_forward(step), _backward(step),
-              _optimizer_step(step)]
+    phases = [_precompute(step), _fsdp_prepare(step), _policy_forward(step), _reference_forward(step),
+              _backward(step), _optimizer_step(step)]
     phases = tuple(p for p in phases if p is not None)
     est = Estimate(train.method.value, train.strategy.value, train.finetune.value, phases)
     if gpu is not None:
