@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from refplan import terms
 from refplan.model import ModelSpec
-from refplan.settings import Sharding
+from refplan.settings import Device, Sharding
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -138,10 +138,17 @@ def prepare_original_bytes(model: ModelSpec, train: TrainSpec) -> int:
     unsharded policy still alive: it takes ``original_sd = model.state_dict()`` before the
     ``fully_shard`` calls and holds it to the end, so every original parameter outlives its shard.
     On CPU ranks that is the whole policy (and its adapters) beside the shards. On CUDA the policy waits
-    in host memory (the Trainer does not place an FSDP model on the device) and ``fully_shard`` moves
-    one unit at a time before sharding it: the largest unit, in full (not measured here)."""
-    from refplan.settings import Device
-
+    in host memory (transformers ``trainer.py`` postpones placing an FSDP model) and ``fully_shard``
+    moves one unit at a time before sharding it: the largest unit, in full (not measured here)."""
     if train.device is Device.CPU:
         return terms.policy_weight_bytes(model, train) + terms.lora_weight_bytes(model, train)
     return layer_unit_bytes(model, train)
+
+
+def precompute_policy_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """The policy during TRL's precompute pass under FSDP, bytes: not sharded yet (accelerate prepares it
+    in ``train``). On CPU ranks it is all there; on CUDA the Trainer has not placed it on the device
+    (transformers ``trainer.py``: "Postpone switching model to cuda when ... FSDP"), so none of it."""
+    if train.device is Device.CPU:
+        return terms.policy_weight_bytes(model, train) + terms.lora_weight_bytes(model, train)
+    return 0

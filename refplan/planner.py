@@ -235,8 +235,7 @@ def _precompute(step: _Step) -> Phase | None:
         packed = terms.policy_repacked_on_cpu(model, train)
         kbit = max(step.kbit_forward_extra(pre_rows, train.policy_quant, True, packed), step.cpu_repack_bytes)
     return _phase("precompute", {
-        # FSDP: the policy is not sharded before train() (accelerate prepares it there)
-        "policy weights": (terms.policy_weight_bytes(model, train) if fsdp_terms.enabled(train)
+        "policy weights": (fsdp_terms.precompute_policy_bytes(model, train) if fsdp_terms.enabled(train)
                            else step.policy_weight_bytes),
         "lora weights": terms.lora_weight_bytes(model, train),
         "reference weights": pre_ref,
