@@ -253,7 +253,7 @@ def _fsdp_gathered(step: _Step, phase: str) -> dict[str, int]:
         return {}
     if phase == "precompute":  # the reference TRL loads for the pass, one unit, gathered whole
         full = terms.weight_bytes(model, train.reference_dtype, train.ref_quant, train.double_quant)
-        return {"gathered params": 2 * full}
+        return {"gathered reference": 2 * full}
     if phase == "policy forward":
         return {"gathered params": fsdp_terms.policy_forward_gathered_bytes(model, train)}
     if phase == "reference forward":

@@ -87,7 +87,7 @@ def test_precompute_under_fsdp_holds_the_unsharded_policy_and_the_gathered_refer
     pre = _parts(estimate(tiny, fsdp(strategy="precompute")), "precompute")
     assert pre["policy weights"] == MODEL * 4  # prepared by accelerate only in train()
     assert pre["reference weights"] == MODEL * 4 // 2
-    assert pre["gathered params"] == 2 * MODEL * 4
+    assert pre["gathered reference"] == 2 * MODEL * 4
 
 
 def test_prepare_phase_only_under_fsdp(tiny):
