@@ -19,10 +19,10 @@ torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
 
 
-def visible_bytes() -> int:
-    """Bytes of every distinct storage behind a tensor the garbage collector can see (DTensors by their
-    local shard)."""
-    seen, total = set(), 0
+def visible_storages() -> dict[int, int]:
+    """Every distinct storage behind a tensor the garbage collector can see (DTensors by their local
+    shard): StorageImpl address -> bytes."""
+    seen: dict[int, int] = {}
     gc.collect()
     for obj in gc.get_objects():
         if not isinstance(obj, torch.Tensor):
@@ -31,10 +31,8 @@ def visible_bytes() -> int:
         if t.is_meta or type(t).__name__ == "FakeTensor":
             continue
         st = t.untyped_storage()
-        if st._cdata not in seen:
-            seen.add(st._cdata)
-            total += st.nbytes()
-    return total
+        seen[st._cdata] = st.nbytes()
+    return seen
 
 
 @pytest.fixture
@@ -53,6 +51,11 @@ def test_tracker_matches_visible_storages_under_fully_shard(world_of_one):
     from refplan.harness.sharded import follow_storage_resize
     from refplan.harness.tracker import LiveBytes
 
+    before = set(visible_storages())  # tensors other tests left alive: not the tracker's
+
+    def visible_bytes() -> int:
+        return sum(n for k, n in visible_storages().items() if k not in before)
+
     tr = LiveBytes()
     with tr, follow_storage_resize(tr):
         torch.manual_seed(0)
@@ -64,9 +67,9 @@ def test_tracker_matches_visible_storages_under_fully_shard(world_of_one):
         x = torch.randn(4, 128)
         weights = sum(p.numel() * 4 for p in model.parameters())
         assert tr.live - visible_bytes() == 0, "after fully_shard"
-        before = tr.live
+        live = tr.live
         tr.register_module(model)  # as the harness does with TRL's prepared reference: already counted
-        assert tr.live == before
+        assert tr.live == live
         for step in range(2):
             loss = model(x).square().mean()
             assert tr.live == visible_bytes(), f"step {step}: after forward"
