@@ -130,14 +130,17 @@ class _Step:
         if self.ref.sharded:
             ref_w = _div(ref_w, train.shards)  # TRL prepare_deepspeed / prepare_fsdp shard the reference too
         gathered = 0  # FSDP2: per phase, see _fsdp_gathered
-        if train.shards_of("params") > 1 and not fsdp_terms.enabled(train):
-            # ZeRO-3 / FSDP all-gather one layer (and prefetch the next): 2 layers in full
-            gathered = 2 * max(l.params for l in model.layers) * dtype_bytes(train.dtype)
+        if train.sharding is Sharding.ZERO3:
+            gathered = sharding_terms.zero3_gathered_bytes(model, train, self.zero3_keeps_gathered)
         on_cpu = train.offload
+        lora = terms.lora_weight_bytes(model, train)
+        if train.sharding is Sharding.ZERO3:
+            lora = _div(lora, train.shards)  # the engine partitions the adapters with the base weights
+        elif fsdp_terms.enabled(train):
+            lora = fsdp_terms.lora_shard_bytes(model, train)  # the adapters live in the layer units
         return {
             "policy weights": self.policy_weight_bytes,
-            "lora weights": (fsdp_terms.lora_shard_bytes(model, train) if fsdp_terms.enabled(train)
-                             else terms.lora_weight_bytes(model, train)),
+            "lora weights": lora,
             # TRL's ZeRO-3 reference engine takes the user's DeepSpeed config, offload included
             "reference weights": 0 if (on_cpu.params_on_cpu and self.ref.sharded) else ref_w,
             "optimizer state": 0 if on_cpu.optimizer_on_cpu else _div(terms.optimizer_state_bytes(model, train),
@@ -145,7 +148,18 @@ class _Step:
             "master weights": 0 if on_cpu.optimizer_on_cpu else sharding_terms.master_partition_bytes(model, train),
             "batch": terms.batch_bytes(train),
             "gathered params": gathered,
+            "persistent params": sharding_terms.zero3_persistent_bytes(model, train,
+                                                                       self.ref.sharded and self.ref.holds_copy),
+            "gradient partition": sharding_terms.zero3_gradient_partition_bytes(model, train),
+            "reduce bucket": sharding_terms.zero3_reduce_bucket_bytes(model, train),
         }
+
+    @property
+    def zero3_keeps_gathered(self) -> bool:
+        """ZeRO-3: the policy keeps its gathered parameters from forward to backward
+        (:func:`refplan.sharding_terms.zero3_policy_keeps_gathered`)."""
+        policy_runs_reference = self.ref.forward_per_step and not self.ref.holds_copy
+        return sharding_terms.zero3_policy_keeps_gathered(self.train, policy_runs_reference)
 
     @cached_property
     def policy_weight_bytes(self) -> int:
@@ -427,6 +441,9 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
     if train.sharding is Sharding.ZERO2:
         moments = sharding_terms.zero2_backward(moments, step.gradient_bytes,
                                                 sharding_terms.reduce_bucket_bytes(model, train))
+    elif train.sharding is Sharding.ZERO3:
+        inflight = 0 if train.offload.optimizer_on_cpu else sharding_terms.zero3_inflight_gradient_bytes(model, train)
+        moments = sharding_terms.zero3_backward(moments, inflight)
     return moments
 
 
@@ -453,9 +470,9 @@ def _layer_dequant_bytes(step: _Step, layer) -> tuple[tuple[int, int], int] | No
 def _backward(step: _Step) -> Phase:
     """The backward's peak: the largest of its moments (the first one on ties)."""
     best_total, best_parts = -1, {}
-    # ZeRO-2 rewrites the moments' gradients after the walk, and FSDP2's prefetched and in-flight buffers
+    # ZeRO-2/3 rewrite the moments' gradients after the walk, and FSDP2's prefetched and in-flight buffers
     # differ by layer, so the walk's candidates do not hold there
-    whole = train_zero2(step.train) or fsdp_terms.enabled(step.train)
+    whole = step.train.sharding in (Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP)
     for _, parts in _backward_moments(step, candidates_only=not whole):
         total = sum(parts.values())
         if total > best_total:
@@ -465,9 +482,13 @@ def _backward(step: _Step) -> Phase:
 
 def _optimizer_step(step: _Step) -> Phase:
     model, train = step.model, step.train
+    zero3 = train.sharding is Sharding.ZERO3
     return _phase("optimizer step", {
         **step.static,
-        "gradients": step.gradient_bytes,
+        # ZeRO-3: the gradients are the partition buffer (static), and the backward's end released every
+        # gathered parameter (partitioned_param_coordinator.py ``release_and_reset_all``)
+        "gradients": 0 if zero3 else step.gradient_bytes,
+        "gathered params": 0 if zero3 else step.static["gathered params"],
         "flattened gradients": sharding_terms.zero2_flat_gradient_bytes(step.gradient_bytes, train),
         # an offloaded optimizer steps on the CPU (DeepSpeedCPUAdam / FSDP's CPU shards)
         "optimizer transient": 0 if train.offload.optimizer_on_cpu else optimizer_transient_bytes(model, train),

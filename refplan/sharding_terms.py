@@ -5,8 +5,14 @@ bucket sizes are transformers' values for DeepSpeed's ``"auto"`` keys (integrati
 ``HfTrainerDeepSpeedConfig.trainer_config_finalize``: ``reduce_bucket_size`` = hidden * hidden), the
 ones refplan's bench writes (:func:`refplan.harness.launch.hf_auto_buckets`).
 
-Measured so far on CPU ranks (gloo, 2 ranks, "wide" preset, fp32): ZeRO-2 follows these terms; ZeRO-3
-and FSDP keep the planner's earlier terms, still unmatched (reports/validate-sharded/README.md).
+ZeRO-3 bucket and threshold keys are transformers' ``"auto"`` values too (``stage3_param_persistence_threshold``
+= 10 * hidden, ``stage3_prefetch_bucket_size`` = 0.9 * hidden^2). TRL's reference engine gets the same ones:
+trl/models/utils.py ``prepare_deepspeed`` writes its own values under dotted top-level keys
+(``"zero_optimization.reduce_bucket_size"``), which DeepSpeed does not read, so the user's
+``zero_optimization`` block applies to the reference as it is.
+
+Measured on CPU ranks (gloo, 2 ranks, "wide" preset, fp32): ZeRO-2 and the ZeRO-3 steady state follow
+these terms; FSDP keeps the planner's earlier terms (reports/validate-sharded/README.md).
 """
 
 from __future__ import annotations
@@ -27,13 +33,13 @@ def master_partition_bytes(model: ModelSpec, train: TrainSpec) -> int:
 
     ZeRO-1/2 (stage_1_and_2.py ``DeepSpeedZeroOptimizer.__init__``): ``single_partition_of_fp32_groups``
     is ``partition.detach().clone().to(fp32)`` -- a copy even when the weights are fp32 already.
-    ZeRO-3 (stage3.py ``_create_fp32_partitions``): a converted copy for low-precision weights, the
-    partition itself when it is fp32 already. FSDP: none (the optimizer steps the sharded DTensors).
+    ZeRO-3 (stage3.py ``_create_fp32_partitions``): ``converted.clone().detach()`` -- a copy too. Its
+    no-copy branch needs ``partition.device == self.device``, and ``self.device`` is the accelerator's
+    ``current_device_name()``, a *string* ('cpu', 'cuda:0'), which a ``torch.device`` never equals (torch
+    2.13: ``torch.device('cpu') == 'cpu'`` is False); measured: one more fp32 partition per rank.
+    FSDP: none (the optimizer steps the sharded DTensors).
     """
-    stage = train.sharding.caps.zero_stage
     if train.sharding is Sharding.NONE or train.sharding is Sharding.FSDP:
-        return 0
-    if stage == 3 and terms.trainable_dtype(train) == "fp32":
         return 0
     return _div(terms.trainable_params(model, train), train.shards) * 4
 
@@ -71,3 +77,115 @@ def zero2_flat_gradient_bytes(step_gradient_bytes: int, train: TrainSpec) -> int
     if train.sharding not in (Sharding.ZERO1, Sharding.ZERO2):
         return 0
     return step_gradient_bytes
+
+
+# -- ZeRO-3 -----------------------------------------------------------------------------------------
+
+#: DeepSpeed's default ``stage3_max_reuse_distance`` (runtime/zero/config.py), elements
+ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000
+
+
+def zero3_persistence_threshold(model: ModelSpec) -> int:
+    """``stage3_param_persistence_threshold`` under transformers' ``"auto"``: 10 * hidden elements."""
+    return 10 * model.hidden_size
+
+
+def _persistent(numels, threshold: int) -> int:
+    """Elements of the tensors DeepSpeed keeps whole on every rank: parameter_offload.py
+    ``mark_persistent_parameters`` marks ``ds_persist`` every parameter with ``ds_numel <= threshold``
+    (``stage3_model_persistence_threshold`` is unbounded by default)."""
+    return sum(n for n in numels if n <= threshold)
+
+
+def zero3_persistent_bytes(model: ModelSpec, train: TrainSpec, with_reference: bool) -> int:
+    """Small parameters (norms, biases, small LoRA tensors) that stay whole on every rank, bytes, beside
+    their partition (which still counts in the partitioned weights): the policy's (base weights in
+    ``--dtype``, adapters in their dtype) and, for a reference copy in its own ZeRO-3 engine, the
+    reference's. 0 off ZeRO-3."""
+    if train.sharding is not Sharding.ZERO3:
+        return 0
+    th = zero3_persistence_threshold(model)
+    base = _persistent((n for n, _ in terms.model_tensors(model)), th)
+    out = base * dtype_bytes(train.dtype)
+    if train.finetune.peft:
+        out += _persistent(terms.lora_tensor_params(model, train), th) * dtype_bytes(terms.adapter_dtype(train))
+    if with_reference:
+        out += base * dtype_bytes(train.reference_dtype)
+    return out
+
+
+def zero3_gradient_partition_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """ZeRO-3's gradient partition buffer, bytes: stage3.py ``__init__`` allocates
+    ``grad_partitions_flat_buffer = torch.zeros(sum(p.partition_numel() ...))`` once, for every trainable
+    parameter's partition, and keeps it for the run (each reduce-scatter writes into its slice,
+    ``__param_id_to_grad_partition``; the fp32 partition's ``.grad`` is a view of it at the step). In the
+    master dtype, fp32. 0 off ZeRO-3 and with the optimizer offloaded (the buffer is then in CPU memory)."""
+    if train.sharding is not Sharding.ZERO3 or train.offload.optimizer_on_cpu:
+        return 0
+    return _div(terms.trainable_params(model, train), train.shards) * 4
+
+
+def zero3_reduce_bucket_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """ZeRO-3's ``ipg`` bucket, bytes: stage3.py ``__init__`` allocates ``bucket.buffer = torch.empty(
+    self.reduce_bucket_size, dtype=...)`` per communication dtype, kept for the run; hidden * hidden
+    elements under transformers' ``"auto"``, in the trainable dtype."""
+    if train.sharding is not Sharding.ZERO3:
+        return 0
+    return model.hidden_size * model.hidden_size * dtype_bytes(terms.trainable_dtype(train))
+
+
+def _nonpersistent_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    th = zero3_persistence_threshold(model)
+    base = sum(n for n, _ in terms.model_tensors(model) if n > th) * dtype_bytes(train.dtype)
+    lora = 0
+    if train.finetune.peft:
+        lora = sum(n for n in terms.lora_tensor_params(model, train) if n > th) * dtype_bytes(terms.adapter_dtype(train))
+    return base + lora
+
+
+def zero3_policy_keeps_gathered(train: TrainSpec, policy_runs_reference: bool) -> bool:
+    """Whether the policy engine keeps every parameter it gathered in the forward until its backward.
+
+    partitioned_param_coordinator.py ``__params_to_release``: once the trace of a step is complete, a
+    module's parameters are not released if they reoccur within ``max_reuse_distance`` elements of the
+    trace -- and every forward parameter reoccurs in the backward. The trace restarts at each forward
+    (parameter_offload.py ``_start_of_forward_hook``: ``reset_step``), so it completes only when the
+    policy runs one forward per step; a second one (KTO's KL forward, a reference forward through the
+    policy with its adapters off) makes each step's trace differ from the recorded one, DeepSpeed
+    invalidates it, and ``release_sub_module`` then frees each module's parameters after it runs."""
+    return not train.method.caps.kl_forward and not policy_runs_reference
+
+
+def zero3_gathered_bytes(model: ModelSpec, train: TrainSpec, keeps_gathered: bool) -> int:
+    """Full (gathered) policy parameters held during the forward and backward, bytes.
+
+    Kept (:func:`zero3_policy_keeps_gathered`): every parameter above the persistence threshold, at most
+    ``stage3_max_reuse_distance`` elements' worth (DeepSpeed's default, 1e9). Otherwise the module
+    running and the one prefetched: two decoder layers."""
+    if keeps_gathered:
+        full = _nonpersistent_weight_bytes(model, train)
+        return min(full, ZERO3_MAX_REUSE_DISTANCE * dtype_bytes(train.dtype))
+    return 2 * max(l.params for l in model.layers) * dtype_bytes(train.dtype)
+
+
+def zero3_inflight_gradient_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """The full gradient of one parameter before its reduce-scatter, bytes: stage3.py
+    ``reduce_independent_p_g_buckets_and_remove_grads`` runs per parameter as autograd makes its gradient;
+    one larger than the bucket is reduced on its own and freed (``partition_grads`` writes its slice into
+    the partition buffer). The largest trainable tensor."""
+    numels = ([n for n in terms.lora_tensor_params(model, train)] if train.finetune.peft
+              else [n for n, _ in terms.model_tensors(model)])
+    return max(numels, default=0) * dtype_bytes(terms.trainable_dtype(train))
+
+
+def zero3_backward(moments: list[tuple[str, dict]], inflight_bytes: int) -> list[tuple[str, dict]]:
+    """ZeRO-3's backward: no gradient accumulates on the rank beyond its partition buffer (counted
+    throughout, :func:`zero3_gradient_partition_bytes`); each moment holds at most one parameter's full
+    gradient on its way to the reduce-scatter (:func:`zero3_inflight_gradient_bytes`), from the head's
+    backward on."""
+    out = []
+    for label, parts in moments:
+        parts = dict(parts)
+        parts["gradients"] = inflight_bytes
+        out.append((label, parts))
+    return out
