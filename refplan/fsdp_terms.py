@@ -148,7 +148,6 @@ def prepare_original_bytes(model: ModelSpec, train: TrainSpec) -> int:
 def precompute_policy_bytes(model: ModelSpec, train: TrainSpec) -> int:
     """The policy during TRL's precompute pass under FSDP, bytes: not sharded yet (accelerate prepares it
     in ``train``). On CPU ranks it is all there; on CUDA the Trainer has not placed it on the device
-    (transformers ``trainer.py``: "Postpone switching model to cuda when ... FSDP"), so none of it."""
-    if train.device is Device.CPU:
-        return terms.policy_weight_bytes(model, train) + terms.lora_weight_bytes(model, train)
-    return 0
+    (transformers ``trainer.py``: "Postpone switching model to cuda when ... FSDP"), so none of it.
+    Its adapters are the phase's own component."""
+    return terms.policy_weight_bytes(model, train) if train.device is Device.CPU else 0

@@ -266,6 +266,8 @@ def _fsdp_gathered(step: _Step, phase: str) -> dict[str, int]:
     if not fsdp_terms.enabled(train):
         return {}
     if phase == "precompute":  # the reference TRL loads for the pass, one unit, gathered whole
+        if not loads_reference_to_precompute(train):
+            return {}  # PEFT: the unsharded policy, adapters off, runs the pass
         full = terms.weight_bytes(model, train.reference_dtype, train.ref_quant, train.double_quant)
         return {"gathered reference": 2 * full}
     if phase == "policy forward":

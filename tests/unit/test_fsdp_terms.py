@@ -112,3 +112,10 @@ def test_backward_layer_end_holds_its_gradients_unsharded(tiny, gpus):
     # above are shards: going one layer down adds exactly the layer above's shard
     assert moments["layer 1"]["gradients"] - moments["layer 2"]["gradients"] == LAYER * 4 // gpus
     assert moments["layer 1"]["gathered params"] == 3 * LAYER * 4
+
+
+def test_lora_precompute_under_fsdp_loads_no_reference(tiny):
+    # TRL: is_peft_model(self.model) is checked first -- the adapters are disabled, no reference is loaded
+    pre = _parts(estimate(tiny, fsdp(strategy="precompute", finetune="lora", lora_r=8)), "precompute")
+    assert "gathered reference" not in pre and "reference weights" not in pre
+    assert pre["policy weights"] == MODEL * 4  # not sharded before train()
