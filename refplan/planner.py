@@ -343,6 +343,18 @@ def _reference_forward(step: _Step) -> Phase | None:
     }
     if not step.ref.holds_copy:  # the policy's own layer units (a separate reference is one unit)
         parts = _fsdp_layer_moment(step, parts, step.saved, step.head[0])
+    ref_gathered = sharding_terms.zero3_reference_gathered_bytes(step.model, train,
+                                                                 step.ref.sharded and step.ref.holds_copy)
+    if ref_gathered:
+        # ZeRO-3: the reference engine's prefetch holds the most mid-forward, before the log-prob path
+        # runs (by then only the head is gathered); the larger of the two moments
+        # A policy that does not keep its gathered parameters released them after each module of its
+        # own forward (partitioned_param_coordinator.py ``release_sub_module``): none are held here.
+        if not step.zero3_keeps_gathered:
+            parts["gathered params"] = 0
+        mid = {**parts, "reference forward": 0, "reference gathered params": ref_gathered}
+        end = {**parts, "reference gathered params": sharding_terms.zero3_reference_head_bytes(step.model, train)}
+        parts = max(mid, end, key=lambda d: sum(d.values()))
     if step.cpu_repack_bytes and step.ref.holds_copy:
         # the first step's reference forward repacks the 4-bit copy, before any optimizer state exists
         first = {**parts, "optimizer state": 0, "reference forward": logprob.reference_forward_transient_bytes(

@@ -83,6 +83,8 @@ def zero2_flat_gradient_bytes(step_gradient_bytes: int, train: TrainSpec) -> int
 
 #: DeepSpeed's default ``stage3_max_reuse_distance`` (runtime/zero/config.py), elements
 ZERO3_MAX_REUSE_DISTANCE = 1_000_000_000
+#: DeepSpeed's default ``stage3_max_live_parameters`` (runtime/zero/config.py), elements
+ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000
 
 
 def zero3_persistence_threshold(model: ModelSpec) -> int:
@@ -189,3 +191,105 @@ def zero3_backward(moments: list[tuple[str, dict]], inflight_bytes: int) -> list
         parts["gradients"] = inflight_bytes
         out.append((label, parts))
     return out
+
+
+def zero3_prefetch_bucket(model: ModelSpec) -> int:
+    """``stage3_prefetch_bucket_size`` under transformers' ``"auto"``: 0.9 * hidden^2 elements."""
+    return int(0.9 * model.hidden_size * model.hidden_size)
+
+
+_ATTENTION = ("q", "k", "v", "qkv", "o", "q-a", "q-b", "kv-a", "kv-b")
+
+
+def _forward_fetches(model: ModelSpec) -> list[list[int]]:
+    """The modules of one forward in the order ZeRO-3's hooks fetch them, each as the element counts of
+    its own parameters (``iter_params(module, recurse=False)``): the LM and its body (none), the embedding,
+    the rotary table (none), then per decoder layer the layer, its input norm, the attention module, its
+    linears, the second norm, the MLP module and its linears (with the activation module, no parameters,
+    after the first), then the final norm and the head. A module without parameters still triggers a
+    fetch, and with it a prefetch (partitioned_param_coordinator.py ``_fetch_sub_module_impl``)."""
+    fetches: list[list[int]] = [[], [], [model.vocab_size * model.hidden_size], []]
+    for layer in model.layers:
+        norms = [[n.size] * (2 if n.bias else 1) for n in layer.norms]
+        attn = [[l.count * l.in_features * l.out_features] + ([l.count * l.out_features] if l.bias else [])
+                for l in layer.linears if l.role.value in _ATTENTION]
+        mlp = [[l.count * l.in_features * l.out_features] + ([l.count * l.out_features] if l.bias else [])
+               for l in layer.linears if l.role.value not in _ATTENTION]
+        fetches.append([])                            # the decoder layer
+        fetches.append(norms[0] if norms else [])
+        fetches.append([])                            # the attention module
+        fetches += attn
+        fetches += norms[1:2]
+        fetches.append([])                            # the MLP module
+        fetches += mlp[:1] + [[]] + mlp[1:]           # the activation module after the first projection
+        fetches += norms[2:]
+    fetches.append([model.final_norm.size] * (2 if model.final_norm.bias else 1))
+    return fetches
+
+
+def _fused_head_elements(model: ModelSpec) -> int:
+    """The untied head weight TRL's fused log-prob path reads outside any module call (trl/trainer/utils.py
+    ``add_fused_lm_head``: ``lm_head.weight`` under ``maybe_gather_lm_head_ctx``): no module fetch of its
+    own, it is gathered with the top-level module and held through the forward (measured: AVAILABLE, one
+    active sub-module, at the reference's peak)."""
+    return 0 if model.lm_head is None else model.lm_head.in_features * model.lm_head.out_features
+
+
+def zero3_forward_only_gathered_elements(model: ModelSpec, bucket: int | None = None) -> int:
+    """The most parameter elements a forward-only ZeRO-3 engine (TRL's reference engine) holds gathered,
+    persistent ones excluded.
+
+    Its trace completes after one step (partitioned_param_coordinator.py ``reset_step``, called at each
+    forward's start: parameter_offload.py ``_start_of_forward_hook``), and then every module fetch --
+    parameterless modules included -- prefetches the next parameters of the trace that are not available
+    until ``stage3_prefetch_bucket_size`` elements are on their way (``_fetch_sub_module_impl``: ``while
+    self.__param_queue and numel_prefetching < max_params_to_prefetch``), at least one tensor. A module
+    releases its own after it runs (``release_sub_module``: no parameter reoccurs in a forward-only trace).
+    The head weight is held throughout (:func:`_fused_head_elements`). So the prefetch frontier runs ahead of the forward by one tensor per fetch and more fetches than
+    tensors come per layer: it reaches the end of the model part-way, and from then on everything from
+    the running module to the head is gathered (the all-gather allocates the full tensor when it is
+    issued, ``INFLIGHT``). Measured: DPO separate, "wide" preset, rank 0, step 3 at the peak: layer 1's
+    up and down projections, layers 2 and 3 and the head gathered (8,650,752 elements). The frontier
+    stops where the gathered elements reach ``stage3_max_live_parameters`` (1e9 by default).
+    Simulated here over :func:`_forward_fetches`."""
+    bucket = zero3_prefetch_bucket(model) if bucket is None else bucket
+    th = zero3_persistence_threshold(model)
+    fetches = _forward_fetches(model)
+    queue = [(i, j, n) for i, ps in enumerate(fetches) for j, n in enumerate(ps) if n > th]
+    head = 0
+    gathered: dict[tuple[int, int], int] = {}
+    most = 0
+    for i, ps in enumerate(fetches):
+        for j, n in enumerate(ps):
+            if n > th:
+                gathered[(i, j)] = n
+        while head < len(queue) and queue[head][0] <= i:  # the current module's own, off the queue
+            head += 1
+        prefetching = 0
+        # ``max_params_to_prefetch = min(max_live - n_available, bucket)``: the live cap stops the frontier
+        limit = min(ZERO3_MAX_LIVE_PARAMETERS - sum(gathered.values()) - _fused_head_elements(model), bucket)
+        while head < len(queue) and prefetching < limit:
+            i2, j2, n2 = queue[head]
+            head += 1
+            if (i2, j2) not in gathered:
+                gathered[(i2, j2)] = n2
+                prefetching += n2
+        most = max(most, sum(gathered.values()) + _fused_head_elements(model))
+        for j, n in enumerate(ps):
+            gathered.pop((i, j), None)
+    return most
+
+
+def zero3_reference_gathered_bytes(model: ModelSpec, train: TrainSpec, ref_in_own_engine: bool) -> int:
+    """The reference engine's gathered parameters during its forward, bytes
+    (:func:`zero3_forward_only_gathered_elements` in the reference dtype). 0 unless TRL put a reference
+    copy in its own ZeRO-3 engine (trl/models/utils.py ``prepare_deepspeed``)."""
+    if train.sharding is not Sharding.ZERO3 or not ref_in_own_engine:
+        return 0
+    return zero3_forward_only_gathered_elements(model) * dtype_bytes(train.reference_dtype)
+
+
+def zero3_reference_head_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """The reference engine's head weight, gathered while its log-prob path runs, bytes
+    (:func:`_fused_head_elements` in the reference dtype)."""
+    return _fused_head_elements(model) * dtype_bytes(train.reference_dtype)

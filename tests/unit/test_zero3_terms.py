@@ -80,3 +80,23 @@ def test_orpo_full_steady_state_between_steps():
     assert "gathered params" not in parts and "gradients" not in parts
     held = sum(v for k, v in parts.items() if k != "batch")
     assert abs(held - 142_678_297) < 16_000
+
+
+def test_reference_prefetch_frontier_on_wide_by_hand():
+    # one tensor prefetched per module fetch (every matrix > 0.9 * 512^2 = 235,929): 13 fetches per layer
+    # against 7 matrices, so the frontier reaches the end while layer 1's up projection runs; then layer 1's
+    # up and down, layers 2 and 3 and the (fused, held) head are gathered -- the measured inventory
+    layer = 4 * 512 * 512 + 3 * 512 * 1536
+    assert st.zero3_forward_only_gathered_elements(_model()) == 2 * 512 * 1536 + 2 * layer + 512 * 512 == 8_650_752
+
+
+def test_reference_prefetch_stops_at_max_live_parameters():
+    # the live cap bounds the frontier; with a bucket of one element each fetch still takes one tensor
+    assert st.zero3_forward_only_gathered_elements(_model(), bucket=1) == 8_650_752
+    assert st.ZERO3_MAX_LIVE_PARAMETERS == 1_000_000_000
+
+
+def test_reference_gathered_only_for_a_zero3_reference_engine():
+    m = _model()
+    assert st.zero3_reference_gathered_bytes(m, _train(), ref_in_own_engine=False) == 0
+    assert st.zero3_reference_gathered_bytes(m, _train(), ref_in_own_engine=True) == 8_650_752 * 4
