@@ -6,6 +6,8 @@ order TRL 1.16 runs them, one function each:
 
   precompute        (precompute strategy only, during trainer construction: policy + reference
                      weights, no optimizer state yet; a no-grad forward per precompute batch)
+  fsdp prepare      (FSDP2 only, at the start of train(): accelerate shards the policy while its
+                     unsharded originals are still held)
   policy forward    (activations saved for backward accumulate; the log-prob path at the end)
   reference forward (DPO/KTO run it *after* the policy forward -- dpo_trainer.py _compute_loss --
                      so its transient sits on top of the saved policy activations)
@@ -23,7 +25,7 @@ from functools import cached_property
 
 from refplan import activations as act
 from refplan import forward_tensors as fwd
-from refplan import backward, logprob, sharding_terms, terms
+from refplan import backward, fsdp_terms, logprob, sharding_terms, terms
 from refplan import quant as quant_terms
 from refplan.methods import Method, Strategy, applicable_strategies
 from refplan.model import ModelSpec, Role
@@ -33,7 +35,7 @@ from refplan.settings import Device, Quant, Sharding, StateRule, TransientRule, 
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
-PHASES = ("precompute", "policy forward", "reference forward", "backward", "optimizer step")
+PHASES = ("precompute", "fsdp prepare", "policy forward", "reference forward", "backward", "optimizer step")
 
 
 def _div(x: int, n: int) -> int:
@@ -127,16 +129,15 @@ class _Step:
         ref_w = terms.reference_weight_bytes(model, train)
         if self.ref.sharded:
             ref_w = _div(ref_w, train.shards)  # TRL prepare_deepspeed / prepare_fsdp shard the reference too
-        gathered = 0
+        gathered = 0  # FSDP2: per phase, see _fsdp_gathered
         if train.sharding is Sharding.ZERO3:
             gathered = sharding_terms.zero3_gathered_bytes(model, train, self.zero3_keeps_gathered)
-        elif train.shards_of("params") > 1:
-            # FSDP all-gathers one layer (and prefetches the next): 2 layers in full
-            gathered = 2 * max(l.params for l in model.layers) * dtype_bytes(train.dtype)
         on_cpu = train.offload
         lora = terms.lora_weight_bytes(model, train)
         if train.sharding is Sharding.ZERO3:
             lora = _div(lora, train.shards)  # the engine partitions the adapters with the base weights
+        elif fsdp_terms.enabled(train):
+            lora = fsdp_terms.lora_shard_bytes(model, train)  # the adapters live in the layer units
         return {
             "policy weights": self.policy_weight_bytes,
             "lora weights": lora,
@@ -248,24 +249,78 @@ def _precompute(step: _Step) -> Phase | None:
         packed = terms.policy_repacked_on_cpu(model, train)
         kbit = max(step.kbit_forward_extra(pre_rows, train.policy_quant, True, packed), step.cpu_repack_bytes)
     return _phase("precompute", {
-        "policy weights": step.policy_weight_bytes,
+        "policy weights": (fsdp_terms.precompute_policy_bytes(model, train) if fsdp_terms.enabled(train)
+                           else step.policy_weight_bytes),
         "lora weights": terms.lora_weight_bytes(model, train),
         "reference weights": pre_ref,
         "activations": logprob.reference_forward_transient_bytes(model, train, pre_rows, kbit),
         "autocast weight copies": step.autocast_copies(not train.finetune.peft),
+        **_fsdp_gathered(step, "precompute"),
     }, train)
+
+
+def _fsdp_gathered(step: _Step, phase: str) -> dict[str, int]:
+    """FSDP2's gathered units at a phase's peak (:mod:`refplan.fsdp_terms`); nothing for other engines,
+    whose gathered layers are in ``_Step.static``."""
+    model, train = step.model, step.train
+    if not fsdp_terms.enabled(train):
+        return {}
+    if phase == "precompute":  # the reference TRL loads for the pass, one unit, gathered whole
+        if not loads_reference_to_precompute(train):
+            return {}  # PEFT: the unsharded policy, adapters off, runs the pass
+        full = terms.weight_bytes(model, train.reference_dtype, train.ref_quant, train.double_quant)
+        return {"gathered reference": 2 * full}
+    if phase == "policy forward":
+        return {"gathered params": fsdp_terms.policy_forward_gathered_bytes(model, train)}
+    if phase == "reference forward":
+        if step.ref.holds_copy:
+            return {"gathered params": fsdp_terms.policy_held_bytes(model, train),
+                    "gathered reference": fsdp_terms.reference_gathered_bytes(model, train)}
+        return {"gathered params": fsdp_terms.policy_forward_gathered_bytes(model, train)}
+    return {"gathered params": 0}
+
+
+def _fsdp_prepare(step: _Step) -> Phase | None:
+    """FSDP2 only: accelerate sharding the policy at the start of ``train`` -- the shards made, the
+    unsharded originals not yet freed (:func:`refplan.fsdp_terms.prepare_original_bytes`), the
+    reference already sharded at trainer construction, no optimizer state or batch yet."""
+    model, train = step.model, step.train
+    if not fsdp_terms.enabled(train):
+        return None
+    static = step.static
+    return _phase("fsdp prepare", {
+        "policy weights": static["policy weights"],
+        "lora weights": static["lora weights"],
+        "reference weights": static["reference weights"],
+        "unsharded originals": fsdp_terms.prepare_original_bytes(model, train),
+    }, train)
+
+
+def _fsdp_layer_moment(step: _Step, parts: dict[str, int], activations: int, logprob_path: int) -> dict[str, int]:
+    """FSDP2: a forward's peak may be at a decoder layer's copy-out rather than at the head (three units
+    gathered, :func:`refplan.fsdp_terms.forward_layer_gathered_bytes`): ``parts`` at the head, or the
+    layer moment with ``activations`` and ``logprob_path`` then alive, whichever is larger."""
+    if not fsdp_terms.enabled(step.train):
+        return parts
+    layer = {**parts, "activations": activations, "logprob path": logprob_path, "reference forward": 0,
+             "gathered params": fsdp_terms.forward_layer_gathered_bytes(step.model, step.train)}
+    return layer if sum(layer.values()) > sum(parts.values()) else parts
 
 
 def _policy_forward(step: _Step) -> Phase:
     saved, fwd, _ = step.head
-    return _phase("policy forward", {
+    parts = {
         **step.static,
         "activations": step.saved,
         "logprob path": saved + fwd,
         # with checkpointing the layers keep no weight copies, but autocast's cache holds them
         # until the forward returns
         "autocast weight copies": step.autocast_copies(not step.train.finetune.peft) if step.train.grad_ckpt else 0,
-    }, step.train)
+        **_fsdp_gathered(step, "policy forward"),
+    }
+    # the top layer's copy-out: every layer's saved tensors but its own
+    parts = _fsdp_layer_moment(step, parts, step.saved - step.layer_saved[-1], 0)
+    return _phase("policy forward", parts, step.train)
 
 
 def _reference_forward(step: _Step) -> Phase | None:
@@ -284,7 +339,10 @@ def _reference_forward(step: _Step) -> Phase | None:
         "logprob path": step.head[0],
         "reference forward": logprob.reference_forward_transient_bytes(step.model, train, step.rows, kbit),
         "autocast weight copies": copies,
+        **_fsdp_gathered(step, "reference forward"),
     }
+    if not step.ref.holds_copy:  # the policy's own layer units (a separate reference is one unit)
+        parts = _fsdp_layer_moment(step, parts, step.saved, step.head[0])
     ref_gathered = sharding_terms.zero3_reference_gathered_bytes(step.model, train,
                                                                  step.ref.sharded and step.ref.holds_copy)
     if ref_gathered:
@@ -324,10 +382,15 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
     grad_shards = train.shards_of("grads")
     kept = 0 if train.offload.optimizer_on_cpu else 1
     layer_grads = [kept * _div(b, grad_shards) for b in _layer_param_bytes(model, train)]
+    # FSDP2: a layer's gradients stay unsharded until its post_backward reduce-scatters them
+    fsdp = fsdp_terms.enabled(train)
+    unit_grads = [kept * b for b in _layer_param_bytes(model, train)] if fsdp else layer_grads
+    own_shards = 1 if fsdp else grad_shards
     nonlayer_grads = max(step.gradient_bytes - sum(layer_grads), 0)
     head_grad = nonlayer_grads if model.lm_head is None else nonlayer_grads // 2
     head_saved, _, head_bwd = step.head
-    moments = [("head", {"activations": step.saved, "logprob path": head_saved + head_bwd, "gradients": 0})]
+    moments = [("head", {"activations": step.saved, "logprob path": head_saved + head_bwd, "gradients": 0,
+                         **({"gathered params": fsdp_terms.backward_head_gathered_bytes(model, train)} if fsdp else {})})]
     tokens = step.rows * train.seq
     residual_grad = tokens * model.hidden_size * act.act_mode(train).w
     # each layer from the top: (index, kind, activations and gradients before its backward); the
@@ -353,14 +416,15 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
     for idx, kind, before, grads in walk:
         if chosen is not None and idx not in chosen:
             continue
+        gathered = {"gathered params": fsdp_terms.backward_layer_gathered_bytes(model, train, idx, unit_grads)} if fsdp else {}
         if kind not in memo:
             recomputed = act.recompute_saved_bytes(model, train, step.rows, idx) if train.grad_ckpt else 0
             memo[kind] = [(mom.name, recomputed - mom.copies_freed + tokens * (mom.forward_locals - mom.saved_freed),
-                           residual_grad + tokens * mom.act_grads, kept * _div(mom.weight_grads, grad_shards))
+                           residual_grad + tokens * mom.act_grads, kept * _div(mom.weight_grads, own_shards))
                           for mom in backward.layer_moments(model, model.layers[idx], train)]
         for name, activations, activation_grads, gradients in memo[kind]:
             parts = {"activations": before + activations, "activation grads": activation_grads,
-                     "gradients": grads + gradients}
+                     "gradients": grads + gradients, **gathered}
             if name == "down" and dequant[idx] is not None:
                 # the k-bit down projection's input gradient: its weight dequantized (and cast) before the
                 # matmul, which then writes the input gradient beside the compute-dtype copy
@@ -373,7 +437,7 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
         # it returns
         moments.append((f"layer {idx}", {"activations": before - step.layer_saved[idx],
                                          "activation grads": 2 * residual_grad,
-                                         "gradients": grads + layer_grads[idx]}))
+                                         "gradients": grads + unit_grads[idx], **gathered}))
     if model.lm_head is None and not train.finetune.peft and act.act_mode(train).w == act.FP32:
         # tied embeddings, fp32 weights: autograd sums the head's gradient (returned by TRL's
         # autograd.Function) and embedding_dense_backward's out of place -- three [V, h] fp32
@@ -385,7 +449,9 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
         # a trainable embedding's backward: every gradient made, its own last, while the embedding
         # output's gradient is still alive
         moments.append(("embedding", {"activations": remaining, "activation grads": residual_grad,
-                                      "gradients": step.gradient_bytes}))
+                                      "gradients": step.gradient_bytes,
+                                      **({"gathered params": fsdp_terms.backward_embedding_gathered_bytes(
+                                          model, train, unit_grads)} if fsdp else {})}))
     if train.sharding is Sharding.ZERO2:
         moments = sharding_terms.zero2_backward(moments, step.gradient_bytes,
                                                 sharding_terms.reduce_bucket_bytes(model, train))
@@ -418,13 +484,14 @@ def _layer_dequant_bytes(step: _Step, layer) -> tuple[tuple[int, int], int] | No
 def _backward(step: _Step) -> Phase:
     """The backward's peak: the largest of its moments (the first one on ties)."""
     best_total, best_parts = -1, {}
-    # ZeRO-2/3 rewrite the moments' gradients after the walk, so the walk's candidates do not hold there
-    rewritten = step.train.sharding in (Sharding.ZERO2, Sharding.ZERO3)
-    for _, parts in _backward_moments(step, candidates_only=not rewritten):
+    # ZeRO-2/3 rewrite the moments' gradients after the walk, and FSDP2's prefetched and in-flight buffers
+    # differ by layer, so the walk's candidates do not hold there
+    whole = step.train.sharding in (Sharding.ZERO2, Sharding.ZERO3, Sharding.FSDP)
+    for _, parts in _backward_moments(step, candidates_only=not whole):
         total = sum(parts.values())
         if total > best_total:
             best_total, best_parts = total, parts
-    return _phase("backward", {**step.static, **best_parts}, step.train)
+    return _phase("backward", {**step.static, **_fsdp_gathered(step, "backward"), **best_parts}, step.train)
 
 
 def _optimizer_step(step: _Step) -> Phase:
@@ -439,6 +506,7 @@ def _optimizer_step(step: _Step) -> Phase:
         "flattened gradients": sharding_terms.zero2_flat_gradient_bytes(step.gradient_bytes, train),
         # an offloaded optimizer steps on the CPU (DeepSpeedCPUAdam / FSDP's CPU shards)
         "optimizer transient": 0 if train.offload.optimizer_on_cpu else optimizer_transient_bytes(model, train),
+        **_fsdp_gathered(step, "optimizer step"),
     }, train)
 
 
@@ -449,11 +517,12 @@ def timeline(model: ModelSpec, train: TrainSpec) -> list[tuple[str, str, int]]:
     check_lora_targets(train.lora_targets, model.linear_names)
     step = _Step(model, train, reference_plan(train))
     points = []
-    for phase in (_precompute(step), _policy_forward(step), _reference_forward(step)):
+    for phase in (_precompute(step), _fsdp_prepare(step), _policy_forward(step), _reference_forward(step)):
         if phase is not None:
             points.append((phase.name, phase.name, phase.total_bytes))
     for label, parts in _backward_moments(step):
-        points.append(("backward", label, _phase("backward", {**step.static, **parts}, train).total_bytes))
+        points.append(("backward", label, _phase("backward", {**step.static, **_fsdp_gathered(step, "backward"), **parts},
+                                                 train).total_bytes))
     opt = _optimizer_step(step)
     points.append((opt.name, opt.name, opt.total_bytes))
     return points
@@ -466,8 +535,8 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
     """
     check_lora_targets(train.lora_targets, model.linear_names)
     step = _Step(model, train, reference_plan(train))
-    phases = [_precompute(step), _policy_forward(step), _reference_forward(step), _backward(step),
-              _optimizer_step(step)]
+    phases = [_precompute(step), _fsdp_prepare(step), _policy_forward(step), _reference_forward(step),
+              _backward(step), _optimizer_step(step)]
     phases = tuple(p for p in phases if p is not None)
     est = Estimate(train.method.value, train.strategy.value, train.finetune.value, phases)
     if gpu is not None:
