@@ -155,3 +155,27 @@ def _write(results: list[dict], summary: dict, out: Path, n: int, seed: int) -> 
         table = df[cols].assign(error_pct=df["error_pct"].map(lambda e: "" if pd.isna(e) else f"{e:+.2f}"))
         lines += ["## Every rank", "", markdown_table(table), ""]
     (out / "accuracy.md").write_text("\n".join(lines) + "\n")
+
+
+def sections_for_main_report(reports: Path) -> list[str]:
+    """The sharded matrix (``reports/validate-sharded``) and the trace fallback's bursts
+    (``reports/validate-trace-fallback``), summarized in the standing report when their results are there."""
+    import pandas as pd
+
+    lines = []
+    csv_path = reports / "validate-sharded" / "accuracy.csv"
+    if csv_path.exists():
+        results = pd.read_csv(csv_path).to_dict("records")
+        for r in results:
+            r["error_pct"] = None if pd.isna(r.get("error_pct")) else float(r["error_pct"])
+        s = _summary(results)
+        lines += ["", "## Sharded: ZeRO-2, ZeRO-3, FSDP2 per rank", "",
+                  f"`refplan validate --sharded` (validate-sharded/accuracy.md, every rank there): {s['measured']} "
+                  f"of {s['rank_rows']} rank rows measured; median |error| {s['median_abs_error_pct']:.2f} %, worst "
+                  f"{s['worst_abs_error_pct']:.2f} % -> {'PASS' if s['passes'] else 'FAIL'}.", "",
+                  "| sharding | rank rows | median abs err % | worst abs err % |", "|---|---|---|---|"]
+        lines += [f"| {k} | {n} | {m:.2f} | {w:.2f} |" for k, (n, m, w) in s["by_sharding"].items() if n]
+    fallback = reports / "validate-trace-fallback" / "accuracy-section.md"
+    if fallback.exists():
+        lines += ["", fallback.read_text().strip()]
+    return lines
