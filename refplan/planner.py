@@ -119,6 +119,8 @@ class _Step:
         gathered = 0  # FSDP2: per phase, see _fsdp_gathered
         if train.sharding is Sharding.ZERO3:
             gathered = sharding_terms.zero3_gathered_bytes(model, train, self.zero3_keeps_gathered)
+            if self.zero3_two_engines:
+                gathered = sharding_terms.zero3_two_engine_backward_gathered_bytes(model, train)
         on_cpu = train.offload
         lora = terms.lora_weight_bytes(model, train)
         if train.sharding is Sharding.ZERO3:
@@ -146,7 +148,17 @@ class _Step:
         """ZeRO-3: the policy keeps its gathered parameters from forward to backward
         (:func:`refplan.sharding_terms.zero3_policy_keeps_gathered`)."""
         policy_runs_reference = self.ref.forward_per_step and not self.ref.holds_copy
-        return sharding_terms.zero3_policy_keeps_gathered(self.train, policy_runs_reference)
+        return sharding_terms.zero3_policy_keeps_gathered(
+            self.train, policy_runs_reference,
+            sharding_terms.zero3_precompute_engine_on_policy(self.train, self.ref.precompute_pass))
+
+    @property
+    def zero3_two_engines(self) -> bool:
+        """ZeRO-3: TRL's precompute engine and the training engine both prefetch the policy's parameters
+        (:func:`refplan.sharding_terms.zero3_two_engine_forward`); the training engine's trace completes
+        only without a second forward per step."""
+        return (sharding_terms.zero3_precompute_engine_on_policy(self.train, self.ref.precompute_pass)
+                and not self.train.method.caps.kl_forward)
 
     @cached_property
     def policy_weight_bytes(self) -> int:
@@ -295,11 +307,11 @@ def _fsdp_layer_moment(step: _Step, parts: dict[str, int], activations: int, log
 
 
 def _policy_forward(step: _Step) -> Phase:
-    saved, fwd, _ = step.head
+    head_saved, head_fwd, _ = step.head
     parts = {
         **step.static,
         "activations": step.saved,
-        "logprob path": saved + fwd,
+        "logprob path": head_saved + head_fwd,
         # with checkpointing the layers keep no weight copies, but autocast's cache holds them
         # until the forward returns
         "autocast weight copies": step.autocast_copies(not step.train.finetune.peft) if step.train.grad_ckpt else 0,
@@ -307,6 +319,16 @@ def _policy_forward(step: _Step) -> Phase:
     }
     # the top layer's copy-out: every layer's saved tensors but its own
     parts = _fsdp_layer_moment(step, parts, step.saved - step.layer_saved[-1], 0)
+    if step.zero3_two_engines:
+        # two prefetch frontiers gather most of the model early in the forward, while few activations
+        # are saved yet: the largest of those moments, against the forward's end
+        model, train, rows = step.model, step.train, step.rows
+        before = (fwd.embedding_saved_bytes(model, train, rows) + fwd.rope_table_bytes(model, train, rows)
+                  + fwd.mask_bytes(model, train, rows))
+        for layers_done, gathered in sharding_terms.zero3_two_engine_forward(model, train):
+            mid = {**parts, "gathered params": gathered, "logprob path": 0,
+                   "activations": before + sum(step.layer_saved[:layers_done])}
+            parts = max(parts, mid, key=lambda d: sum(d.values()))
     return _phase("policy forward", parts, step.train)
 
 

@@ -18,7 +18,7 @@ these terms; FSDP keeps the planner's earlier terms (reports/validate-sharded/RE
 from __future__ import annotations
 
 from refplan import terms
-from refplan.model import ModelSpec
+from refplan.model import Layer, ModelSpec
 from refplan.settings import Sharding
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
@@ -145,7 +145,8 @@ def _nonpersistent_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:
     return base + lora
 
 
-def zero3_policy_keeps_gathered(train: TrainSpec, policy_runs_reference: bool) -> bool:
+def zero3_policy_keeps_gathered(train: TrainSpec, policy_runs_reference: bool,
+                                precompute_engine: bool = False) -> bool:
     """Whether the policy engine keeps every parameter it gathered in the forward until its backward.
 
     partitioned_param_coordinator.py ``__params_to_release``: once the trace of a step is complete, a
@@ -154,8 +155,48 @@ def zero3_policy_keeps_gathered(train: TrainSpec, policy_runs_reference: bool) -
     (parameter_offload.py ``_start_of_forward_hook``: ``reset_step``), so it completes only when the
     policy runs one forward per step; a second one (KTO's KL forward, a reference forward through the
     policy with its adapters off) makes each step's trace differ from the recorded one, DeepSpeed
-    invalidates it, and ``release_sub_module`` then frees each module's parameters after it runs."""
-    return not train.method.caps.kl_forward and not policy_runs_reference
+    invalidates it, and ``release_sub_module`` then frees each module's parameters after it runs.
+
+    Nor with TRL's precompute engine on the policy (:func:`zero3_precompute_engine_on_policy`): its
+    forward-only coordinator releases each module's parameters after the module runs, for the training
+    engine's too -- both engines' hooks fetch under the same ``module.ds_id`` (parameter_offload.py
+    ``_register_deepspeed_module`` rewrites it for the second engine), so ``param.ds_active_sub_modules``
+    holds one entry, the first ``release_sub_module`` empties it, and ``__release_param`` partitions the
+    parameter."""
+    return not train.method.caps.kl_forward and not policy_runs_reference and not precompute_engine
+
+
+def zero3_precompute_engine_on_policy(train: TrainSpec, precompute_pass: bool) -> bool:
+    """Whether TRL wrapped the policy itself in a second, inference-only ZeRO-3 engine for the precompute
+    pass, whose hooks stay on the policy through training: dpo_trainer.py / kto_trainer.py
+    ``_precompute_ref_logps`` (``self._precompute_engine = prepare_deepspeed(self.model, ...)`` when no
+    ``ref_model`` exists, which is always the case with ``precompute_ref_log_probs`` outside FSDP);
+    DeepSpeed never removes an engine's module hooks unless ``destroy`` is called."""
+    return train.sharding is Sharding.ZERO3 and precompute_pass
+
+
+def zero3_two_engine_forward(model: ModelSpec, train: TrainSpec) -> list[tuple[int, int]]:
+    """The policy forward's gathered parameters with TRL's precompute engine on the policy
+    (:func:`zero3_precompute_engine_on_policy`), bytes at each module fetch, as (decoder layers finished,
+    bytes): two prefetchers run ahead of the forward (:func:`_prefetch_frontier`) -- the training engine's
+    coordinator (its trace completes: one forward per step, measured first at each fetch) and the
+    precompute engine's forward-only one, each at least one tensor per fetch. Assumes the training
+    coordinator's trace completes (one forward per step; KTO's KL forward breaks it and is not modelled
+    here). Measured (DPO precompute, "wide", rank 0, step 3): 12,845,056 elements
+    at layer 0's up projection, then the same sequence as simulated to the end of the forward."""
+    return [(k, n * dtype_bytes(train.dtype)) for k, n in _prefetch_frontier(model, (True, False))]
+
+
+def zero3_two_engine_backward_gathered_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """The policy's gathered parameters through the backward with TRL's precompute engine on it, bytes:
+    what the training coordinator had in flight when the forward ended (its queue runs on into the
+    backward, :func:`_prefetch_frontier`) plus the running module's largest weight. Each backward fetch
+    prefetches at least one tensor and each module releases its own after its backward
+    (``__params_to_release``: no later use in the trace), so the count holds. Measured (DPO precompute,
+    "wide", rank 0, step 3): at most 3,145,728 elements (2,359,296 in flight + a 786,432 MLP weight)."""
+    in_flight = _prefetch_frontier(model, (True, False))[-1][1]
+    largest = max(n for layer in model.layers for ps in _layer_fetches(layer) for n in ps)
+    return (in_flight + largest) * dtype_bytes(train.dtype)
 
 
 def zero3_gathered_bytes(model: ModelSpec, train: TrainSpec, keeps_gathered: bool) -> int:
@@ -210,20 +251,27 @@ def _forward_fetches(model: ModelSpec) -> list[list[int]]:
     fetch, and with it a prefetch (partitioned_param_coordinator.py ``_fetch_sub_module_impl``)."""
     fetches: list[list[int]] = [[], [], [model.vocab_size * model.hidden_size], []]
     for layer in model.layers:
-        norms = [[n.size] * (2 if n.bias else 1) for n in layer.norms]
-        attn = [[l.count * l.in_features * l.out_features] + ([l.count * l.out_features] if l.bias else [])
-                for l in layer.linears if l.role.value in _ATTENTION]
-        mlp = [[l.count * l.in_features * l.out_features] + ([l.count * l.out_features] if l.bias else [])
-               for l in layer.linears if l.role.value not in _ATTENTION]
-        fetches.append([])                            # the decoder layer
-        fetches.append(norms[0] if norms else [])
-        fetches.append([])                            # the attention module
-        fetches += attn
-        fetches += norms[1:2]
-        fetches.append([])                            # the MLP module
-        fetches += mlp[:1] + [[]] + mlp[1:]           # the activation module after the first projection
-        fetches += norms[2:]
+        fetches += _layer_fetches(layer)
     fetches.append([model.final_norm.size] * (2 if model.final_norm.bias else 1))
+    return fetches
+
+
+def _layer_fetches(layer: Layer) -> list[list[int]]:
+    """One decoder layer's module fetches, in order (:func:`_forward_fetches`)."""
+    fetches: list[list[int]] = []
+    norms = [[n.size] * (2 if n.bias else 1) for n in layer.norms]
+    attn = [[l.count * l.in_features * l.out_features] + ([l.count * l.out_features] if l.bias else [])
+            for l in layer.linears if l.role.value in _ATTENTION]
+    mlp = [[l.count * l.in_features * l.out_features] + ([l.count * l.out_features] if l.bias else [])
+           for l in layer.linears if l.role.value not in _ATTENTION]
+    fetches.append([])                            # the decoder layer
+    fetches.append(norms[0] if norms else [])
+    fetches.append([])                            # the attention module
+    fetches += attn
+    fetches += norms[1:2]
+    fetches.append([])                            # the MLP module
+    fetches += mlp[:1] + [[]] + mlp[1:]           # the activation module after the first projection
+    fetches += norms[2:]
     return fetches
 
 
@@ -235,49 +283,79 @@ def _fused_head_elements(model: ModelSpec) -> int:
     return 0 if model.lm_head is None else model.lm_head.in_features * model.lm_head.out_features
 
 
-def zero3_forward_only_gathered_elements(model: ModelSpec, bucket: int | None = None) -> int:
-    """The most parameter elements a forward-only ZeRO-3 engine (TRL's reference engine) holds gathered,
-    persistent ones excluded.
+def _prefetch_frontier(model: ModelSpec, coordinators: tuple[bool, ...], bucket: int | None = None) -> list[tuple[int, int]]:
+    """Parameter elements held gathered at each module fetch of one forward, persistent ones excluded,
+    as (decoder layers finished before the fetch, elements) -- the head weight included
+    (:func:`_fused_head_elements`).
 
-    Its trace completes after one step (partitioned_param_coordinator.py ``reset_step``, called at each
-    forward's start: parameter_offload.py ``_start_of_forward_hook``), and then every module fetch --
-    parameterless modules included -- prefetches the next parameters of the trace that are not available
-    until ``stage3_prefetch_bucket_size`` elements are on their way (``_fetch_sub_module_impl``: ``while
-    self.__param_queue and numel_prefetching < max_params_to_prefetch``), at least one tensor. A module
-    releases its own after it runs (``release_sub_module``: no parameter reoccurs in a forward-only trace).
-    The head weight is held throughout (:func:`_fused_head_elements`). So the prefetch frontier runs ahead of the forward by one tensor per fetch and more fetches than
-    tensors come per layer: it reaches the end of the model part-way, and from then on everything from
-    the running module to the head is gathered (the all-gather allocates the full tensor when it is
-    issued, ``INFLIGHT``). Measured: DPO separate, "wide" preset, rank 0, step 3 at the peak: layer 1's
-    up and down projections, layers 2 and 3 and the head gathered (8,650,752 elements). The frontier
-    stops where the gathered elements reach ``stage3_max_live_parameters`` (1e9 by default).
-    Simulated here over :func:`_forward_fetches`."""
+    One prefetcher per entry of ``coordinators``, each a ZeRO-3 coordinator of an engine whose hooks are
+    on the model, with a complete trace; ``True`` when its trace goes on past the forward into a backward
+    (a training engine's), ``False`` for a forward-only one (an inference engine's). At each fetch each
+    coordinator in turn pops the running module's parameters off its queue, then prefetches the next ones
+    of its trace that are not gathered until ``stage3_prefetch_bucket_size`` elements are on their way
+    (partitioned_param_coordinator.py ``_fetch_sub_module_impl``: ``while self.__param_queue and
+    numel_prefetching < max_params_to_prefetch``; ``do_prefetch`` only for ``NOT_AVAILABLE``), at least
+    one tensor, parameterless modules included. A training coordinator's queue runs on into its backward
+    (the forward's parameters again, last first), and those were released after their forward module:
+    it prefetches them again. A module's parameters are released after it runs. The frontier stops where
+    the gathered elements reach ``stage3_max_live_parameters`` (1e9 by default)."""
     bucket = zero3_prefetch_bucket(model) if bucket is None else bucket
     th = zero3_persistence_threshold(model)
     fetches = _forward_fetches(model)
-    queue = [(i, j, n) for i, ps in enumerate(fetches) for j, n in enumerate(ps) if n > th]
-    head = 0
+    forward = [(i, j, n) for i, ps in enumerate(fetches) for j, n in enumerate(ps) if n > th]
+    queues = [forward + (forward[::-1] if trains else []) for trains in coordinators]
+    heads = [0] * len(queues)
+    head_weight = _fused_head_elements(model)
     gathered: dict[tuple[int, int], int] = {}
-    most = 0
+    out = []
+    starts = _layer_starts(model)
+    layers_done = 0
     for i, ps in enumerate(fetches):
+        layers_done = sum(1 for start in starts[1:] if start <= i)  # the decoder layers before this one
         for j, n in enumerate(ps):
             if n > th:
                 gathered[(i, j)] = n
-        while head < len(queue) and queue[head][0] <= i:  # the current module's own, off the queue
-            head += 1
-        prefetching = 0
-        # ``max_params_to_prefetch = min(max_live - n_available, bucket)``: the live cap stops the frontier
-        limit = min(ZERO3_MAX_LIVE_PARAMETERS - sum(gathered.values()) - _fused_head_elements(model), bucket)
-        while head < len(queue) and prefetching < limit:
-            i2, j2, n2 = queue[head]
-            head += 1
-            if (i2, j2) not in gathered:
-                gathered[(i2, j2)] = n2
-                prefetching += n2
-        most = max(most, sum(gathered.values()) + _fused_head_elements(model))
+        for c, queue in enumerate(queues):
+            while heads[c] < len(forward) and queue[heads[c]][0] <= i:  # the running module's own
+                heads[c] += 1
+            prefetching = 0
+            # ``max_params_to_prefetch = min(max_live - n_available, bucket)``: the live cap stops the frontier
+            limit = min(ZERO3_MAX_LIVE_PARAMETERS - sum(gathered.values()) - head_weight, bucket)
+            while heads[c] < len(queue) and prefetching < limit:
+                i2, j2, n2 = queue[heads[c]]
+                heads[c] += 1
+                if (i2, j2) not in gathered:
+                    gathered[(i2, j2)] = n2
+                    prefetching += n2
+        out.append((layers_done, sum(gathered.values()) + head_weight))
         for j, n in enumerate(ps):
             gathered.pop((i, j), None)
-    return most
+    return out
+
+
+def _layer_starts(model: ModelSpec) -> list[int]:
+    """Indices in :func:`_forward_fetches` of each decoder layer's first fetch."""
+    starts, i = [], 4
+    for layer in model.layers:
+        starts.append(i)
+        i += len(_layer_fetches(layer))
+    return starts
+
+
+def zero3_forward_only_gathered_elements(model: ModelSpec, bucket: int | None = None) -> int:
+    """The most parameter elements a forward-only ZeRO-3 engine (TRL's reference engine) holds gathered,
+    persistent ones excluded: :func:`_prefetch_frontier` with its one forward-only coordinator.
+
+    Its trace completes after one step (partitioned_param_coordinator.py ``reset_step``, called at each
+    forward's start: parameter_offload.py ``_start_of_forward_hook``), and then every module fetch
+    prefetches; a module releases its own after it runs (``release_sub_module``: no parameter reoccurs in
+    a forward-only trace). The head weight is held throughout (:func:`_fused_head_elements`). So the
+    prefetch frontier runs ahead of the forward by one tensor per fetch and more fetches than tensors come
+    per layer: it reaches the end of the model part-way, and from then on everything from the running
+    module to the head is gathered (the all-gather allocates the full tensor when it is issued,
+    ``INFLIGHT``). Measured: DPO separate, "wide" preset, rank 0, step 3 at the peak: layer 1's up and
+    down projections, layers 2 and 3 and the head gathered (8,650,752 elements)."""
+    return max(n for _, n in _prefetch_frontier(model, (False,), bucket))
 
 
 def zero3_reference_gathered_bytes(model: ModelSpec, train: TrainSpec, ref_in_own_engine: bool) -> int:
