@@ -108,6 +108,11 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
         moments = sharding_terms.zero2_backward(moments, step.gradient_bytes,
                                                 sharding_terms.reduce_bucket_bytes(model, train))
     elif train.sharding is Sharding.ZERO3:
+        if step.zero3_policy_runs_reference:
+            # the weights gathered for the backward stay until it ends: from the head down to this layer
+            moments = [(label, {**parts, "gathered params": sharding_terms.zero3_unreleased_backward_bytes(
+                model, train, int(label.split()[1]) if label.startswith("layer ") else model.num_layers)})
+                for label, parts in moments]
         inflight = 0 if train.offload.optimizer_on_cpu else sharding_terms.zero3_inflight_gradient_bytes(model, train)
         moments = sharding_terms.zero3_backward(moments, inflight)
     return moments

@@ -121,6 +121,8 @@ class _Step:
             gathered = sharding_terms.zero3_gathered_bytes(model, train, self.zero3_keeps_gathered)
             if self.zero3_two_engines:
                 gathered = sharding_terms.zero3_two_engine_backward_gathered_bytes(model, train)
+            elif self.zero3_policy_runs_reference:
+                gathered = sharding_terms.zero3_invalid_trace_gathered_bytes(model, train)
         on_cpu = train.offload
         lora = terms.lora_weight_bytes(model, train)
         if train.sharding is Sharding.ZERO3:
@@ -147,10 +149,16 @@ class _Step:
     def zero3_keeps_gathered(self) -> bool:
         """ZeRO-3: the policy keeps its gathered parameters from forward to backward
         (:func:`refplan.sharding_terms.zero3_policy_keeps_gathered`)."""
-        policy_runs_reference = self.ref.forward_per_step and not self.ref.holds_copy
         return sharding_terms.zero3_policy_keeps_gathered(
-            self.train, policy_runs_reference,
+            self.train, self.zero3_policy_runs_reference,
             sharding_terms.zero3_precompute_engine_on_policy(self.train, self.ref.precompute_pass))
+
+    @property
+    def zero3_policy_runs_reference(self) -> bool:
+        """ZeRO-3: the reference forward runs through the policy engine (adapters off), a second, no-grad
+        forward per step (:func:`refplan.sharding_terms.zero3_unreleased_backward_bytes`)."""
+        return (self.train.sharding is Sharding.ZERO3 and self.ref.forward_per_step
+                and not self.ref.holds_copy)
 
     @property
     def zero3_two_engines(self) -> bool:

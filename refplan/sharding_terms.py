@@ -211,6 +211,44 @@ def zero3_gathered_bytes(model: ModelSpec, train: TrainSpec, keeps_gathered: boo
     return 2 * max(l.params for l in model.layers) * dtype_bytes(train.dtype)
 
 
+def zero3_invalid_trace_gathered_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """The policy's gathered parameters in its forwards when its trace never completes because the
+    reference forward runs through it (adapters off), bytes: no prefetch without a complete trace
+    (partitioned_param_coordinator.py ``_fetch_sub_module_impl``: ``if self.is_complete_trace()``), and
+    each module releases its own after it runs (``release_sub_module`` on an invalid trace) -- the running
+    module's, at most the largest weight, plus the head TRL's fused log-prob path reads
+    (:func:`_fused_head_elements`)."""
+    th = zero3_persistence_threshold(model)
+    largest = max((n for layer in model.layers for ps in _layer_fetches(layer) for n in ps if n > th), default=0)
+    return (largest + _fused_head_elements(model)) * dtype_bytes(train.dtype)
+
+
+def zero3_unreleased_backward_bytes(model: ModelSpec, train: TrainSpec, layer_index: int) -> int:
+    """The policy's parameters gathered in the backward and not released until it ends, bytes, at the
+    backward of decoder layer ``layer_index`` (``model.num_layers``: the head's).
+
+    When the policy runs a second, no-grad forward after its training forward (the reference forward with
+    its adapters off), that forward's pre-hooks reset every module's ``ds_grads_remaining`` to 0
+    (parameter_offload.py ``_post_backward_module_hook``) and add nothing (no input requires grad). In the
+    backward each ``PostBackwardFunctionModule.backward`` then counts it down to -1, never 0, so
+    ``post_sub_module_backward_function`` -- the release -- never runs for a module both forwards ran; the
+    parameters its pre-backward hook gathered stay until the backward ends (``release_backward_leftovers``).
+    So: the head weight, every weight of the layers above, and this layer's -- but, with a frozen
+    embedding (PEFT), the bottom layer's attention input projections, whose outputs need no gradient
+    (``_pre_backward_module_hook`` attaches only to outputs that require grad) and are never gathered.
+    Adapters run in one forward only and are released as usual. Measured (DPO unwrap LoRA r8, "wide",
+    rank 0, step 3): 13,156,352 elements at layer 0's attention (12,845,056 + o_proj + LoRA tensors in flight)."""
+    th = zero3_persistence_threshold(model)
+    out = _fused_head_elements(model)
+    for k in range(layer_index, model.num_layers):
+        for l in model.layers[k].linears:
+            if k == 0 and train.finetune.peft and l.role.value in _ATTENTION and l.role.value != "o":
+                continue
+            for n in (l.count * l.in_features * l.out_features, l.count * l.out_features if l.bias else 0):
+                out += n if n > th else 0
+    return out * dtype_bytes(train.dtype)
+
+
 def zero3_inflight_gradient_bytes(model: ModelSpec, train: TrainSpec) -> int:
     """The full gradient of one parameter before its reduce-scatter, bytes: stage3.py
     ``reduce_independent_p_g_buckets_and_remove_grads`` runs per parameter as autograd makes its gradient;

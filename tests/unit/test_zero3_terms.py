@@ -100,3 +100,51 @@ def test_reference_gathered_only_for_a_zero3_reference_engine():
     m = _model()
     assert st.zero3_reference_gathered_bytes(m, _train(), ref_in_own_engine=False) == 0
     assert st.zero3_reference_gathered_bytes(m, _train(), ref_in_own_engine=True) == 8_650_752 * 4
+
+
+LAYER = 4 * 512 * 512 + 3 * 512 * 1536  # one layer's partitioned weights, 3,407,872 elements
+HEAD = 512 * 512
+
+
+def test_precompute_engine_on_policy_releases_each_module():
+    # TRL's precompute engine wraps the policy (no ref_model with precompute outside FSDP); its
+    # forward-only coordinator releases each module after it runs, for the training engine too
+    dpo = _train(strategy="precompute")
+    assert st.zero3_precompute_engine_on_policy(dpo, precompute_pass=True)
+    assert not st.zero3_precompute_engine_on_policy(_train(), precompute_pass=False)
+    assert not st.zero3_policy_keeps_gathered(dpo, policy_runs_reference=False, precompute_engine=True)
+
+
+def test_two_prefetch_frontiers_on_wide_by_hand():
+    # the training coordinator (queue on into its backward) and the precompute one each take one tensor
+    # per fetch: the measured 12,845,056 elements while layer 0's MLP runs (every weight but layer 0's
+    # q, k, v and o, plus the head); 2,359,296 in flight when the forward ends, + one MLP weight in the backward
+    frontier = st._prefetch_frontier(_model(), (True, False))
+    assert max(n for _, n in frontier) == 4 * LAYER - 4 * 512 * 512 + HEAD == 12_845_056
+    assert frontier[-1][1] == 2_359_296
+    assert st.zero3_two_engine_backward_gathered_bytes(_model(), _train(strategy="precompute")) == \
+        (2_359_296 + 512 * 1536) * 4
+    # layers finished before each fetch: 0 through layer 0, then one more per layer
+    assert [k for k, _ in frontier][:4 + 13] == [0] * 17 and frontier[-1][0] == 3
+
+
+def test_unwrap_keeps_backward_weights_until_the_end():
+    # the reference forward through the policy resets ds_grads_remaining: no module both forwards ran is
+    # released in the backward. At layer 0 (LoRA, frozen embedding): the head, layers 1-3, layer 0's o and MLP
+    m, t = _model(), _train(strategy="unwrap", finetune="lora")
+    assert st.zero3_unreleased_backward_bytes(m, t, 4) == HEAD * 4
+    assert st.zero3_unreleased_backward_bytes(m, t, 0) == (HEAD + 3 * LAYER + 512 * 512 + 3 * 512 * 1536) * 4
+    assert st.zero3_unreleased_backward_bytes(m, t, 0) // 4 == 13_107_200  # measured 13,156,352 (+ LoRA in flight)
+    # the forwards: no prefetch on an invalid trace, the running module and the head
+    assert st.zero3_invalid_trace_gathered_bytes(m, t) == (512 * 1536 + HEAD) * 4
+
+
+def test_measured_zero3_peaks_within_target():
+    # measured per-rank peaks, rank 0 (bench/sharded_summary.py /tmp/z3bench): DPO precompute full
+    # 199,851,081 B, DPO unwrap LoRA 88,297,249 B, KTO unwrap LoRA 88,427,045 B
+    m = _model()
+    for kw, measured in ((dict(strategy="precompute"), 199_851_081),
+                         (dict(strategy="unwrap", finetune="lora"), 88_297_249),
+                         (dict(method="kto", strategy="unwrap", finetune="lora"), 88_427_045)):
+        est = estimate(m, _train(**kw)).peak_bytes
+        assert abs(est - measured) / measured < 0.06, (kw, est)
