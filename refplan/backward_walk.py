@@ -110,9 +110,7 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
     elif train.sharding is Sharding.ZERO3:
         if step.zero3_policy_runs_reference:
             # the weights gathered for the backward stay until it ends: from the head down to this layer
-            moments = [(label, {**parts, "gathered params": sharding_terms.zero3_unreleased_backward_bytes(
-                model, train, int(label.split()[1]) if label.startswith("layer ") else model.num_layers)})
-                for label, parts in moments]
+            moments = [(label, {**parts, "gathered params": _unreleased(step, label)}) for label, parts in moments]
         inflight = 0 if train.offload.optimizer_on_cpu else sharding_terms.zero3_inflight_gradient_bytes(model, train)
         moments = sharding_terms.zero3_backward(moments, inflight)
     return moments
@@ -168,6 +166,19 @@ def _layer_dequant_bytes(step: _Step, layer) -> tuple[tuple[int, int], int] | No
     down = layer.first(Role.MLP_DOWN)
     weight = quant_terms.input_grad_weight_bytes(down, train.policy_quant, train.dtype, train.kbit_compute_dtype)
     return weight, step.rows * train.seq * down.in_features * act.act_mode(train).a
+
+
+def _unreleased(step: _Step, label: str) -> int:
+    """ZeRO-3, the reference forward through the policy: the weights its backward gathered by the moment
+    ``label`` (``head``, ``layer N`` at its end, ``layer N <moment>`` inside it), none released yet
+    (:func:`refplan.sharding_terms.zero3_unreleased_backward_bytes`)."""
+    words = label.split()
+    if words[0] != "layer":
+        return sharding_terms.zero3_unreleased_backward_bytes(step.model, step.train, step.model.num_layers)
+    moment = " ".join(words[2:])
+    return sharding_terms.zero3_unreleased_backward_bytes(step.model, step.train, int(words[1]),
+                                                          mlp_only=moment in ("mlp", "mlp norm"),
+                                                          down_only=moment.startswith("down"))
 
 
 def _backward(step: _Step) -> Phase:

@@ -223,7 +223,8 @@ def zero3_invalid_trace_gathered_bytes(model: ModelSpec, train: TrainSpec) -> in
     return (largest + _fused_head_elements(model)) * dtype_bytes(train.dtype)
 
 
-def zero3_unreleased_backward_bytes(model: ModelSpec, train: TrainSpec, layer_index: int) -> int:
+def zero3_unreleased_backward_bytes(model: ModelSpec, train: TrainSpec, layer_index: int,
+                                    mlp_only: bool = False, down_only: bool = False) -> int:
     """The policy's parameters gathered in the backward and not released until it ends, bytes, at the
     backward of decoder layer ``layer_index`` (``model.num_layers``: the head's).
 
@@ -236,13 +237,19 @@ def zero3_unreleased_backward_bytes(model: ModelSpec, train: TrainSpec, layer_in
     So: the head weight, every weight of the layers above, and this layer's -- but, with a frozen
     embedding (PEFT), the bottom layer's attention input projections, whose outputs need no gradient
     (``_pre_backward_module_hook`` attaches only to outputs that require grad) and are never gathered.
-    Adapters run in one forward only and are released as usual. Measured (DPO unwrap LoRA r8, "wide",
+    Adapters run in one forward only and are released as usual. The backward reaches a layer's linears
+    last first: ``down_only`` while its down projection's backward runs, ``mlp_only`` until its MLP is
+    done (its attention not yet gathered). Measured (DPO unwrap LoRA r8, "wide",
     rank 0, step 3): 13,156,352 elements at layer 0's attention (12,845,056 + o_proj + LoRA tensors in flight)."""
     th = zero3_persistence_threshold(model)
     out = _fused_head_elements(model)
     for k in range(layer_index, model.num_layers):
         for l in model.layers[k].linears:
             if k == 0 and train.finetune.peft and l.role.value in _ATTENTION and l.role.value != "o":
+                continue
+            if k == layer_index and (mlp_only or down_only) and l.role.value in _ATTENTION:
+                continue  # this layer's attention: its backward comes after the MLP's
+            if k == layer_index and down_only and l.role.value not in ("mlp-down", "shared-down", "experts-down"):
                 continue
             for n in (l.count * l.in_features * l.out_features, l.count * l.out_features if l.bias else 0):
                 out += n if n > th else 0

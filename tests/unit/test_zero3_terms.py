@@ -148,3 +148,12 @@ def test_measured_zero3_peaks_within_target():
                          (dict(method="kto", strategy="unwrap", finetune="lora"), 88_427_045)):
         est = estimate(m, _train(**kw)).peak_bytes
         assert abs(est - measured) / measured < 0.06, (kw, est)
+
+
+def test_unwrap_backward_reaches_a_layer_last_linear_first():
+    # inside layer 2's backward: its down projection first, then its MLP, its attention last
+    m, t = _model(), _train(strategy="unwrap", finetune="lora")
+    above = HEAD + LAYER  # the head and layer 3
+    assert st.zero3_unreleased_backward_bytes(m, t, 2, down_only=True) == (above + 512 * 1536) * 4
+    assert st.zero3_unreleased_backward_bytes(m, t, 2, mlp_only=True) == (above + 3 * 512 * 1536) * 4
+    assert st.zero3_unreleased_backward_bytes(m, t, 2) == (above + LAYER) * 4
