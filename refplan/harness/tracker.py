@@ -39,6 +39,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 class LiveBytes(TorchDispatchMode):
     """Count live tensor-storage bytes; ``peak`` is the high-water mark since the last :meth:`reset_peak`."""
 
+    #: count fake tensors' storages as if real: the trace engine's whole step runs on fake tensors
+    #: (refplan.trace); a real run sees them only inside DTensor's sharding propagation, holding nothing
+    counts_fake = False
+
     def __init__(self):
         super().__init__()
         self.live = 0
@@ -71,8 +75,8 @@ class LiveBytes(TorchDispatchMode):
             self.peak = self.live
 
     def add_tensor(self, t: torch.Tensor) -> None:
-        if t.is_meta or isinstance(t, FakeTensor):  # DTensor's sharding propagation makes fake tensors
-            return
+        if t.is_meta or (isinstance(t, FakeTensor) and not self.counts_fake):
+            return  # DTensor's sharding propagation makes fake tensors: they hold no memory
         if _is_wrapper_subclass(t):  # count the local tensors it holds, not its data-less wrapper storage
             for name in t.__tensor_flatten__()[0]:
                 inner = getattr(t, name, None)
@@ -104,7 +108,8 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if types and any(_dispatches_itself(t) for t in types):
-            if all(issubclass(t, FakeTensor) for t in types if _dispatches_itself(t)):
+            fake = all(issubclass(t, FakeTensor) for t in types if _dispatches_itself(t))
+            if fake and not self.counts_fake:
                 # fake tensors hold no memory (DTensor's sharding propagation runs ops on them)
                 return func(*args, **kwargs) if kwargs else func(*args)
             # A tensor subclass with its own __torch_dispatch__ (DTensor: FSDP2's parameters, gradients and
@@ -112,7 +117,8 @@ class LiveBytes(TorchDispatchMode):
             # counting it adds a full unsharded copy that never dies. NotImplemented hands the op to the
             # subclass with this mode still on the stack, so the ops on its local shards come back here
             # and are counted instead (FakeTensorMode's protocol for foreign subclasses).
-            return NotImplemented
+            if not fake:
+                return NotImplemented
         if func.namespace == "bitsandbytes":
             out = _run_inside(self, func, args, kwargs or {})
         else:
