@@ -12,62 +12,21 @@ Conventions used below, per token of one decoder layer:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from refplan.methods import Finetune
-from refplan.model import (
-    AttentionKernel,
-    Input,
-    KVToAttention,
-    Layer,
-    MlpStyle,
-    ModelSpec,
-    NormPlacement,
-    NormStyle,
-    Positions,
-    QKNorm,
-    Role,
+from refplan.act_dtypes import FP32, ActMode, act_mode  # noqa: F401  (re-exported)
+from refplan.attention import (  # noqa: F401  (re-exported)
+    _attention_saved,
+    _mask_kinds,
+    _o_proj_input_kept,
+    _own_sdpa,
+    attention_impl,
+    attention_masked,
 )
+from refplan.methods import Finetune
+from refplan.model import Input, Layer, MlpStyle, ModelSpec, NormPlacement, NormStyle, QKNorm, Role
 from refplan.settings import Quant
 from refplan.spec import TrainSpec
 from refplan.terms import adapter_dtype
 from refplan.units import dtype_bytes
-
-FP32 = 4
-@dataclass(frozen=True)
-class ActMode:
-    """How activations are stored, derived once from the TrainSpec."""
-
-    a: int  # bytes per element of matmul outputs and attention tensors (compute dtype)
-    weights_frozen: bool  # PEFT: base weights and norms do not require grad
-    #: bytes per element of the residual stream and norm outputs: the weights' dtype (fp32 under
-    #: autocast from fp32 weights -- norms and residual adds are not autocast ops)
-    w: int = 4
-    #: the forward runs under autocast to a lower precision (the Trainer's bf16/fp16 = True):
-    #: every matmul casts its fp32 inputs to its own copy, and weights not already in the compute
-    #: dtype are cast (and, when they require grad, cached) per forward
-    autocast: bool = False
-    #: bytes per element of the trained LoRA adapters (``terms.adapter_dtype``): 4, or 2 for QLoRA's
-    #: bf16 adapters under DPO/KTO
-    adapter: int = FP32
-    #: the frozen base linears are bitsandbytes 8-bit ones, which keep their input for the input
-    #: gradient (``MatMul8bitFp`` / ``MatMul8bitLt``: ``ctx.A = A`` / ``ctx.tensors = (.., A)``); a
-    #: 4-bit base keeps only its packed weight (``MatMul4Bit``: ``ctx.tensors = (None, B)``)
-    base_keeps_input: bool = False
-
-
-def act_mode(train: TrainSpec) -> ActMode:
-    from refplan.terms import adapter_dtype  # terms imports this module's dependencies, not this module
-
-    a = dtype_bytes(train.compute_dtype)
-    # Not modelled: after prepare_model_for_kbit_training on a 16-bit load (and in ORPO/CPO's QLoRA with
-    # bf16) the non-quantized weights are fp32, so the residual stream and every k-bit linear's output
-    # (Linear4bit returns its input's dtype) stay fp32 under autocast; the activations below assume the
-    # load dtype (measured: -13 % to -17 % on such CPU bursts; README, known gaps).
-    w = dtype_bytes(train.dtype)
-    return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32,
-                   adapter=dtype_bytes(adapter_dtype(train)) if train.finetune.peft else FP32,
-                   base_keeps_input=train.policy_quant is Quant.INT8)
 
 
 def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: bool = True,
@@ -234,121 +193,6 @@ def lora_adapter_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) 
 def _autocast_copies(layer: Layer, m: ActMode) -> int:
     # routed experts run through grouped_mm, which autocast does not cover: no copies for them
     return sum(l.in_features * l.out_features for l in layer.linears if l.count == 1) * m.a
-
-
-def attention_masked(model: ModelSpec, train: TrainSpec, layer_idx: int | None = None) -> bool:
-    """True when the model builds an explicit mask for this layer: padding in the batch, or a
-    sliding window shorter than the sequence on a sliding-attention layer (transformers
-    masking_utils; without a mask SDPA runs causal and, on recent torch, with native GQA)."""
-    if train.padded or model.structure.mask_always:
-        return True
-    window = model.structure.sliding_window
-    # masking_utils._ignore_causal_mask_sdpa skips the mask only when kv_length < window
-    if window is None or window > train.seq:
-        return False
-    types = model.structure.layer_types
-    if types is None or layer_idx is None:
-        return True if types is None else "sliding_attention" in types
-    return types[layer_idx] == "sliding_attention"
-
-
-def _mask_kinds(model: ModelSpec, train: TrainSpec) -> int:
-    """How many distinct [rows, 1, S, S] masks one forward builds (full and sliding)."""
-    if train.padded:
-        types = model.structure.layer_types
-        window = model.structure.sliding_window
-        if types and window is not None and window <= train.seq and "full_attention" in types:
-            return 2
-        return 1
-    return 1 if attention_masked(model, train) else 0
-
-
-def attention_impl(model: ModelSpec, train: TrainSpec) -> str:
-    """The attention code path that runs: Gemma 2 (soft-capped scores) supports only eager attention
-    in transformers 5.x; Falcon computes its own; otherwise what ``--attn`` asks."""
-    kernel = model.structure.attention
-    if kernel is AttentionKernel.EAGER_ONLY or model.structure.attn_softcap:
-        return "eager"
-    if kernel is AttentionKernel.OWN_MATH:
-        return "falcon"
-    return train.attn.value
-
-
-def _o_proj_input_kept(train: TrainSpec, m: ActMode) -> bool:
-    """Whether what attention hands o_proj is itself kept for backward: by o_proj's weight gradient (full
-    fine-tuning), by its LoRA A when the adapters share the activations' dtype, by an 8-bit base. Not
-    with QLoRA's bf16 adapters on a 4-bit base and fp32 activations: LoRA A keeps its own bf16 cast
-    (counted with the linears' inputs) and the 4-bit matmul keeps nothing."""
-    return not (train.finetune.peft and not m.autocast and m.adapter != m.a and not m.base_keeps_input)
-def _own_sdpa(model: ModelSpec, train: TrainSpec) -> bool:
-    """A model that calls attention itself (Falcon) runs SDPA's fused kernel: ``sdpa`` asked, and
-    K/V as many heads as Q (a single broadcast K/V head sends torch to its math kernel)."""
-    return (attention_impl(model, train) == "falcon" and train.attn.value != "eager"
-            and model.structure.kv_to_attention is not KVToAttention.BROADCAST)
-
-
-def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
-                     layer_idx: int | None = None) -> int:
-    """What attention itself keeps, per token (projections' inputs excluded)."""
-    q, kv, heads, s = model.q_dim, model.kv_dim, model.num_heads, train.seq
-    impl = attention_impl(model, train)
-    o_in = q * m.a if _o_proj_input_kept(train, m) else 0
-    fused = layer.first(Role.QKV) is not None
-    if _own_sdpa(model, train):
-        # FalconAttention.forward: q, k and v -- materialized at query width when expanded, else
-        # rotated copies of q and k (RoPE) or views (ALiBi) beside v, views of the fused output that
-        # keep it whole --, SDPA's output (read by ``dense`` through a view) and its logsumexp
-        rotated = model.structure.positions is Positions.ROPE
-        if model.structure.kv_to_attention is KVToAttention.EXPANDED:
-            qkv_saved = 3 * q
-        elif rotated:
-            qkv_saved = q + kv + (q + 2 * kv if fused else kv)
-        else:
-            qkv_saved = q + 2 * kv
-        total = (qkv_saved + q) * m.a + heads * FP32
-        if rotated and train.device == "cpu":
-            # the mask is boolean: on CPU, SDPA keeps its own float copy [rows, 1, S, S] from every
-            # call (per token, one row of S; see the standard path below); with ALiBi the model
-            # folds the biases into one float mask (mask_bytes)
-            total += s * m.a
-        return total
-    if impl in ("eager", "falcon"):
-        # eager_attention_forward: matmul copies of q and of k, v expanded to all heads, the
-        # softmax output (fp32 upcast, then cast back), soft-capped scores where capped
-        total = 3 * q * m.a + heads * s * FP32
-        if m.a != FP32:
-            total += heads * s * m.a
-        if model.structure.attn_softcap:
-            total += heads * s * m.a
-        return total + o_in  # output reshaped for o_proj (a copy)
-    masked = attention_masked(model, train, layer_idx)
-    # torch's SDPA turns a boolean mask into a float copy on every call, and the CPU kernel keeps
-    # that copy for backward: one [rows, 1, S, S] per masked layer, one mask row of S per token
-    # (bench/layer_inventory.py: Mistral, StarCoder2; the trace check's padded rows). Counted on
-    # CPU only: CUDA's kernels were not measured with masks (the GPU bench runs unpadded)
-    mask_copy = s * m.a if masked and train.device == "cpu" else 0
-    if fused and model.structure.fused_view_qkv:
-        # no rotation: q, k and v are views of the fused output, which stays alive whole (GPT-2);
-        # + the SDPA output (o_proj's input) and its logsumexp
-        return (q + 2 * kv) * m.a + q * m.a + heads * FP32 + mask_copy
-    # repeat_kv copies k and v when a mask is passed -- except for MQA (one KV head), where the
-    # expand + reshape is a view
-    expand = masked and 1 < model.num_kv_heads < model.num_heads
-    k_saved = q if expand else kv
-    if expand:
-        v_saved = q
-    elif fused:
-        v_saved = q + 2 * kv  # v is a view of the fused projection: its whole output stays alive
-    else:
-        v_saved = kv
-    total = (q + k_saved + v_saved) * m.a  # rotated q and k, v
-    total += q * m.a + heads * FP32  # SDPA output + logsumexp
-    if fused or model.structure.rotary_concat:
-        # q sliced from a fused projection, or rebuilt by ``torch.cat((q_rot, q_pass))`` around the
-        # rotation, reaches SDPA head-major and contiguous: its output comes back head-major,
-        # so sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox, phi)
-        total += o_in
-    return total + mask_copy
 
 
 def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:

@@ -21,7 +21,7 @@ node created last first):
 Sandwich and post-norm layers (Gemma 2/3, OLMo 2) add a norm after the MLP: its saved tensors are
 the layer's last (the recompute runs through the down projection's output), its backward runs
 first. A layer's end -- its saved tensors freed, all its gradients made -- is the planner's
-(:func:`refplan.planner._backward_moments`). Routed-expert (MoE) layers keep one moment. Attention's
+(:func:`refplan.backward_walk._backward_moments`). Routed-expert (MoE) layers keep one moment. Attention's
 own backward is not a moment: it runs once the MLP's tensors are freed.
 
 Every term was derived from the installed code path and checked with the trace engine's

@@ -133,30 +133,30 @@ def max_seq(model: ModelSpec, train: TrainSpec, capacity: int) -> tuple[int, boo
 def min_gpus(model: ModelSpec, train: TrainSpec, capacity: int, max_gpus: int = 4096):
     """(fewest GPUs, sharding, per-rank peak) that fit; (0, None, None) when none fits on ``max_gpus``.
 
-    ZeRO-3 with the optimizer offloaded keeps the least on each GPU of :data:`SHARDINGS` at every GPU
-    count (it shards the parameters, and the optimizer state, master weights and gradients leave the
-    GPU), so its fewest GPUs are the fewest of all; the faster shardings are then tried at that count
-    in :data:`SHARDINGS` order, and the first that fits is reported -- one GPU fewer fails under it,
-    since it fails under the leanest one."""
-    lean_s, lean_o = SHARDINGS[-1]
+    Each sharding of :data:`SHARDINGS` gets its own fewest GPUs (the per-rank peak falls with the GPU
+    count under each one); the fewest of all is reported, the first in :data:`SHARDINGS` order on a tie,
+    so one GPU fewer fails under every sharding. No single sharding is the leanest at every count: under
+    ZeRO-3 a policy keeps its gathered parameters from forward to backward
+    (:func:`refplan.sharding_terms.zero3_gathered_bytes`), which can outweigh what it shards."""
 
-    def at(n, s=lean_s, o=lean_o):
+    def at(n, s, o):
         return replace(train, gpus=n, sharding=s, offload=o)
 
-    if not _fits(model, at(max_gpus), capacity):
-        return 0, None, None
-    p2, p4 = estimate(model, at(2)).peak_bytes, estimate(model, at(4)).peak_bytes
-    # peak ~ fixed + sharded/n: solve fixed + sharded/n = capacity from the two points
-    sharded = max((p2 - p4) * 4, 1)
-    fixed = p2 - sharded // 2
-    guess = -(-sharded // max(capacity - fixed, 1)) if capacity > fixed else max_gpus
-    n = _smallest(lambda k: _fits(model, at(k), capacity), max(1, min(guess, max_gpus)), max_gpus)
+    best = None
     for sharding, offload in SHARDINGS:
-        peak = estimate(model, at(n, sharding, offload)).peak_bytes
-        if peak <= capacity:
+        upper = max_gpus if best is None else best[0]
+        if not _fits(model, at(upper, sharding, offload), capacity):
+            continue
+        p2, p4 = estimate(model, at(2, sharding, offload)).peak_bytes, estimate(model, at(4, sharding, offload)).peak_bytes
+        # peak ~ fixed + sharded/n: solve fixed + sharded/n = capacity from the two points
+        sharded = max((p2 - p4) * 4, 1)
+        fixed = p2 - sharded // 2
+        guess = -(-sharded // max(capacity - fixed, 1)) if capacity > fixed else upper
+        n = _smallest(lambda k: _fits(model, at(k, sharding, offload), capacity), max(1, min(guess, upper)), upper)
+        if best is None or n < best[0]:
             label = sharding.value + ("+offload optimizer" if offload is not Offload.NONE else "")
-            return n, label, peak
-    raise AssertionError("the leanest sharding fits at n")  # pragma: no cover
+            best = (n, label, estimate(model, at(n, sharding, offload)).peak_bytes)
+    return best if best is not None else (0, None, None)
 
 
 def _smallest(ok, guess: int, upper: int) -> int:

@@ -6,6 +6,8 @@ order TRL 1.16 runs them, one function each:
 
   precompute        (precompute strategy only, during trainer construction: policy + reference
                      weights, no optimizer state yet; a no-grad forward per precompute batch)
+  fsdp prepare      (FSDP2 only, at the start of train(): accelerate shards the policy while its
+                     unsharded originals are still held)
   policy forward    (activations saved for backward accumulate; the log-prob path at the end)
   reference forward (DPO/KTO run it *after* the policy forward -- dpo_trainer.py _compute_loss --
                      so its transient sits on top of the saved policy activations)
@@ -23,22 +25,21 @@ from functools import cached_property
 
 from refplan import activations as act
 from refplan import forward_tensors as fwd
-from refplan import backward, logprob, sharding_terms, terms
+from refplan import fsdp_terms, logprob, sharding_terms, terms
 from refplan import quant as quant_terms
 from refplan.errors import PlanError
 from refplan.methods import Method, Strategy, applicable_strategies
-from refplan.model import ModelSpec, Role
+from refplan.model import ModelSpec
 from refplan.reference import ReferencePlan, loads_reference_to_precompute, reference_plan
 from refplan.result import Estimate, Phase
 from refplan.settings import Device, Quant, Sharding, StateRule, TransientRule, check_lora_targets
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
-PHASES = ("precompute", "policy forward", "reference forward", "backward", "optimizer step")
+PHASES = ("precompute", "fsdp prepare", "policy forward", "reference forward", "backward", "optimizer step")
 
 
-def _div(x: int, n: int) -> int:
-    return -(-x // n)
+from refplan.backward_walk import _backward, _backward_moments, _div, _layer_param_bytes, train_zero2  # noqa: E402,F401
 
 
 def _largest_param_tensor(model: ModelSpec, train: TrainSpec) -> int:
@@ -86,18 +87,6 @@ def _bnb_cpu_step_transient_bytes(model: ModelSpec, train: TrainSpec) -> int:
                 for n, emb in terms.trainable_tensors(model, train)), default=0)
 
 
-def _layer_param_bytes(model: ModelSpec, train: TrainSpec) -> list[int]:
-    """Gradient bytes each decoder layer contributes when its backward runs."""
-    if train.finetune.peft:
-        r = train.lora_r
-        b = dtype_bytes(terms.adapter_dtype(train))
-        return [sum(l.count * l.lora_rank_mult * r * (l.in_features + l.out_features) for l in layer.linears
-                    if model.wraps(l, train.lora_targets)) * b
-                for layer in model.layers]
-    b = dtype_bytes(train.dtype)
-    return [layer.params * b for layer in model.layers]
-
-
 def _phase(name: str, parts: dict[str, int], train: TrainSpec) -> Phase:
     parts = {k: v for k, v in parts.items() if v}
     allocated = sum(parts.values())
@@ -128,14 +117,22 @@ class _Step:
         ref_w = terms.reference_weight_bytes(model, train)
         if self.ref.sharded:
             ref_w = _div(ref_w, train.shards)  # TRL prepare_deepspeed / prepare_fsdp shard the reference too
-        gathered = 0
-        if train.shards_of("params") > 1:
-            # ZeRO-3 / FSDP all-gather one layer (and prefetch the next): 2 layers in full
-            gathered = 2 * max(l.params for l in model.layers) * dtype_bytes(train.dtype)
+        gathered = 0  # FSDP2: per phase, see _fsdp_gathered
+        if train.sharding is Sharding.ZERO3:
+            gathered = sharding_terms.zero3_gathered_bytes(model, train, self.zero3_keeps_gathered)
+            if self.zero3_two_engines:
+                gathered = sharding_terms.zero3_two_engine_backward_gathered_bytes(model, train)
+            elif self.zero3_policy_runs_reference:
+                gathered = sharding_terms.zero3_invalid_trace_gathered_bytes(model, train)
         on_cpu = train.offload
+        lora = terms.lora_weight_bytes(model, train)
+        if train.sharding is Sharding.ZERO3:
+            lora = _div(lora, train.shards)  # the engine partitions the adapters with the base weights
+        elif fsdp_terms.enabled(train):
+            lora = fsdp_terms.lora_shard_bytes(model, train)  # the adapters live in the layer units
         return {
             "policy weights": self.policy_weight_bytes,
-            "lora weights": terms.lora_weight_bytes(model, train),
+            "lora weights": lora,
             # TRL's ZeRO-3 reference engine takes the user's DeepSpeed config, offload included
             "reference weights": 0 if (on_cpu.params_on_cpu and self.ref.sharded) else ref_w,
             "optimizer state": 0 if on_cpu.optimizer_on_cpu else _div(terms.optimizer_state_bytes(model, train),
@@ -143,7 +140,34 @@ class _Step:
             "master weights": 0 if on_cpu.optimizer_on_cpu else sharding_terms.master_partition_bytes(model, train),
             "batch": terms.batch_bytes(train),
             "gathered params": gathered,
+            "persistent params": sharding_terms.zero3_persistent_bytes(model, train,
+                                                                       self.ref.sharded and self.ref.holds_copy),
+            "gradient partition": sharding_terms.zero3_gradient_partition_bytes(model, train),
+            "reduce bucket": sharding_terms.zero3_reduce_bucket_bytes(model, train),
         }
+
+    @property
+    def zero3_keeps_gathered(self) -> bool:
+        """ZeRO-3: the policy keeps its gathered parameters from forward to backward
+        (:func:`refplan.sharding_terms.zero3_policy_keeps_gathered`)."""
+        return sharding_terms.zero3_policy_keeps_gathered(
+            self.train, self.zero3_policy_runs_reference,
+            sharding_terms.zero3_precompute_engine_on_policy(self.train, self.ref.precompute_pass))
+
+    @property
+    def zero3_policy_runs_reference(self) -> bool:
+        """ZeRO-3: the reference forward runs through the policy engine (adapters off), a second, no-grad
+        forward per step (:func:`refplan.sharding_terms.zero3_unreleased_backward_bytes`)."""
+        return (self.train.sharding is Sharding.ZERO3 and self.ref.forward_per_step
+                and not self.ref.holds_copy)
+
+    @property
+    def zero3_two_engines(self) -> bool:
+        """ZeRO-3: TRL's precompute engine and the training engine both prefetch the policy's parameters
+        (:func:`refplan.sharding_terms.zero3_two_engine_forward`); the training engine's trace completes
+        only without a second forward per step."""
+        return (sharding_terms.zero3_precompute_engine_on_policy(self.train, self.ref.precompute_pass)
+                and not self.train.method.caps.kl_forward)
 
     @cached_property
     def policy_weight_bytes(self) -> int:
@@ -233,24 +257,88 @@ def _precompute(step: _Step) -> Phase | None:
         packed = terms.policy_repacked_on_cpu(model, train)
         kbit = max(step.kbit_forward_extra(pre_rows, train.policy_quant, True, packed), step.cpu_repack_bytes)
     return _phase("precompute", {
-        "policy weights": step.policy_weight_bytes,
+        "policy weights": (fsdp_terms.precompute_policy_bytes(model, train) if fsdp_terms.enabled(train)
+                           else step.policy_weight_bytes),
         "lora weights": terms.lora_weight_bytes(model, train),
         "reference weights": pre_ref,
         "activations": logprob.reference_forward_transient_bytes(model, train, pre_rows, kbit),
         "autocast weight copies": step.autocast_copies(not train.finetune.peft),
+        **_fsdp_gathered(step, "precompute"),
     }, train)
 
 
+def _fsdp_gathered(step: _Step, phase: str) -> dict[str, int]:
+    """FSDP2's gathered units at a phase's peak (:mod:`refplan.fsdp_terms`); nothing for other engines,
+    whose gathered layers are in ``_Step.static``."""
+    model, train = step.model, step.train
+    if not fsdp_terms.enabled(train):
+        return {}
+    if phase == "precompute":  # the reference TRL loads for the pass, one unit, gathered whole
+        if not loads_reference_to_precompute(train):
+            return {}  # PEFT: the unsharded policy, adapters off, runs the pass
+        full = terms.weight_bytes(model, train.reference_dtype, train.ref_quant, train.double_quant)
+        return {"gathered reference": 2 * full}
+    if phase == "policy forward":
+        return {"gathered params": fsdp_terms.policy_forward_gathered_bytes(model, train)}
+    if phase == "reference forward":
+        if step.ref.holds_copy:
+            return {"gathered params": fsdp_terms.policy_held_bytes(model, train),
+                    "gathered reference": fsdp_terms.reference_gathered_bytes(model, train)}
+        return {"gathered params": fsdp_terms.policy_forward_gathered_bytes(model, train)}
+    return {"gathered params": 0}
+
+
+def _fsdp_prepare(step: _Step) -> Phase | None:
+    """FSDP2 only: accelerate sharding the policy at the start of ``train`` -- the shards made, the
+    unsharded originals not yet freed (:func:`refplan.fsdp_terms.prepare_original_bytes`), the
+    reference already sharded at trainer construction, no optimizer state or batch yet."""
+    model, train = step.model, step.train
+    if not fsdp_terms.enabled(train):
+        return None
+    static = step.static
+    return _phase("fsdp prepare", {
+        "policy weights": static["policy weights"],
+        "lora weights": static["lora weights"],
+        "reference weights": static["reference weights"],
+        "unsharded originals": fsdp_terms.prepare_original_bytes(model, train),
+    }, train)
+
+
+def _fsdp_layer_moment(step: _Step, parts: dict[str, int], activations: int, logprob_path: int) -> dict[str, int]:
+    """FSDP2: a forward's peak may be at a decoder layer's copy-out rather than at the head (three units
+    gathered, :func:`refplan.fsdp_terms.forward_layer_gathered_bytes`): ``parts`` at the head, or the
+    layer moment with ``activations`` and ``logprob_path`` then alive, whichever is larger."""
+    if not fsdp_terms.enabled(step.train):
+        return parts
+    layer = {**parts, "activations": activations, "logprob path": logprob_path, "reference forward": 0,
+             "gathered params": fsdp_terms.forward_layer_gathered_bytes(step.model, step.train)}
+    return layer if sum(layer.values()) > sum(parts.values()) else parts
+
+
 def _policy_forward(step: _Step) -> Phase:
-    saved, fwd, _ = step.head
-    return _phase("policy forward", {
+    head_saved, head_fwd, _ = step.head
+    parts = {
         **step.static,
         "activations": step.saved,
-        "logprob path": saved + fwd,
+        "logprob path": head_saved + head_fwd,
         # with checkpointing the layers keep no weight copies, but autocast's cache holds them
         # until the forward returns
         "autocast weight copies": step.autocast_copies(not step.train.finetune.peft) if step.train.grad_ckpt else 0,
-    }, step.train)
+        **_fsdp_gathered(step, "policy forward"),
+    }
+    # the top layer's copy-out: every layer's saved tensors but its own
+    parts = _fsdp_layer_moment(step, parts, step.saved - step.layer_saved[-1], 0)
+    if step.zero3_two_engines:
+        # two prefetch frontiers gather most of the model early in the forward, while few activations
+        # are saved yet: the largest of those moments, against the forward's end
+        model, train, rows = step.model, step.train, step.rows
+        before = (fwd.embedding_saved_bytes(model, train, rows) + fwd.rope_table_bytes(model, train, rows)
+                  + fwd.mask_bytes(model, train, rows))
+        for layers_done, gathered in sharding_terms.zero3_two_engine_forward(model, train):
+            mid = {**parts, "gathered params": gathered, "logprob path": 0,
+                   "activations": before + sum(step.layer_saved[:layers_done])}
+            parts = max(parts, mid, key=lambda d: sum(d.values()))
+    return _phase("policy forward", parts, step.train)
 
 
 def _reference_forward(step: _Step) -> Phase | None:
@@ -269,7 +357,22 @@ def _reference_forward(step: _Step) -> Phase | None:
         "logprob path": step.head[0],
         "reference forward": logprob.reference_forward_transient_bytes(step.model, train, step.rows, kbit),
         "autocast weight copies": copies,
+        **_fsdp_gathered(step, "reference forward"),
     }
+    if not step.ref.holds_copy:  # the policy's own layer units (a separate reference is one unit)
+        parts = _fsdp_layer_moment(step, parts, step.saved, step.head[0])
+    ref_gathered = sharding_terms.zero3_reference_gathered_bytes(step.model, train,
+                                                                 step.ref.sharded and step.ref.holds_copy)
+    if ref_gathered:
+        # ZeRO-3: the reference engine's prefetch holds the most mid-forward, before the log-prob path
+        # runs (by then only the head is gathered); the larger of the two moments
+        # A policy that does not keep its gathered parameters released them after each module of its
+        # own forward (partitioned_param_coordinator.py ``release_sub_module``): none are held here.
+        if not step.zero3_keeps_gathered:
+            parts["gathered params"] = 0
+        mid = {**parts, "reference forward": 0, "reference gathered params": ref_gathered}
+        end = {**parts, "reference gathered params": sharding_terms.zero3_reference_head_bytes(step.model, train)}
+        parts = max(mid, end, key=lambda d: sum(d.values()))
     if step.cpu_repack_bytes and step.ref.holds_copy:
         # the first step's reference forward repacks the 4-bit copy, before any optimizer state exists
         first = {**parts, "optimizer state": 0, "reference forward": logprob.reference_forward_transient_bytes(
@@ -279,131 +382,19 @@ def _reference_forward(step: _Step) -> Phase | None:
     return _phase("reference forward", parts, train)
 
 
-def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[str, dict]]:
-    """The moments of the backward, in order: the head's backward, then each decoder layer from the
-    top, then -- with tied fp32 embeddings -- the out-of-place sum of the embedding's two gradients.
-    Each: (label, the components beyond the static ones).
-
-    A decoder layer's moments are :func:`refplan.backward.layer_moments` (with checkpointing its
-    recompute, then its MLP's and its norms' backward), each over its saved tensors (recomputed,
-    with checkpointing), the gradients of the layers above and the residual stream's gradient,
-    then its end: its saved tensors freed, all its gradients made. The final norm's saved tensors
-    are freed before the top layer's backward starts.
-
-    ``candidates_only``: of layers alike (same moments, saved tensors and gradients) only the one
-    whose moments are largest -- they differ by a layer's remaining activations plus accumulated
-    gradients alone -- which keeps the maximum, and the first of ties, at a fraction of the work."""
-    model, train = step.model, step.train
-    grad_shards = train.shards_of("grads")
-    kept = 0 if train.offload.optimizer_on_cpu else 1
-    layer_grads = [kept * _div(b, grad_shards) for b in _layer_param_bytes(model, train)]
-    nonlayer_grads = max(step.gradient_bytes - sum(layer_grads), 0)
-    head_grad = nonlayer_grads if model.lm_head is None else nonlayer_grads // 2
-    head_saved, _, head_bwd = step.head
-    moments = [("head", {"activations": step.saved, "logprob path": head_saved + head_bwd, "gradients": 0})]
-    tokens = step.rows * train.seq
-    residual_grad = tokens * model.hidden_size * act.act_mode(train).w
-    # each layer from the top: (index, kind, activations and gradients before its backward); the
-    # final norm's backward runs between the head's and the top layer's, so its saved tensors go
-    remaining = step.saved - fwd.final_norm_saved_bytes(model, train, step.rows)
-    acc_grads = head_grad
-    dequant = [_layer_dequant_bytes(step, layer) for layer in model.layers]
-    walk = []
-    for idx in range(model.num_layers - 1, -1, -1):
-        kind = (model.layer_groups[idx], act.attention_masked(model, train, idx))
-        walk.append((idx, kind, remaining, acc_grads))
-        acc_grads += layer_grads[idx]
-        remaining -= step.layer_saved[idx]
-    chosen = None
-    if candidates_only:
-        best: dict = {}
-        for idx, kind, before, grads in walk:
-            alike = (kind, step.layer_saved[idx], layer_grads[idx])
-            if alike not in best or before + grads > best[alike][0]:
-                best[alike] = (before + grads, idx)
-        chosen = {idx for _, idx in best.values()}
-    memo: dict = {}  # layers of one kind share their moments: (name, activations, activation grads, gradients)
-    for idx, kind, before, grads in walk:
-        if chosen is not None and idx not in chosen:
-            continue
-        if kind not in memo:
-            recomputed = act.recompute_saved_bytes(model, train, step.rows, idx) if train.grad_ckpt else 0
-            memo[kind] = [(mom.name, recomputed - mom.copies_freed + tokens * (mom.forward_locals - mom.saved_freed),
-                           residual_grad + tokens * mom.act_grads, kept * _div(mom.weight_grads, grad_shards))
-                          for mom in backward.layer_moments(model, model.layers[idx], train)]
-        for name, activations, activation_grads, gradients in memo[kind]:
-            parts = {"activations": before + activations, "activation grads": activation_grads,
-                     "gradients": grads + gradients}
-            if name == "down" and dequant[idx] is not None:
-                # the k-bit down projection's input gradient: its weight dequantized (and cast) before the
-                # matmul, which then writes the input gradient beside the compute-dtype copy
-                (w_before, w_during), out_grad = dequant[idx]
-                moments.append((f"layer {idx} down k-bit", {**parts, "activation grads": activation_grads - out_grad,
-                                                             "k-bit dequant": w_before}))
-                parts["k-bit dequant"] = w_during
-            moments.append((f"layer {idx} {name}", parts))
-        # its end: its saved tensors freed, its gradients made, the residual gradient and the one
-        # it returns
-        moments.append((f"layer {idx}", {"activations": before - step.layer_saved[idx],
-                                         "activation grads": 2 * residual_grad,
-                                         "gradients": grads + layer_grads[idx]}))
-    if model.lm_head is None and not train.finetune.peft and act.act_mode(train).w == act.FP32:
-        # tied embeddings, fp32 weights: autograd sums the head's gradient (returned by TRL's
-        # autograd.Function) and embedding_dense_backward's out of place -- three [V, h] fp32
-        # tensors at once before the sum is accumulated into .grad
-        moments.append(("embedding", {"activations": remaining,
-                                      "activation grads": 2 * model.vocab_size * model.token_dim * act.FP32,
-                                      "gradients": acc_grads}))
-    elif not train.finetune.peft:
-        # a trainable embedding's backward: every gradient made, its own last, while the embedding
-        # output's gradient is still alive
-        moments.append(("embedding", {"activations": remaining, "activation grads": residual_grad,
-                                      "gradients": step.gradient_bytes}))
-    if train.sharding is Sharding.ZERO2:
-        moments = sharding_terms.zero2_backward(moments, step.gradient_bytes,
-                                                sharding_terms.reduce_bucket_bytes(model, train))
-    return moments
-
-
-def train_zero2(train: TrainSpec) -> bool:
-    return train.sharding is Sharding.ZERO2
-
-
-def _layer_dequant_bytes(step: _Step, layer) -> tuple[tuple[int, int], int] | None:
-    """A QLoRA layer's down projection in the backward: its frozen k-bit weight dequantized for the input
-    gradient, before and during the matmul (:func:`refplan.quant.input_grad_weight_bytes`), and the input
-    gradient that matmul writes (tokens x its in_features, compute dtype). The down projection is the
-    first k-bit linear the layer's backward reaches and the one whose moment (``down`` in
-    :func:`refplan.backward.layer_moments`) holds the layer's saved tensors; None for a layer without one
-    (routed experts stay unquantized), for a policy that is not k-bit, and after bitsandbytes' CPU repack
-    (the repacked kernel passes no gradient back: ``terms.policy_repacked_on_cpu``)."""
-    model, train = step.model, step.train
-    if train.policy_quant is Quant.NONE or terms.policy_repacked_on_cpu(model, train) or not backward.dense_mlp(layer):
-        return None
-    down = layer.first(Role.MLP_DOWN)
-    weight = quant_terms.input_grad_weight_bytes(down, train.policy_quant, train.dtype, train.kbit_compute_dtype)
-    return weight, step.rows * train.seq * down.in_features * act.act_mode(train).a
-
-
-def _backward(step: _Step) -> Phase:
-    """The backward's peak: the largest of its moments (the first one on ties)."""
-    best_total, best_parts = -1, {}
-    # ZeRO-2 rewrites the moments' gradients after the walk, so the walk's candidates do not hold there
-    for _, parts in _backward_moments(step, candidates_only=train_zero2(step.train) is False):
-        total = sum(parts.values())
-        if total > best_total:
-            best_total, best_parts = total, parts
-    return _phase("backward", {**step.static, **best_parts}, step.train)
-
-
 def _optimizer_step(step: _Step) -> Phase:
     model, train = step.model, step.train
+    zero3 = train.sharding is Sharding.ZERO3
     return _phase("optimizer step", {
         **step.static,
-        "gradients": step.gradient_bytes,
+        # ZeRO-3: the gradients are the partition buffer (static), and the backward's end released every
+        # gathered parameter (partitioned_param_coordinator.py ``release_and_reset_all``)
+        "gradients": 0 if zero3 else step.gradient_bytes,
+        "gathered params": 0 if zero3 else step.static["gathered params"],
         "flattened gradients": sharding_terms.zero2_flat_gradient_bytes(step.gradient_bytes, train),
         # an offloaded optimizer steps on the CPU (DeepSpeedCPUAdam / FSDP's CPU shards)
         "optimizer transient": 0 if train.offload.optimizer_on_cpu else optimizer_transient_bytes(model, train),
+        **_fsdp_gathered(step, "optimizer step"),
     }, train)
 
 
@@ -415,11 +406,12 @@ def timeline(model: ModelSpec, train: TrainSpec) -> list[tuple[str, str, int]]:
     check_lora_targets(train.lora_targets, model.linear_names)
     step = _Step(model, train, reference_plan(train))
     points = []
-    for phase in (_precompute(step), _policy_forward(step), _reference_forward(step)):
+    for phase in (_precompute(step), _fsdp_prepare(step), _policy_forward(step), _reference_forward(step)):
         if phase is not None:
             points.append((phase.name, phase.name, phase.total_bytes))
     for label, parts in _backward_moments(step):
-        points.append(("backward", label, _phase("backward", {**step.static, **parts}, train).total_bytes))
+        points.append(("backward", label, _phase("backward", {**step.static, **_fsdp_gathered(step, "backward"), **parts},
+                                                 train).total_bytes))
     opt = _optimizer_step(step)
     points.append((opt.name, opt.name, opt.total_bytes))
     return points
@@ -444,8 +436,8 @@ def estimate(model: ModelSpec, train: TrainSpec, gpu=None) -> Estimate:
     _check_formula(model, train)
     check_lora_targets(train.lora_targets, model.linear_names)
     step = _Step(model, train, reference_plan(train))
-    phases = [_precompute(step), _policy_forward(step), _reference_forward(step), _backward(step),
-              _optimizer_step(step)]
+    phases = [_precompute(step), _fsdp_prepare(step), _policy_forward(step), _reference_forward(step),
+              _backward(step), _optimizer_step(step)]
     phases = tuple(p for p in phases if p is not None)
     est = Estimate(train.method.value, train.strategy.value, train.finetune.value, phases)
     if gpu is not None:

@@ -107,7 +107,8 @@ def reference_plan(train: TrainSpec) -> ReferencePlan:
 
 
 def loads_reference_to_precompute(train: TrainSpec) -> bool:
-    """TRL 1.16 ``dpo_trainer.py`` ~909: without FSDP no reference is loaded to precompute -- at
-    construction the policy *is* the reference (PEFT: adapters disabled); under FSDP one is loaded,
-    used and freed."""
-    return reference_plan(train).precompute_pass and train.sharding is Sharding.FSDP
+    """TRL 1.16 ``dpo_trainer.py`` ~909 (``kto_trainer.py`` ~920): without FSDP no reference is loaded to
+    precompute -- at construction the policy *is* the reference; under FSDP one is loaded, used and
+    freed, unless the policy is a PEFT model (``is_peft_model(self.model)`` comes first: its adapters are
+    disabled instead)."""
+    return reference_plan(train).precompute_pass and train.sharding is Sharding.FSDP and not train.finetune.peft

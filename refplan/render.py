@@ -12,7 +12,8 @@ from refplan.units import GIB
 COMPONENT_ORDER = (
     "policy weights", "lora weights", "reference weights", "master weights", "optimizer state",
     "gradients", "activations", "activation grads", "logprob path", "reference forward",
-    "optimizer transient", "autocast weight copies", "batch", "gathered params", "cublas workspace",
+    "optimizer transient", "autocast weight copies", "batch", "gathered params", "gathered reference",
+    "unsharded originals", "cublas workspace",
     "cuda context", "allocator slack",
 )
 
@@ -23,6 +24,7 @@ SHORT = {
     "optimizer state": "optim", "gradients": "grads", "activations": "acts", "activation grads": "act grads",
     "logprob path": "logprob", "reference forward": "ref fwd", "optimizer transient": "opt tmp",
     "autocast weight copies": "autocast", "batch": "batch", "gathered params": "gathered",
+    "gathered reference": "ref gathered", "unsharded originals": "originals",
     "cublas workspace": "cublas", "cuda context": "ctx", "allocator slack": "slack",
 }
 

@@ -238,9 +238,19 @@ def trainable_tensors(model: ModelSpec, train: TrainSpec) -> list[tuple[int, boo
     parameter of the model (token and learned-position embeddings, each linear's weight and bias, norms,
     the LM head unless tied)."""
     if train.finetune.peft:
-        r = train.lora_r
-        return [(l.count * l.lora_rank_mult * r * f, False) for l in model.lora_linears(train.lora_targets)
-                for f in (l.in_features, l.out_features)]
+        return [(n, False) for n in lora_tensor_params(model, train)]
+    return model_tensors(model)
+
+
+def lora_tensor_params(model: ModelSpec, train: TrainSpec) -> list[int]:
+    """Elements of each LoRA tensor (A: r x in, B: out x r, per wrapped linear)."""
+    r = train.lora_r
+    return [l.count * l.lora_rank_mult * r * f for l in model.lora_linears(train.lora_targets)
+            for f in (l.in_features, l.out_features)]
+
+
+def model_tensors(model: ModelSpec) -> list[tuple[int, bool]]:
+    """``(elements, is an embedding)`` of every parameter tensor of the model."""
     tokens = model.vocab_size * model.hidden_size
     out = [(tokens, True)] + ([(model.embed_params - tokens, True)] if model.embed_params > tokens else [])
     for layer in model.layers:

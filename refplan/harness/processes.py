@@ -30,6 +30,10 @@ def child_env() -> dict:
     env.setdefault("TRANSFORMERS_VERBOSITY", "error")
     env.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     env.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    # OpenMP threads that wait by sleeping, not spinning: a CPU burst's steps are timed in process CPU
+    # time, which spinning at barriers inflates whenever another process holds a core (measured on this
+    # 2-core box under load ~6: DPO LoRA separate 4.13 s per step, spread 67 %, active; 0.94 s, 14 %, passive)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env

@@ -16,7 +16,7 @@ import pandas as pd
 
 from refplan.output import Column, Output, emit
 
-from refplan.harness.rows import COLUMNS
+from refplan.harness.rows import COLUMNS, SPREAD_LIMIT_PCT
 from refplan.units import MIB
 
 PHASES = (("loaded_bytes", "loaded (before step 1)"), ("peak_precompute_bytes", "precompute peak"),
@@ -53,6 +53,11 @@ def markdown_table(df: pd.DataFrame, right: tuple[str, ...] = ()) -> str:
 # columns as displayed
 # --------------------------------------------------------------------------------------------------
 
+def _column(df: pd.DataFrame, col: str) -> pd.Series:
+    """A text column, empty strings where the CSV (or an older one without it) has nothing."""
+    return df[col].fillna("").astype(str) if col in df else pd.Series("", index=df.index)
+
+
 def _numbers(df: pd.DataFrame, col: str) -> pd.Series:
     """A column as floats, NaN where empty or not a number."""
     return pd.to_numeric(df[col], errors="coerce")
@@ -84,6 +89,10 @@ def scenario_table(df: pd.DataFrame) -> pd.DataFrame:
         "planner": _formatted(_numbers(df, "est_peak_bytes") / MIB, ".1f"),
         "err %": _formatted(_numbers(df, "est_error_pct"), "+.1f"),
         "step s": _formatted(_numbers(df, "median_step_s"), ".3f"),
+        "spread %": _formatted(_numbers(df, "step_spread_pct"), ".0f"),
+        "× separate": pd.Series([r + (" (noisy)" if f == "noisy" else "") for r, f in zip(
+            _formatted(_numbers(df, "speed_vs_separate"), ".2f"), _column(df, "speed_flag"))], index=df.index,
+            dtype=object),
         "tok/s": _formatted(_numbers(df, "tokens_per_s"), ".0f"),
         "loss Δ vs separate": df["parity_max_abs_diff"],
         "ref logp Δ": df["ref_logp_max_abs_diff"],
@@ -103,10 +112,13 @@ def markdown(df: pd.DataFrame, env: dict | None) -> str:
     lines += [
         f"{len(ran)} scenarios run, {int((ran['status'] == 'ok').sum())} ok. Memory in MiB (2^20 bytes); "
         "on CPU it is the live tensor bytes of the tracker, on CUDA torch's max_memory_allocated. "
-        "`peak` excludes loading. Columns are documented in `refplan/harness/rows.py`.",
+        "`peak` excludes loading. Speed: the median of the steps after the first (process CPU time on CPU, "
+        "synchronised wall time on CUDA); `spread %` = 100 (max - min) / median of those steps; `× separate` = "
+        "the `separate` row's median step over this row's, in the same run (> 1: faster), `(noisy)` when either "
+        f"spread exceeds {SPREAD_LIMIT_PCT:.0f} %. Columns are documented in `refplan/harness/rows.py`.",
         "",
         markdown_table(scenario_table(ran), right=("loaded", "precompute", "train peak", "planner", "err %", "step s",
-                                                   "tok/s", "loss Δ vs separate", "ref logp Δ")),
+                                                   "spread %", "× separate", "tok/s", "loss Δ vs separate", "ref logp Δ")),
     ]
     failed = ran[ran["status"] != "ok"]
     if len(failed):

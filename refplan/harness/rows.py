@@ -37,7 +37,8 @@ nvml_peak_bytes             NVML device-used peak over precompute + training (CU
 torch_max_allocated_bytes   torch.cuda.max_memory_allocated over precompute + training (CUDA)
 torch_max_reserved_bytes    torch.cuda.max_memory_reserved over precompute + training (CUDA)
 rss_peak_bytes              peak resident set size of the scenario process (VmHWM)
-median_step_s               median wall time of the steps after the first
+median_step_s               median time of the steps after the first (process CPU time on CPU, OpenMP
+                            waiting passively; synchronised wall time on CUDA)
 tokens_per_s                policy tokens per second (2*batch*seq for pair methods, batch*seq for KTO)
 samples_per_s               batch / median_step_s (pairs or examples)
 loss_first, loss_last       training loss of the first and last step
@@ -190,6 +191,37 @@ def parity(sc: Scenario, rec: dict, base: dict | None) -> dict:
     return out
 
 
+#: a row whose timed steps spread more than this, 100 * (max - min) / median, is flagged ``noisy``: on a
+#: shared machine one slow step (another process's burst) moves a 5-step median little, but a spread this
+#: wide says the row's speed is not to be read closely
+SPREAD_LIMIT_PCT = 25.0
+
+
+def speed(sc: Scenario, rec: dict | None, base: dict | None) -> dict:
+    """``speed_vs_separate`` -- the baseline's median step time over this row's (> 1: faster than the
+    ``separate`` row doing the same work in the same run; 1.0 on that row itself) -- and ``speed_flag``
+    (``noisy`` when either row's spread exceeds :data:`SPREAD_LIMIT_PCT`). Both empty without timed steps
+    or without a ``separate`` row alike (reference-free methods)."""
+    def timing(r):
+        if not r or r.get("status", "ok") != "ok" or not r.get("median_step_s"):
+            return None
+        return float(r["median_step_s"]), float(r.get("step_spread_pct") or 0.0)
+
+    mine = timing(rec)
+    if mine is None:
+        return {}
+    if sc.baseline is None:
+        if sc.train.strategy is not Strategy.SEPARATE:
+            return {}
+        theirs = mine
+    else:
+        theirs = timing(base)
+        if theirs is None:
+            return {}
+    noisy = max(mine[1], theirs[1]) > SPREAD_LIMIT_PCT
+    return {"speed_vs_separate": theirs[0] / mine[0], "speed_flag": "noisy" if noisy else ""}
+
+
 def rescore(out_dir: Path) -> int:
     """Recompute the parity columns of ``bench.csv`` from the sidecars (after a resumed run whose
     baseline finished later, or a change of tolerance). Returns the number of rows changed."""
@@ -202,7 +234,7 @@ def rescore(out_dir: Path) -> int:
             continue
         sc = Scenario.from_dict(rec["scenario"])
         base = read_json(Path(out_dir) / "losses" / f"{sc.baseline.key}.json") if sc.baseline else None
-        new = {k: _cell(v) for k, v in parity(sc, rec, base).items()}
+        new = {k: _cell(v) for k, v in {**parity(sc, rec, base), **speed(sc, rec, base)}.items()}
         if any(str(row.get(k, "")) != str(v) for k, v in new.items()):
             row.update(new)
             changed += 1

@@ -18,7 +18,7 @@ from pathlib import Path
 from refplan.harness.display import Display
 from refplan.harness.processes import ForkServer, SpawnRunner
 from refplan.harness.rows import (COLUMNS, append_row, estimate_error, family_of, parity, rank_key, rank_rows,
-                                  read_done, read_json, scenario_row)
+                                  read_done, read_json, scenario_row, speed)
 from refplan.harness.scenario import Scenario
 from refplan.harness.suites import Unsupported
 
@@ -107,7 +107,12 @@ def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> list
     wall = time.monotonic() - t0
     rec = read_json(result_path)
     if sc.sharded:
-        return rank_rows(sc, rec, opts.suite, reply, opts.timeout_s)
+        rows = rank_rows(sc, rec, opts.suite, reply, opts.timeout_s)
+        base_ranks = _sidecar_ranks(out, sc.baseline.key) if sc.baseline is not None else []
+        mine = (rec or {}).get("ranks") or []
+        for i, row in enumerate(rows):
+            row.update(speed(sc, mine[i] if i < len(mine) else None, base_ranks[i] if i < len(base_ranks) else None))
+        return rows
     row = scenario_row(sc, opts.suite)
     if rec is None:
         if reply.get("timed_out"):
@@ -121,6 +126,7 @@ def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> list
     base = read_json(out / "losses" / f"{sc.baseline.key}.json") if sc.baseline is not None else None
     row.update({k: rec.get(k) for k in COLUMNS if k in rec})
     row.update(parity(sc, rec, base))
+    row.update(speed(sc, rec, base))
     row["family"] = family_of(rec.get("model_dir"))
     row["device_name"] = rec.get("env", {}).get("device_name", "")
     row["est_error_pct"] = estimate_error(rec)
@@ -128,6 +134,11 @@ def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> list
     if rec.get("env") and not (out / "env.json").exists():
         (out / "env.json").write_text(json.dumps(rec["env"], indent=1))
     return [row]
+
+
+def _sidecar_ranks(out: Path, key: str) -> list[dict]:
+    """The per-rank records of a finished sharded scenario's sidecar (empty if it has none)."""
+    return (read_json(out / "losses" / f"{key}.json") or {}).get("ranks") or []
 
 
 def _read_progress(path: Path) -> tuple[int, int] | None:

@@ -10,6 +10,11 @@ reads from safetensors -- are added with :meth:`LiveBytes.register_module` (the 
 every model ``from_pretrained`` returns, TRL's own reference reload included, see
 :func:`register_loaded_models`).
 
+Wrapper tensor subclasses (DTensor: FSDP2's parameters, gradients and optimizer state) are counted
+by the local tensors they hold, never by their own placeholder storage (which reports the global
+size); their ops are handed back to the subclass with the mode still active, so the ops on local
+shards are seen like any other.
+
 What is counted: tensor storage bytes on every device (the harness enables the tracker for CPU
 runs). Not counted: allocator slack and fragmentation, Python objects, storages created before the
 mode was entered and never registered, and memory owned by libraries outside torch tensors
@@ -27,11 +32,16 @@ import re
 import weakref
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class LiveBytes(TorchDispatchMode):
     """Count live tensor-storage bytes; ``peak`` is the high-water mark since the last :meth:`reset_peak`."""
+
+    #: count fake tensors' storages as if real: the trace engine's whole step runs on fake tensors
+    #: (refplan.trace); a real run sees them only inside DTensor's sharding propagation, holding nothing
+    counts_fake = False
 
     def __init__(self):
         super().__init__()
@@ -65,7 +75,13 @@ class LiveBytes(TorchDispatchMode):
             self.peak = self.live
 
     def add_tensor(self, t: torch.Tensor) -> None:
-        if t.is_meta:
+        if t.is_meta or (isinstance(t, FakeTensor) and not self.counts_fake):
+            return  # DTensor's sharding propagation makes fake tensors: they hold no memory
+        if _is_wrapper_subclass(t):  # count the local tensors it holds, not its data-less wrapper storage
+            for name in t.__tensor_flatten__()[0]:
+                inner = getattr(t, name, None)
+                if isinstance(inner, torch.Tensor):
+                    self.add_tensor(inner)
             return
         try:
             storage = t.untyped_storage()
@@ -91,6 +107,18 @@ class LiveBytes(TorchDispatchMode):
         return False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if types and any(_dispatches_itself(t) for t in types):
+            fake = all(issubclass(t, FakeTensor) for t in types if _dispatches_itself(t))
+            if fake and not self.counts_fake:
+                # fake tensors hold no memory (DTensor's sharding propagation runs ops on them)
+                return func(*args, **kwargs) if kwargs else func(*args)
+            # A tensor subclass with its own __torch_dispatch__ (DTensor: FSDP2's parameters, gradients and
+            # Adam state) is a wrapper whose untyped storage has no data but reports the *global* nbytes;
+            # counting it adds a full unsharded copy that never dies. NotImplemented hands the op to the
+            # subclass with this mode still on the stack, so the ops on its local shards come back here
+            # and are counted instead (FakeTensorMode's protocol for foreign subclasses).
+            if not fake:
+                return NotImplemented
         if func.namespace == "bitsandbytes":
             out = _run_inside(self, func, args, kwargs or {})
         else:
@@ -116,6 +144,20 @@ class LiveBytes(TorchDispatchMode):
 
 
 _RESIZING = {"resize_", "resize_as_", "set_"}
+
+
+def _dispatches_itself(cls) -> bool:
+    """A tensor class with its own ``__torch_dispatch__`` (DTensor, FakeTensor); ``nn.Parameter`` has
+    torch's disabled one and is dispatched like a plain tensor."""
+    return getattr(cls, "__torch_dispatch__", None) is not torch._C._disabled_torch_dispatch_impl
+
+
+def _is_wrapper_subclass(t: torch.Tensor) -> bool:
+    """True for a traceable wrapper subclass (DTensor): its own storage is a placeholder, its data lives in
+    the inner tensors ``__tensor_flatten__`` names. ``nn.Parameter`` and bitsandbytes' parameters are not."""
+    return type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__") and torch._C._dispatch_keys(t).has(
+        torch._C.DispatchKey.Python)
+
 
 #: backend dispatch keys of the devices a bitsandbytes kernel may run on
 _BACKEND_KEYS = {"cpu": torch._C.DispatchKey.CPU, "cuda": torch._C.DispatchKey.CUDA}

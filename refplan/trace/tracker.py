@@ -16,6 +16,8 @@ from refplan.harness.tracker import LiveBytes
 class SegmentTracker(LiveBytes):
     """LiveBytes with a peak per (phase, segment) of the measured step; optional op labels."""
 
+    counts_fake = True  # the traced step's tensors are all fake
+
     def __init__(self, label_ops: bool = False):
         super().__init__()
         self.phase: str | None = None  # None: not measured (setup, warm-up step)

@@ -60,7 +60,12 @@ def test_sharding_reduces_per_rank_memory(llama8b):
         prev = cur
     assert prev < one
     fsdp = estimate(llama8b, TrainSpec.parse(method=Method.DPO, strategy=Strategy.PRECOMPUTE, batch=1, seq=1024, gpus=8, fsdp=True))
-    assert fsdp.peak_bytes < one / 2
+    # FSDP2 under TRL gathers a reference whole (prepare_fsdp: one unit, twice with the deferred flat
+    # all-gather output), so a reference-bearing run saves less than half; a reference-free one more
+    assert fsdp.peak_bytes < one
+    orpo = estimate(llama8b, TrainSpec.parse(method=Method.ORPO, strategy=Strategy.NONE, batch=1, seq=1024, gpus=8,
+                                             fsdp=True))
+    assert orpo.peak_bytes < one / 2
 
 
 def test_matrix_covers_every_applicable_combination(llama8b):

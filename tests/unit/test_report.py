@@ -36,9 +36,11 @@ def test_bench_summary_reads_cells_as_written(tmp_path):
     _write_bench(tmp_path, [
         dict(key="a", method="dpo", strategy="separate", finetune="full", status="ok", loaded_bytes=54 * mib,
              peak_train_bytes=int(388.25 * mib), est_peak_bytes=388 * mib, est_error_pct="-0.0644",
-             median_step_s="0.6984", tokens_per_s="1467.6", parity_ok="baseline"),
+             median_step_s="0.6984", step_spread_pct="7.9", speed_vs_separate="1", tokens_per_s="1467.6",
+             parity_ok="baseline"),
         dict(key="b", method="dpo", strategy="precompute", ref_dtype="", finetune="full", status="ok",
-             parity_max_abs_diff="0", ref_logp_max_abs_diff="1.5e-05", parity_ok="pass"),
+             speed_vs_separate="1.42", speed_flag="noisy", parity_max_abs_diff="0", ref_logp_max_abs_diff="1.5e-05",
+             parity_ok="pass"),
         dict(key="c", method="dpo", strategy="separate", ref_dtype="bf16", finetune="lora", status="crash",
              error="process ended without a result (exit 1)"),
         dict(key="d", method="dpo", strategy="sync", finetune="lora", status="unsupported", error="TRL refuses"),
@@ -46,9 +48,11 @@ def test_bench_summary_reads_cells_as_written(tmp_path):
     md = report.markdown(report.read_bench(tmp_path), {"torch": "2.13.0", "driver": None}).splitlines()
     assert "| torch | 2.13.0 |" in md and "| driver | None |" in md
     assert any(line.startswith("3 scenarios run, 2 ok.") for line in md)
-    assert "| dpo separate (full) | ok | 54.0 |  | 388.2 | 388.0 | -0.1 | 0.698 | 1468 |  |  | baseline |" in md
-    assert "| dpo precompute (full) | ok |  |  |  |  |  |  |  | 0 | 1.5e-05 | pass |" in md  # as written
-    assert "| dpo separate ref bf16 (lora) | crash |  |  |  |  |  |  |  |  |  |  |" in md
+    assert ("| dpo separate (full) | ok | 54.0 |  | 388.2 | 388.0 | -0.1 | 0.698 | 8 | 1.00 | 1468 |  |  | baseline |"
+            in md)
+    assert ("| dpo precompute (full) | ok |  |  |  |  |  |  |  | 1.42 (noisy) |  | 0 | 1.5e-05 | pass |"
+            in md)  # as written
+    assert "| dpo separate ref bf16 (lora) | crash |  |  |  |  |  |  |  |  |  |  |  |  |" in md
     assert "- `c`: crash -- process ended without a result (exit 1)" in md
     assert "- dpo sync (lora): TRL refuses" in md
 
