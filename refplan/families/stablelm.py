@@ -12,7 +12,7 @@ not parallel), ``StableLmModel`` (``norm``).
 
 from refplan.errors import PlanError
 from refplan.families._blocks import decoder, layernorm, qkvo
-from refplan.model import Linear, Norm, NormStyle, QKNorm, Role, Structure
+from refplan.model import Norm, NormStyle, QKNorm, Structure
 
 MODEL_TYPES = ("stablelm",)
 DEFAULTS = {
