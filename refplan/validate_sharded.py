@@ -15,6 +15,7 @@ every method of the issue's matrix (DPO, KTO, ORPO) appears; strategies are thos
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -73,6 +74,9 @@ def run(n: int = 24, seed: int = 0, out: Path = Path("reports/validate-sharded")
     from refplan.planner import estimate
     from refplan.resolve import resolve_model
 
+    # CPU ranks only: DeepSpeed, imported here through transformers, would otherwise announce on stdout that
+    # it found no accelerator
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     out = Path(out)
     root = cache_dir() / "validate-models"
     scenarios, by_key = [], {}
