@@ -109,12 +109,19 @@ def make_item(params: dict) -> Scenario | Unsupported:
 
 
 def order_baselines_first(items: list) -> list:
-    """Stable order in which every parity baseline runs before the scenarios compared with it."""
-    def rank(item):
-        if isinstance(item, Scenario) and item.baseline is None:
-            return 0
-        return 1
-    return sorted(items, key=rank)
+    """Every parity baseline runs before the scenarios compared with it, and they right after it: a row's
+    speed relative to ``separate`` is a ratio of two timings, and on a shared machine whose speed drifts
+    over minutes the two are best taken close together. Otherwise the order is kept (rows whose baseline
+    is not in ``items`` come last)."""
+    baselines = [it for it in items if isinstance(it, Scenario) and it.baseline is None]
+    followers: dict[str, list] = {b.key: [] for b in baselines}
+    rest = []
+    for it in items:
+        if isinstance(it, Scenario) and it.baseline is None:
+            continue
+        base = it.baseline.key if isinstance(it, Scenario) and it.baseline is not None else None
+        (followers[base] if base in followers else rest).append(it)
+    return [x for b in baselines for x in (b, *followers[b.key])] + rest
 
 
 def scenarios_from_flags(methods, strategies, finetunes, defaults: dict, explicit=()) -> list[Scenario]:
