@@ -290,15 +290,6 @@ def _adafactor_elems(model: ModelSpec, train: TrainSpec) -> int:
     return total + (model.final_norm.params if model.final_norm is not None else 0)
 
 
-def master_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:
-    """fp32 master weights: kept by DeepSpeed ZeRO (bf16/fp16 config) for low-precision trainable
-    weights (DeepSpeed ``bf16_optimizer`` / ``stage_1_and_2``: ``single_partition_of_fp32_groups``).
-    The plain HF Trainer keeps none: a bf16-loaded model trains in pure bf16."""
-    if train.sharding.caps.master_weights and trainable_dtype(train) != "fp32":
-        return trainable_params(model, train) * 4
-    return 0
-
-
 def batch_bytes(train: TrainSpec) -> int:
     """Collated batch tensors (int64): DPO/ORPO/CPO: input_ids, attention_mask, completion_mask
     (or labels) for 2B rows; KTO: input_ids, attention_mask, completion_mask for the example and
