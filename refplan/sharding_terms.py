@@ -145,6 +145,29 @@ def _nonpersistent_weight_bytes(model: ModelSpec, train: TrainSpec) -> int:
     return base + lora
 
 
+def _forward_only_elements(model: ModelSpec, train: TrainSpec) -> int:
+    """Non-persistent base elements the policy's backward never fetches, so that even a complete trace
+    releases them after their forward module: ``__params_to_release`` (partitioned_param_coordinator.py)
+    keeps a parameter only if it reoccurs later in the trace, and a module enters the backward's part of
+    the trace only through its pre-backward hook, which parameter_offload.py ``_pre_backward_module_hook``
+    attaches to outputs that require grad. With a frozen embedding (PEFT) that leaves out the token
+    embedding -- unless the head ties it, which reoccurs -- and the bottom layer's attention input
+    projections (their input is the frozen embedding's output; their adapters are modules of their own).
+    Measured (validate --sharded s0-007, ORPO none LoRA r4, llama h 128, 2 layers, untied, rank 0, backward
+    peak): 440,576 elements gathered, every non-persistent weight but the 137,472-element embedding and
+    layer 0's 24,576 q/k/v elements; s0-016 (tied, h 256), at its forward peak in layer 1's MLP: the
+    embedding (tied: the head reads it again) gathered, layer 0's q/k/v released."""
+    if not train.finetune.peft:
+        return 0
+    th = zero3_persistence_threshold(model)
+    out = sum(n for n, emb in terms.model_tensors(model) if emb and n > th) if model.lm_head is not None else 0
+    for l in model.layers[0].linears:
+        if l.role.value in _ATTENTION and l.role.value != "o":
+            for n in (l.count * l.in_features * l.out_features, l.count * l.out_features if l.bias else 0):
+                out += n if n > th else 0
+    return out
+
+
 def zero3_policy_keeps_gathered(train: TrainSpec, policy_runs_reference: bool,
                                 precompute_engine: bool = False) -> bool:
     """Whether the policy engine keeps every parameter it gathered in the forward until its backward.
@@ -202,11 +225,13 @@ def zero3_two_engine_backward_gathered_bytes(model: ModelSpec, train: TrainSpec)
 def zero3_gathered_bytes(model: ModelSpec, train: TrainSpec, keeps_gathered: bool) -> int:
     """Full (gathered) policy parameters held during the forward and backward, bytes.
 
-    Kept (:func:`zero3_policy_keeps_gathered`): every parameter above the persistence threshold, at most
-    ``stage3_max_reuse_distance`` elements' worth (DeepSpeed's default, 1e9). Otherwise the module
-    running and the one prefetched: two decoder layers."""
+    Kept (:func:`zero3_policy_keeps_gathered`): every parameter above the persistence threshold that the
+    backward uses again (not :func:`_forward_only_elements`), at most ``stage3_max_reuse_distance``
+    elements' worth (DeepSpeed's default, 1e9). Otherwise the module running and the one prefetched: two
+    decoder layers."""
     if keeps_gathered:
-        full = _nonpersistent_weight_bytes(model, train)
+        full = (_nonpersistent_weight_bytes(model, train)
+                - _forward_only_elements(model, train) * dtype_bytes(train.dtype))
         return min(full, ZERO3_MAX_REUSE_DISTANCE * dtype_bytes(train.dtype))
     return 2 * max(l.params for l in model.layers) * dtype_bytes(train.dtype)
 
