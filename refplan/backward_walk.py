@@ -111,6 +111,10 @@ def _backward_moments(step: _Step, candidates_only: bool = False) -> list[tuple[
         if step.zero3_policy_runs_reference:
             # the weights gathered for the backward stay until it ends: from the head down to this layer
             moments = [(label, {**parts, "gathered params": _unreleased(step, label)}) for label, parts in moments]
+        elif step.zero3_kl_trace:
+            # an invalid trace: one module's weights at a time (the head's, then each layer's)
+            moments = [(label, {**parts, "gathered params": sharding_terms.zero3_kl_backward_gathered_bytes(
+                model, train, label)}) for label, parts in moments]
         inflight = 0 if train.offload.optimizer_on_cpu else sharding_terms.zero3_inflight_gradient_bytes(model, train)
         moments = sharding_terms.zero3_backward(moments, inflight)
     return moments

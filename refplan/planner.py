@@ -124,6 +124,8 @@ class _Step:
                 gathered = sharding_terms.zero3_two_engine_backward_gathered_bytes(model, train)
             elif self.zero3_policy_runs_reference:
                 gathered = sharding_terms.zero3_invalid_trace_gathered_bytes(model, train)
+            elif self.zero3_kl_trace:  # the head, at the forward's end and the head's backward
+                gathered = sharding_terms.zero3_kl_backward_gathered_bytes(model, train, "head")
         on_cpu = train.offload
         lora = terms.lora_weight_bytes(model, train)
         if train.sharding is Sharding.ZERO3:
@@ -160,6 +162,24 @@ class _Step:
         forward per step (:func:`refplan.sharding_terms.zero3_unreleased_backward_bytes`)."""
         return (self.train.sharding is Sharding.ZERO3 and self.ref.forward_per_step
                 and not self.ref.holds_copy)
+
+    @property
+    def zero3_kl_trace(self) -> bool:
+        """ZeRO-3: the policy coordinator's trace is KTO's KL forward alone
+        (:func:`refplan.sharding_terms.zero3_kl_forward_trace`)."""
+        return sharding_terms.zero3_kl_forward_trace(self.train, self.zero3_policy_runs_reference)
+
+    @property
+    def zero3_forward_frontier(self) -> list[tuple[int, int]] | None:
+        """ZeRO-3: gathered bytes at each module fetch of the policy forward when prefetchers run ahead of
+        it, as (decoder layers finished, bytes); None when no prefetch frontier is modelled."""
+        model, train = self.model, self.train
+        if self.zero3_two_engines:
+            return sharding_terms.zero3_two_engine_forward(model, train)
+        if self.zero3_kl_trace:
+            engine = sharding_terms.zero3_precompute_engine_on_policy(train, self.ref.precompute_pass)
+            return sharding_terms.zero3_kl_training_forward(model, train, engine)
+        return None
 
     @property
     def zero3_two_engines(self) -> bool:
@@ -328,13 +348,14 @@ def _policy_forward(step: _Step) -> Phase:
     }
     # the top layer's copy-out: every layer's saved tensors but its own
     parts = _fsdp_layer_moment(step, parts, step.saved - step.layer_saved[-1], 0)
-    if step.zero3_two_engines:
-        # two prefetch frontiers gather most of the model early in the forward, while few activations
+    frontier = step.zero3_forward_frontier
+    if frontier:
+        # prefetch frontiers gather much of the model early in the forward, while few activations
         # are saved yet: the largest of those moments, against the forward's end
         model, train, rows = step.model, step.train, step.rows
         before = (fwd.embedding_saved_bytes(model, train, rows) + fwd.rope_table_bytes(model, train, rows)
                   + fwd.mask_bytes(model, train, rows))
-        for layers_done, gathered in sharding_terms.zero3_two_engine_forward(model, train):
+        for layers_done, gathered in frontier:
             mid = {**parts, "gathered params": gathered, "logprob path": 0,
                    "activations": before + sum(step.layer_saved[:layers_done])}
             parts = max(parts, mid, key=lambda d: sum(d.values()))

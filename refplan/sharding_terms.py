@@ -176,9 +176,10 @@ def zero3_policy_keeps_gathered(train: TrainSpec, policy_runs_reference: bool,
     module's parameters are not released if they reoccur within ``max_reuse_distance`` elements of the
     trace -- and every forward parameter reoccurs in the backward. The trace restarts at each forward
     (parameter_offload.py ``_start_of_forward_hook``: ``reset_step``), so it completes only when the
-    policy runs one forward per step; a second one (KTO's KL forward, a reference forward through the
-    policy with its adapters off) makes each step's trace differ from the recorded one, DeepSpeed
-    invalidates it, and ``release_sub_module`` then frees each module's parameters after it runs.
+    policy runs one forward per step; with a second one the backward finds a trace of forwards only
+    (KTO's KL forward: :func:`zero3_kl_forward_trace`) or one that differs from the recorded one (a
+    reference forward through the policy with its adapters off), DeepSpeed invalidates it, and
+    ``release_sub_module`` then frees each module's parameters after it runs.
 
     Nor with TRL's precompute engine on the policy (:func:`zero3_precompute_engine_on_policy`): its
     forward-only coordinator releases each module's parameters after the module runs, for the training
@@ -187,6 +188,55 @@ def zero3_policy_keeps_gathered(train: TrainSpec, policy_runs_reference: bool,
     holds one entry, the first ``release_sub_module`` empties it, and ``__release_param`` partitions the
     parameter."""
     return not train.method.caps.kl_forward and not policy_runs_reference and not precompute_engine
+
+
+def zero3_kl_forward_trace(train: TrainSpec, policy_runs_reference: bool) -> bool:
+    """Whether the policy coordinator's trace is KTO's KL forward alone, each step.
+
+    kto_trainer.py ``_compute_loss`` runs ``_compute_kl_logps`` (a ``torch.no_grad`` forward on the KL pairs)
+    before the training forward, and each forward's ``_start_of_forward_hook`` calls ``reset_step``
+    (parameter_offload.py). The backward invalidates the trace (partitioned_param_coordinator.py
+    ``trace_prologue``: "cache has only N modules"), so at the KL forward ``reset_step`` turns the invalid
+    trace to ``RECORD`` (no prefetch, each module released after it runs) and at the training forward
+    completes it with the KL forward's modules only: the training forward runs on a complete, forward-only
+    trace (prefetch; nothing reoccurs, so each module is released after it runs,
+    :func:`zero3_kl_training_forward`), and the backward on an invalid one (no prefetch; each module
+    fetched by its pre-backward hook and released after its backward, :func:`zero3_kl_backward_gathered_bytes`).
+    Measured (s0-022 KTO precompute full, rank 0, steps 1-3): the training coordinator fetches in RECORD
+    then COMPLETE mode, and INVALID through every backward. Not with the reference forward through the
+    policy (:func:`zero3_unreleased_backward_bytes`)."""
+    return train.sharding is Sharding.ZERO3 and train.method.caps.kl_forward and not policy_runs_reference
+
+
+def zero3_kl_training_forward(model: ModelSpec, train: TrainSpec, precompute_engine: bool) -> list[tuple[int, int]]:
+    """KTO's training forward on its KL-forward trace (:func:`zero3_kl_forward_trace`), bytes gathered at
+    each module fetch as (decoder layers finished, bytes): :func:`_prefetch_frontier` with the training
+    coordinator as a forward-only one, and TRL's precompute engine's beside it when it is on the policy
+    (:func:`zero3_precompute_engine_on_policy`; its trace, recorded by the precompute pass, completes at
+    every training forward too: measured COMPLETE at each of its fetches). The all-gather staging buffers
+    of a coalesced prefetch (partition_parameters.py ``_all_gather_coalesced``: ``flat_tensor``, alive
+    until the handle is waited on) are not counted."""
+    coordinators = (False, False) if precompute_engine else (False,)
+    return [(k, n * dtype_bytes(train.dtype)) for k, n in _prefetch_frontier(model, coordinators)]
+
+
+def zero3_kl_backward_gathered_bytes(model: ModelSpec, train: TrainSpec, moment: str) -> int:
+    """KTO's backward on an invalid trace (:func:`zero3_kl_forward_trace`), bytes gathered at the backward
+    moment ``moment`` (``head``, ``layer N ...``, ``embedding``): no prefetch (``_fetch_sub_module_impl``
+    prefetches only ``if self.is_complete_trace()``) and each module released after its own backward
+    (``release_sub_module``), so one module's weights -- at the head's backward the head weight alone,
+    which TRL's chunked log-prob backward gathers again (trl/trainer/utils.py ``maybe_gather_lm_head_ctx``);
+    in a decoder layer its largest weight; then the embedding's. Measured (s0-004 KTO precompute LoRA,
+    rank 0, backward peak in the head's tile): ``lm_head.weight`` alone."""
+    words = moment.split()
+    if words[0] == "layer":
+        th = zero3_persistence_threshold(model)
+        n = max((n for ps in _layer_fetches(model.layers[int(words[1])]) for n in ps if n > th), default=0)
+    elif words[0] == "embedding":
+        n = model.vocab_size * model.hidden_size
+    else:
+        n = _fused_head_elements(model)
+    return n * dtype_bytes(train.dtype)
 
 
 def zero3_precompute_engine_on_policy(train: TrainSpec, precompute_pass: bool) -> bool:
