@@ -38,7 +38,8 @@ def compare(a: dict[str, dict], b: dict[str, dict]) -> list[dict]:
         if ra == 1.0 and rb == 1.0 and a[key]["strategy"] == "separate":
             continue  # the baselines themselves
         noisy = "noisy" in (a[key].get("speed_flag"), b[key].get("speed_flag"))
-        label = f"{a[key]['method']} {a[key]['strategy']} ({a[key]['finetune']})"
+        ref = a[key].get("ref_dtype") or next((q for q in ("4bit", "8bit") if f"-ref{q}-" in key), "")
+        label = f"{a[key]['method']} {a[key]['strategy']}{' ref ' + ref if ref else ''} ({a[key]['finetune']})"
         out.append({"key": key, "label": label, "a": ra, "b": rb, "diff_pct": 100 * abs(rb / ra - 1), "noisy": noisy})
     return out
 

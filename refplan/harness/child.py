@@ -7,17 +7,21 @@ directory, the result path and a progress file the runner polls ("step total").
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
+from refplan.harness.scenario import Scenario
+
 
 def run_request(req: dict) -> int:
     from refplan.harness.burst import planner_estimate, run_burst
     from refplan.harness.gpu import environment
-    from refplan.harness.scenario import Scenario
 
+    if "speed_group" in req:
+        return _run_speed_group(req)
     sc = Scenario.from_dict(req["scenario"])
     _inject_fault(sc.key)
     progress_path = req.get("progress_path")
@@ -35,7 +39,10 @@ def run_request(req: dict) -> int:
         for r in rec["ranks"]:
             r["est_peak_bytes"] = est
     else:
-        rec = run_burst(sc, track=req.get("track", True), progress=progress)
+        # a scenario timed in its speed group (refplan.harness.speed) runs only the steps its memory needs
+        steps = min(sc.steps, int(req.get("memory_steps") or sc.steps))
+        rec = run_burst(dataclasses.replace(sc, steps=steps), track=req.get("track", True), progress=progress)
+        rec["memory_steps"] = steps
     rec["key"] = sc.key
     rec["scenario"] = sc.as_dict()
     rec["est_peak_bytes"] = planner_estimate(sc, rec.get("model_dir"))
@@ -43,11 +50,26 @@ def run_request(req: dict) -> int:
         rec["env"] = environment(sc.train.device.value)
     except Exception as e:  # the row matters more than the environment record
         rec["env"] = {"error": repr(e)}
-    path = Path(req["result_path"])
+    _write(Path(req["result_path"]), rec)
+    return 0
+
+
+def _run_speed_group(req: dict) -> int:
+    """A speed group (:mod:`refplan.harness.speed`): its scenarios' trainers stepped in turn, timed."""
+    from refplan.harness.speed import run_group
+
+    scenarios = [Scenario.from_dict(d) for d in req["speed_group"]]
+    for sc in scenarios:
+        _inject_fault("speed:" + sc.key)
+    out = run_group(scenarios, int(req["rounds"]))
+    _write(Path(req["result_path"]), out)
+    return 0
+
+
+def _write(path: Path, rec: dict) -> None:
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(rec, default=str))
     os.replace(tmp, path)
-    return 0
 
 
 def _inject_fault(key: str) -> None:

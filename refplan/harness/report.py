@@ -17,6 +17,7 @@ import pandas as pd
 from refplan.output import Column, Output, emit
 
 from refplan.harness.rows import COLUMNS, SPREAD_LIMIT_PCT
+from refplan.harness.speed import PAIRED_SPREAD_LIMIT_PCT
 from refplan.units import MIB
 
 PHASES = (("loaded_bytes", "loaded (before step 1)"), ("peak_precompute_bytes", "precompute peak"),
@@ -113,9 +114,12 @@ def markdown(df: pd.DataFrame, env: dict | None) -> str:
         f"{len(ran)} scenarios run, {int((ran['status'] == 'ok').sum())} ok. Memory in MiB (2^20 bytes); "
         "on CPU it is the live tensor bytes of the tracker, on CUDA torch's max_memory_allocated. "
         "`peak` excludes loading. Speed: the median of the steps after the first (process CPU time on CPU, "
-        "synchronised wall time on CUDA); `spread %` = 100 (max - min) / median of those steps; `× separate` = "
-        "the `separate` row's median step over this row's, in the same run (> 1: faster), `(noisy)` when either "
-        f"spread exceeds {SPREAD_LIMIT_PCT:.0f} %. Columns are documented in `refplan/harness/rows.py`.",
+        "synchronised wall time on CUDA); `spread %` = 100 (max - min) / median of those steps. On CPU each "
+        "`separate` row and the rows compared with it are timed in one process, their steps taken in turns "
+        "(`timing` = interleaved); `× separate` = the median over those rounds of separate's step over this "
+        "row's step of the same round (> 1: faster), `(noisy)` when the middle half of those ratios spreads "
+        f"over {PAIRED_SPREAD_LIMIT_PCT:.0f} % (rows timed by their own burst: either spread over "
+        f"{SPREAD_LIMIT_PCT:.0f} %). Columns are documented in `refplan/harness/rows.py`.",
         "",
         markdown_table(scenario_table(ran), right=("loaded", "precompute", "train peak", "planner", "err %", "step s",
                                                    "spread %", "× separate", "tok/s", "loss Δ vs separate", "ref logp Δ")),

@@ -19,7 +19,9 @@ seq                         padded tokens per sequence as the trainer's batch ha
 prompt_len, completion_len  synthetic prompt / completion tokens (seq minus TRL's BOS/EOS)
 grad_ckpt                   activation checkpointing on (True) or off
 attn                        attention implementation (sdpa, eager, flash)
-steps                       optimizer steps in the burst
+steps                       optimizer steps timed (the first a warm-up); a row timed in a speed group
+                            runs them there and only ``memory_steps`` in its own burst
+memory_steps                optimizer steps of the row's own (memory) burst
 optim                       optimizer (adamw = transformers' default ``adamw_torch_fused``)
 device, device_name         cpu or cuda; CPU model or GPU name
 seed, dataset               seed; ``synthetic`` or the dataset given
@@ -39,6 +41,9 @@ torch_max_reserved_bytes    torch.cuda.max_memory_reserved over precompute + tra
 rss_peak_bytes              peak resident set size of the scenario process (VmHWM)
 median_step_s               median time of the steps after the first (process CPU time on CPU, OpenMP
                             waiting passively; synchronised wall time on CUDA)
+timing                      where the step times come from: ``interleaved xN`` (the row's speed group,
+                            :mod:`refplan.harness.speed`: its baseline and rows stepped in turn in one
+                            process, N timed rounds) or ``burst xN`` (its own burst, N timed steps)
 tokens_per_s                policy tokens per second (2*batch*seq for pair methods, batch*seq for KTO)
 samples_per_s               batch / median_step_s (pairs or examples)
 loss_first, loss_last       training loss of the first and last step
@@ -52,9 +57,11 @@ est_error_pct               100 * (est_peak_bytes - peak_bytes) / peak_bytes
 seq_seen                    longest input_ids the policy's forward received (checks ``seq``)
 wall_s                      wall time of the scenario process
 step_spread_pct             100 * (max - min) / median of the timed steps (after the first, warm-up)
-speed_vs_separate           this row's median step time over ``separate``'s in the same run, inverted
-                            (> 1: faster than separate); empty without a separate row alike
-speed_flag                  ``noisy`` when either row's spread exceeds :data:`SPREAD_LIMIT_PCT`
+speed_vs_separate           > 1: faster than ``separate`` doing the same work in the same run. Interleaved:
+                            the median over rounds of separate's step / this row's step of the same round;
+                            burst: the two bursts' median step times. Empty without a separate row alike
+speed_flag                  ``noisy``: interleaved, the middle half of the paired ratios spreads over 25 %;
+                            burst, either row's step spread exceeds :data:`SPREAD_LIMIT_PCT`
 gpus, sharding, offload     a sharded burst's ranks, ZeRO stage / FSDP, CPU offload (empty otherwise)
 rank, world_size            the rank this row measures (one row per rank) and how many ran
 proof                       what proved the run sharded (:mod:`refplan.harness.proof`), or empty
@@ -84,7 +91,7 @@ COLUMNS = [
     "rss_peak_bytes", "median_step_s", "tokens_per_s", "samples_per_s", "loss_first", "loss_last",
     "parity_baseline", "parity_max_abs_diff", "ref_logp_max_abs_diff", "parity_ok", "est_peak_bytes",
     "est_error_pct", "seq_seen", "wall_s", "step_spread_pct", "speed_vs_separate", "speed_flag",
-    "gpus", "sharding", "offload", "rank", "world_size", "proof",
+    "gpus", "sharding", "offload", "rank", "world_size", "proof", "memory_steps", "timing",
 ]
 
 
@@ -222,6 +229,27 @@ def speed(sc: Scenario, rec: dict | None, base: dict | None) -> dict:
     return {"speed_vs_separate": theirs[0] / mine[0], "speed_flag": "noisy" if noisy else ""}
 
 
+def timing(sc: Scenario, rec: dict | None, base: dict | None, group: dict | None) -> dict:
+    """A row's timing columns: its speed group's (:func:`refplan.harness.speed.group_timing`: paired,
+    interleaved) when ``group`` times it, else its own burst's (:func:`speed`). ``timing`` says which
+    and over how many steps; tokens/s and samples/s follow the median step time used."""
+    from refplan.harness.speed import group_timing
+
+    out = speed(sc, rec, base)
+    n = len((rec or {}).get("step_s") or [])
+    if rec and rec.get("median_step_s"):
+        out["timing"] = f"burst x{max(n - 1, 1)}"
+    base_key = sc.baseline.key if sc.baseline is not None else sc.key
+    grouped = group_timing(group, sc.key, base_key) if group else {}
+    if grouped:
+        own = float(rec["median_step_s"]) if rec and rec.get("median_step_s") else None
+        for col in ("tokens_per_s", "samples_per_s"):
+            if own and rec.get(col):
+                out[col] = float(rec[col]) * own / grouped["median_step_s"]
+        out.update({k: v for k, v in grouped.items() if v is not None})
+    return out
+
+
 def rescore(out_dir: Path) -> int:
     """Recompute the parity columns of ``bench.csv`` from the sidecars (after a resumed run whose
     baseline finished later, or a change of tolerance). Returns the number of rows changed."""
@@ -234,7 +262,8 @@ def rescore(out_dir: Path) -> int:
             continue
         sc = Scenario.from_dict(rec["scenario"])
         base = read_json(Path(out_dir) / "losses" / f"{sc.baseline.key}.json") if sc.baseline else None
-        new = {k: _cell(v) for k, v in {**parity(sc, rec, base), **speed(sc, rec, base)}.items()}
+        group = read_json(Path(out_dir) / "speed" / f"{(sc.baseline or sc).key}.json")
+        new = {k: _cell(v) for k, v in {**parity(sc, rec, base), **timing(sc, rec, base, group)}.items()}
         if any(str(row.get(k, "")) != str(v) for k, v in new.items()):
             row.update(new)
             changed += 1

@@ -18,8 +18,9 @@ from pathlib import Path
 from refplan.harness.display import Display
 from refplan.harness.processes import ForkServer, SpawnRunner
 from refplan.harness.rows import (COLUMNS, append_row, estimate_error, family_of, parity, rank_key, rank_rows,
-                                  read_done, read_json, scenario_row, speed)
+                                  read_done, read_json, scenario_row, speed, timing)
 from refplan.harness.scenario import Scenario
+from refplan.harness.speed import MEMORY_STEPS
 from refplan.harness.suites import Unsupported
 
 
@@ -51,6 +52,8 @@ def run_matrix(items: list[Scenario | Unsupported], opts: RunOptions) -> list[di
     isolation = opts.isolation if opts.isolation != "auto" else ("spawn" if cuda else "fork")
     log_path = out / "bench.log"
 
+    groups = speed_groups(items)
+    grouped = {sc.key for members in groups.values() for sc in members}
     display = Display(len(items), len(rows), enabled=opts.progress)
     runner = None
     try:
@@ -66,7 +69,9 @@ def run_matrix(items: list[Scenario | Unsupported], opts: RunOptions) -> list[di
                 if runner is None:
                     display.note("starting bench worker (imports torch, transformers, trl)...")
                     runner = ForkServer(log_path) if isolation == "fork" else SpawnRunner(log_path)
-                for row in _run_one(it, runner, opts, out, display):
+                if it.key in groups and not _group_done(out, groups[it.key]):
+                    _run_group(groups[it.key], runner, opts, out, display)
+                for row in _run_one(it, runner, opts, out, display, grouped=it.key in grouped):
                     append_row(csv_path, row)
                     rows.append(row)
                     display.finished(row)
@@ -89,14 +94,56 @@ def _done_rows(it, done: dict) -> list[dict] | None:
     return [done[it.key]] if it.key in done else None
 
 
-def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> list[dict]:
-    """The rows of one scenario: one, or one per rank of a sharded scenario."""
+def speed_groups(items: list) -> dict[str, list[Scenario]]:
+    """The speed groups of a matrix (:mod:`refplan.harness.speed`), by baseline key: each single-process
+    CPU ``separate`` baseline with the scenarios compared with it, when it has any. Sharded and CUDA
+    scenarios time their own bursts."""
+    scs = [it for it in items if isinstance(it, Scenario) and not it.sharded and it.train.device.value == "cpu"]
+    groups = {sc.key: [sc] for sc in scs if sc.baseline is None and sc.train.strategy.value == "separate"}
+    for sc in scs:
+        if sc.baseline is not None and sc.baseline.key in groups:
+            groups[sc.baseline.key].append(sc)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
+def _group_path(out: Path, base_key: str) -> Path:
+    return out / "speed" / f"{base_key}.json"
+
+
+def _group_done(out: Path, members: list[Scenario]) -> bool:
+    """A resumed run reuses a group timed before when it holds every member."""
+    done = read_json(_group_path(out, members[0].key))
+    return bool(done) and all(sc.key in (done.get("step_s") or {}) for sc in members)
+
+
+def _run_group(members: list[Scenario], runner, opts: RunOptions, out: Path, display) -> None:
+    """Time a speed group in one process (its result: ``speed/<baseline key>.json``). A group that
+    fails leaves no file: its rows then carry their own bursts' timing."""
+    path = _group_path(out, members[0].key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    rounds = max(sc.steps for sc in members)
+    request = {"speed_group": [sc.as_dict() for sc in members], "rounds": rounds, "result_path": str(path),
+               "timeout_s": opts.timeout_s * len(members)}
+    display.note(f"timing {len(members)} scenarios interleaved ({rounds} steps each)...")
+    runner.submit(request)
+    reply = None
+    while reply is None:
+        reply = runner.poll(0.25)
+    if not path.exists():
+        display.note(f"speed group of {members[0].key} ended without a result ({reply}); see bench.log")
+
+
+def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display, grouped: bool = False) -> list[dict]:
+    """The rows of one scenario: one, or one per rank of a sharded scenario. A ``grouped`` scenario is
+    timed in its speed group; its own burst runs :data:`refplan.harness.speed.MEMORY_STEPS` steps."""
     result_path = out / "losses" / f"{sc.key}.json"
     progress_path = out / ".progress"
     result_path.unlink(missing_ok=True)
     progress_path.write_text("")
     request = {"scenario": sc.as_dict(), "out_dir": str(out), "result_path": str(result_path),
-               "progress_path": str(progress_path), "timeout_s": opts.timeout_s, "track": opts.track}
+               "progress_path": str(progress_path), "timeout_s": opts.timeout_s, "track": opts.track,
+               "memory_steps": MEMORY_STEPS if grouped else None}
     t0 = time.monotonic()
     display.start(sc)
     runner.submit(request)
@@ -126,7 +173,8 @@ def _run_one(sc: Scenario, runner, opts: RunOptions, out: Path, display) -> list
     base = read_json(out / "losses" / f"{sc.baseline.key}.json") if sc.baseline is not None else None
     row.update({k: rec.get(k) for k in COLUMNS if k in rec})
     row.update(parity(sc, rec, base))
-    row.update(speed(sc, rec, base))
+    group = read_json(_group_path(out, (sc.baseline or sc).key)) if grouped else None
+    row.update(timing(sc, rec, base, group))
     row["family"] = family_of(rec.get("model_dir"))
     row["device_name"] = rec.get("env", {}).get("device_name", "")
     row["est_error_pct"] = estimate_error(rec)

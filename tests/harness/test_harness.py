@@ -260,6 +260,39 @@ def test_runner_turns_crash_and_timeout_into_rows_and_resumes(tmp_path, monkeypa
     assert (tmp_path / "summary.md").exists() and (tmp_path / "charts" / "memory.png").exists()
 
 
+def test_a_baseline_and_its_rows_are_timed_interleaved_in_one_speed_group(tmp_path, monkeypatch):
+    """The runner times ``separate`` and the rows compared with it in one process, in turns (their own
+    bursts run only the memory steps); a group that dies leaves every row, timed by its own burst."""
+    from refplan.harness import rows as csv_rows
+    from refplan.harness import runner
+    from refplan.harness.speed import MEMORY_STEPS
+
+    sep = scenario("dpo", "separate", steps=4)
+    pre = scenario("dpo", "precompute", steps=4)
+    orpo = scenario("orpo", "none", steps=4)
+    opts = runner.RunOptions(out_dir=tmp_path / "a", suite="test", timeout_s=120, progress=False, report=False)
+    runner.run_matrix([sep, pre, orpo], opts)
+    rows = csv_rows.read_done(tmp_path / "a" / "bench.csv")
+    group = json.loads((tmp_path / "a" / "speed" / f"{sep.key}.json").read_text())
+    assert group["order"] == [sep.key, pre.key] and not group["errors"]
+    assert all(len(group["step_s"][k]) == 4 for k in group["order"])
+    for sc in (sep, pre):
+        row = rows[sc.key]
+        assert row["status"] == "ok" and row["parity_ok"] in ("baseline", "pass")
+        assert row["timing"] == "interleaved x3" and int(row["memory_steps"]) == MEMORY_STEPS
+        assert float(row["speed_vs_separate"]) > 0 and float(row["median_step_s"]) > 0
+    assert float(rows[sep.key]["speed_vs_separate"]) == 1.0
+    assert rows[orpo.key]["timing"] == "burst x3" and int(rows[orpo.key]["memory_steps"]) == 4
+
+    monkeypatch.setenv("REFPLAN_BENCH_FAULT", f"speed:{pre.key}=crash")
+    runner.run_matrix([sep, pre], runner.RunOptions(out_dir=tmp_path / "b", suite="test", timeout_s=120,
+                                                    progress=False, report=False))
+    rows = csv_rows.read_done(tmp_path / "b" / "bench.csv")
+    assert not (tmp_path / "b" / "speed" / f"{sep.key}.json").exists()
+    assert [r["status"] for r in rows.values()] == ["ok", "ok"]
+    assert all(r["timing"] == f"burst x{MEMORY_STEPS - 1}" for r in rows.values())
+
+
 def test_suites_expand_without_torch_errors():
     from refplan.harness import suites
 
