@@ -287,12 +287,16 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
     moe = layer.moe
     k, h, i = moe.top_k, model.hidden_size, moe.expert_intermediate
     per = moe.num_experts * FP32 + FP32 + k * (FP32 + 36)
-    per += k * (2 * i + i + h) * m.a  # gate_up output, act(gate), down output
+    # grouped_mm is not an autocast op: transformers casts its input to the experts' weight dtype
+    # (``input.to(weight.dtype)``, integrations/moe.py ``_grouped_mm``), so the experts' tensors are
+    # in the weights' dtype -- fp32 under autocast from fp32 weights (measured: layer_inventory, Mixtral)
+    e = m.w
+    per += k * (2 * i + i + h) * e  # gate_up output, act(gate), down output
     experts = layer.first(Role.EXPERTS_GATE_UP)
     if not train.finetune.peft or (experts is not None and model.wraps(experts, train.lora_targets)):
         # grouped_mm keeps its inputs only for a weight gradient: frozen experts (PEFT without them
         # in its targets) keep neither the gathered rows nor act * up
-        per += k * (h + i) * m.a
+        per += k * (h + i) * e
     if moe.shared_intermediate:
         per += 4 * moe.shared_intermediate * m.a  # gated shared MLP: gate, act(gate), up, act * up
         if moe.shared_gated:
