@@ -12,6 +12,7 @@ accelerate/utils/modeling.py ``get_mixed_precision_context_manager``):
 - ``fp32``: fp32 weights, ``bf16=False`` (no autocast)
 - ``bf16``: bf16 weights, ``bf16=True`` (TRL's default: bf16 autocast over bf16 weights)
 - ``fp32-autocast``: fp32 weights, ``bf16=True`` (TRL's CLI default: the model loads in fp32)
+- ``bf16-noautocast``: bf16 weights, ``bf16=False`` (no autocast; TrainSpec ``autocast="none"``)
 
 MoE expert widths are rounded up to a multiple of 8 elements (16 bytes in bf16), as the real bursts'
 shapes are (refplan/validate_shapes.py draws ``moe_intermediate_size`` from 16, 24, 40, 64): the CPU
@@ -35,6 +36,7 @@ MODES = {
     "fp32": ("fp32", None, dict(dtype="fp32")),
     "bf16": ("bf16", "bf16", dict(dtype="bf16")),
     "fp32-autocast": ("fp32", "bf16", dict(dtype="fp32", autocast="bf16")),
+    "bf16-noautocast": ("bf16", None, dict(dtype="bf16", autocast="none")),
 }
 
 #: the config key holding the routed experts' width, per MoE model type
