@@ -43,6 +43,8 @@ def act_mode(train: TrainSpec) -> ActMode:
     # (Linear4bit returns its input's dtype) stay fp32 under autocast; the activations below assume the
     # load dtype (measured: -13 % to -17 % on such CPU bursts; README, known gaps).
     w = dtype_bytes(train.dtype)
-    return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32,
+    # a 16-bit compute dtype runs under the Trainer's autocast unless the run has none (bf16 = fp16 =
+    # False on a 16-bit load): then PEFT casts each LoRA input up to its fp32 adapters, nothing casts back
+    return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32 and not train.no_autocast,
                    adapter=dtype_bytes(adapter_dtype(train)) if train.finetune.peft else FP32,
                    base_keeps_input=train.policy_quant is Quant.INT8)

@@ -22,7 +22,7 @@ from refplan.attention import (  # noqa: F401  (re-exported)
     attention_masked,
 )
 from refplan.methods import Finetune
-from refplan.model import Input, Layer, MlpStyle, ModelSpec, NormPlacement, NormStyle, QKNorm, Role
+from refplan.model import Input, Layer, Linear, MlpStyle, ModelSpec, NormPlacement, NormStyle, QKNorm, Role
 from refplan.settings import Quant
 from refplan.spec import TrainSpec
 from refplan.terms import adapter_dtype
@@ -164,35 +164,51 @@ def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -
                if model.wraps(l, train.lora_targets) and (l.count > 1 or (layer.moe is not None and l.role is Role.ROUTER)))
 
 
-def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec,
+                              input_requires_grad: bool = True) -> int:
     """Compute-dtype copies of the layer's linear weights that autocast makes from fp32 weights and
     the matmuls keep for backward (torch autocast's weight cache for leaves that require grad; a
     frozen base weight is cast per op and kept too, since the input gradient needs it), and of its
-    LoRA adapters (:func:`lora_adapter_copies_bytes`). Zero without autocast."""
+    LoRA adapters (:func:`lora_adapter_copies_bytes`). Zero without autocast. A matmul keeps the
+    weight copy only for its input's gradient: under PEFT the first layer's input (a frozen
+    embedding's output) takes none, so the frozen linears reading it keep no copy
+    (``input_requires_grad`` False; measured: bench/layer_inventory.py, fp32-autocast LoRA)."""
     m = act_mode(train)
-    merged = lora_merged_weight_bytes(model, layer, train) + lora_adapter_copies_bytes(model, layer, train)
+    merged = (lora_merged_weight_bytes(model, layer, train)
+              + lora_adapter_copies_bytes(model, layer, train, input_requires_grad))
     if not m.autocast or m.w == m.a or train.policy_quant is not Quant.NONE:
         return merged  # bitsandbytes' k-bit matmuls are custom ops that autocast does not cast
-    return merged + _autocast_copies(layer, m)
+    frozen_input = train.finetune.peft and not input_requires_grad
+    return merged + sum(l.in_features * l.out_features for l in layer.linears
+                        if l.count == 1 and not (frozen_input and _reads_layer_input(model, l))) * m.a
 
 
-def lora_adapter_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+def _reads_layer_input(model: ModelSpec, lin: Linear) -> bool:
+    """The linear reads a norm of the layer's input (the attention input; a parallel block's MLP
+    input too), which requires grad only when the layer's input does."""
+    inp = lin.role.input
+    return inp is Input.ATTN_IN or (model.structure.parallel_residual and inp in (Input.MLP_IN, Input.ROUTER_IN))
+
+
+def lora_adapter_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec,
+                              input_requires_grad: bool = True) -> int:
     """Autocast's compute-dtype copies of the layer's LoRA A and B weights: PEFT keeps adapters in
     fp32 (``autocast_adapter_dtype``), autocast casts each for its matmul (and caches the cast, the
     weights requiring grad) and ``mm`` keeps it for the input gradient -- on bf16 and on fp32 bases
     alike (measured: trace engine, llama tiny, r = 32). Zero without autocast. ParamWrapper
-    adapters (experts, router) are merged into the weight instead (:func:`lora_merged_weight_bytes`)."""
+    adapters (experts, router) are merged into the weight instead (:func:`lora_merged_weight_bytes`).
+    A's copy is kept only when A's input takes a gradient (not in the first layer under PEFT:
+    ``input_requires_grad`` False); B's always (A's output does)."""
     m = act_mode(train)
     if not train.finetune.peft or not m.autocast or dtype_bytes(adapter_dtype(train)) == m.a:
         return 0
-    return sum(l.lora_rank_mult * train.lora_r * (l.in_features + l.out_features) for l in layer.linears
-               if model.wraps(l, train.lora_targets) and l.count == 1
-               and not (layer.moe is not None and l.role is Role.ROUTER)) * m.a
-
-
-def _autocast_copies(layer: Layer, m: ActMode) -> int:
-    # routed experts run through grouped_mm, which autocast does not cover: no copies for them
-    return sum(l.in_features * l.out_features for l in layer.linears if l.count == 1) * m.a
+    total = 0
+    for l in layer.linears:
+        if not model.wraps(l, train.lora_targets) or l.count != 1 or (layer.moe is not None and l.role is Role.ROUTER):
+            continue
+        a_kept = input_requires_grad or not _reads_layer_input(model, l)
+        total += l.lora_rank_mult * train.lora_r * ((l.in_features if a_kept else 0) + l.out_features)
+    return total * m.a
 
 
 def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:
@@ -271,12 +287,16 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
     moe = layer.moe
     k, h, i = moe.top_k, model.hidden_size, moe.expert_intermediate
     per = moe.num_experts * FP32 + FP32 + k * (FP32 + 36)
-    per += k * (2 * i + i + h) * m.a  # gate_up output, act(gate), down output
+    # grouped_mm is not an autocast op: transformers casts its input to the experts' weight dtype
+    # (``input.to(weight.dtype)``, integrations/moe.py ``_grouped_mm``), so the experts' tensors are
+    # in the weights' dtype -- fp32 under autocast from fp32 weights (measured: layer_inventory, Mixtral)
+    e = m.w
+    per += k * (2 * i + i + h) * e  # gate_up output, act(gate), down output
     experts = layer.first(Role.EXPERTS_GATE_UP)
     if not train.finetune.peft or (experts is not None and model.wraps(experts, train.lora_targets)):
         # grouped_mm keeps its inputs only for a weight gradient: frozen experts (PEFT without them
         # in its targets) keep neither the gathered rows nor act * up
-        per += k * (h + i) * m.a
+        per += k * (h + i) * e
     if moe.shared_intermediate:
         per += 4 * moe.shared_intermediate * m.a  # gated shared MLP: gate, act(gate), up, act * up
         if moe.shared_gated:
@@ -314,7 +334,7 @@ def per_layer_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> list
         key = (model.layer_groups[idx], irg, attention_masked(model, train, idx))
         if key not in memo:
             memo[key] = (tokens * layer_saved_bytes_per_token(model, layer, train, irg, idx)
-                         + layer_weight_copies_bytes(model, layer, train))
+                         + layer_weight_copies_bytes(model, layer, train, irg))
         out.append(memo[key])
     return out
 

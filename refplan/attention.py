@@ -5,6 +5,7 @@ a layer's saved tensors; same conventions (bytes, per token of rows x seq)."""
 from __future__ import annotations
 
 from refplan.act_dtypes import FP32, ActMode
+from refplan.methods import Finetune
 from refplan.model import AttentionKernel, KVToAttention, Layer, ModelSpec, Positions, Role
 from refplan.spec import TrainSpec
 
@@ -49,10 +50,17 @@ def attention_impl(model: ModelSpec, train: TrainSpec) -> str:
 
 def _o_proj_input_kept(train: TrainSpec, m: ActMode) -> bool:
     """Whether what attention hands o_proj is itself kept for backward: by o_proj's weight gradient (full
-    fine-tuning), by its LoRA A when the adapters share the activations' dtype, by an 8-bit base. Not
-    with QLoRA's bf16 adapters on a 4-bit base and fp32 activations: LoRA A keeps its own bf16 cast
-    (counted with the linears' inputs) and the 4-bit matmul keeps nothing."""
-    return not (train.finetune.peft and not m.autocast and m.adapter != m.a and not m.base_keeps_input)
+    fine-tuning), by its LoRA A when that reads it as is -- adapters in the activations' dtype, or a
+    4-bit base under autocast (lora/bnb.py ``Linear4bit.forward`` skips PEFT's cast then and autocast
+    casts only the adapter weights) --, by an 8-bit base. Otherwise LoRA A keeps its own cast
+    (counted with the linears' inputs): PEFT's cast to the adapter dtype, and under autocast
+    autocast's cast back to the compute dtype (measured: bench/layer_inventory.py, bf16 LoRA on
+    GPT-NeoX), and a frozen base keeps nothing."""
+    if not train.finetune.peft or m.base_keeps_input or m.adapter == m.a:
+        return True
+    return train.finetune is Finetune.QLORA and m.autocast
+
+
 def _own_sdpa(model: ModelSpec, train: TrainSpec) -> bool:
     """A model that calls attention itself (Falcon) runs SDPA's fused kernel: ``sdpa`` asked, and
     K/V as many heads as Q (a single broadcast K/V head sends torch to its math kernel)."""

@@ -7,7 +7,7 @@ sequences. Split from :mod:`refplan.activations`, whose helpers it reads.
 from __future__ import annotations
 
 from refplan.activations import FP32, _mask_kinds, _norm_saved, _own_sdpa, act_mode, attention_impl
-from refplan.model import ModelSpec, Positions
+from refplan.model import ModelSpec, Positions, Role
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -73,9 +73,13 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
 
 
 def backbone_output_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """The backbone's last hidden state (final norm output, or OPT's ``project_out`` output), alive
-    until the head consumes it."""
-    return rows * train.seq * model.token_dim * act_mode(train).a
+    """The backbone's last hidden state, alive until the head consumes it: OPT's ``project_out``
+    output (a matmul: the compute dtype), else the final norm's output or the last residual sum, in
+    the residual stream's dtype -- fp32 under autocast from fp32 weights, norms and adds not being
+    autocast ops (measured: bench/layer_inventory.py, fp32-autocast mode)."""
+    m = act_mode(train)
+    projected = any(l.role is Role.PROJECT_OUT for l in model.outer_linears)
+    return rows * train.seq * model.token_dim * (m.a if projected else m.w)
 
 
 def outer_linears_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
@@ -110,6 +114,8 @@ def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     pct = model.structure.rotary_fraction
     if pct:
         rot = int(model.head_dim * pct)
+    # the tables are ``cat((freqs, freqs))`` over ``arange(0, rot, 2)``: an odd rotary width rounds up
+    rot += rot % 2
     return 2 * train.seq * rot * act_mode(train).w
 
 

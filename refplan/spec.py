@@ -68,7 +68,10 @@ class TrainSpec:
       the trainer's batches have it.
     - ``dtype`` is the dtype the policy is loaded in; ``autocast`` is the compute dtype of the
       forward when it differs (fp32 weights + bf16 autocast is TRL's default when a model is passed
-      by name with ``bf16=True``); ``None`` means the forward runs in ``dtype``.
+      by name with ``bf16=True``); ``None`` means the forward runs in ``dtype`` -- for a 16-bit load,
+      under the Trainer's autocast to that dtype (TRL's default ``bf16=True``), which still casts
+      PEFT's fp32 adapters. ``autocast="none"`` (:attr:`no_autocast`) says the Trainer runs no autocast
+      at all (``bf16`` and ``fp16`` both False).
     - ``sharding`` splits state over ``gpus`` ranks (ZeRO stage or FSDP); ``gpus`` > 1 without
       sharding is plain data parallelism (every rank holds everything).
     - k-bit loads (``finetune=qlora``, ``ref_quant``) are transformers' ``BitsAndBytesConfig``:
@@ -84,6 +87,10 @@ class TrainSpec:
     finetune: Finetune = Finetune.FULL
     dtype: Dtype = Dtype.BF16
     autocast: Dtype | None = None
+    #: the Trainer runs with ``bf16=False`` and ``fp16=False``: no autocast, so a 16-bit load computes
+    #: in its own dtype and PEFT upcasts each LoRA input to the fp32 adapters' dtype. Spelled
+    #: ``autocast="none"`` (``--autocast none``); meaningless for fp32 weights (normalized to False)
+    no_autocast: bool = False
     ref_dtype: Dtype | None = None  # None: same as the policy's load dtype
     ref_quant: Quant = Quant.NONE
     lora_r: int = 16
@@ -121,6 +128,9 @@ class TrainSpec:
     modules_to_save: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if isinstance(self.autocast, str) and self.autocast.strip().lower() in ("none", "off", "no"):
+            object.__setattr__(self, "autocast", None)
+            object.__setattr__(self, "no_autocast", True)
         for name, (cls, flag) in _PARSED.items():
             value = getattr(self, name)
             if value is not None or name not in _OPTIONAL_ENUMS:
@@ -128,9 +138,14 @@ class TrainSpec:
         object.__setattr__(self, "lora_targets", parse_lora_targets(self.lora_targets))
         if self.autocast is self.dtype:  # autocast to the weights' own dtype casts nothing
             object.__setattr__(self, "autocast", None)
-        for name in ("grad_ckpt", "padded", "double_quant", "prepare_kbit", "dora"):
+        for name in ("grad_ckpt", "padded", "double_quant", "prepare_kbit", "dora", "no_autocast"):
             if not isinstance(getattr(self, name), bool):
                 raise PlanError(f"--{name.replace('_', '-')}", f"must be true or false (got {getattr(self, name)!r})")
+        if self.no_autocast and self.autocast is not None:
+            raise PlanError("--autocast", f"give either an autocast dtype or none (got autocast {self.autocast.value} "
+                                          "and no_autocast)")
+        if self.dtype is Dtype.FP32:
+            object.__setattr__(self, "no_autocast", False)  # fp32 weights without autocast: the default
         _positive("batch", self.batch, "--batch", MAX_BATCH)
         _positive("seq", self.seq, "--seq", MAX_SEQ)
         _positive("lora rank", self.lora_r, "--lora-r", 1 << 16)

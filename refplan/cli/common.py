@@ -40,7 +40,7 @@ TRAIN_FLAGS = (
     ("--lora-r", int, "LoRA rank (default 16)"),
     ("--lora-targets", str, "'all-linear' or module names, e.g. q_proj,v_proj (default all-linear)"),
     ("--dtype", str, "policy load dtype: bf16 | fp16 | fp32 (default bf16)"),
-    ("--autocast", str, "autocast compute dtype when weights are fp32 (bf16|fp16)"),
+    ("--autocast", str, "autocast compute dtype when weights are fp32 (bf16|fp16); none: the Trainer runs no autocast (bf16 and fp16 false)"),
     ("--ref-dtype", str, "reference dtype (default: --dtype)"),
     ("--ref-quant", str, "none | 8bit | 4bit (separate reference)"),
     ("--batch", int, "per_device_train_batch_size (pairs; KTO: examples) (default 1)"),

@@ -137,7 +137,8 @@ def _precision(f: ConfigFile, res: Resolution, m: Method) -> None:
         bsrc = f.source("bf16")
     if bf16 and fp16:
         raise f.error("bf16", "bf16 and fp16 are both true; transformers refuses mixed precision of both kinds")
-    autocast = "bf16" if bf16 else "fp16" if fp16 else None
+    # neither flag: no autocast at all -- a 16-bit load then computes in its own dtype ("none")
+    autocast = "bf16" if bf16 else "fp16" if fp16 else "none"
     res.set("autocast", autocast, bsrc if bf16 else (f.source("fp16") if fp16 else bsrc))
 
 

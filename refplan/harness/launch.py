@@ -55,7 +55,7 @@ def deepspeed_config(sc: Scenario, hidden_size: int) -> dict:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
     if t.offload.params_on_cpu:
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
-    mixed = {t.dtype.value, (t.autocast.value if t.autocast else t.dtype.value)}
+    mixed = set() if t.no_autocast else {t.dtype.value, (t.autocast.value if t.autocast else t.dtype.value)}
     return {
         "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto",
         "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",

@@ -111,6 +111,8 @@ class Scenario:
         for k in TRAIN_KEYS:
             v = getattr(t, k)
             values[k] = v.value if hasattr(v, "value") else v
+        if t.no_autocast:
+            values["autocast"] = "none"
         out = {k: values[k] for k in FLAT_KEYS}
         if t.lora_targets != (ALL_LINEAR,):
             out["lora_targets"] = ",".join(t.lora_targets)

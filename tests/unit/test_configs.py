@@ -261,3 +261,22 @@ def test_flags_win_over_the_file_and_zero_fsdp_decide_together(tmp_path):
     settings, prov = configs.merge(run, {})
     assert settings["sharding"] == "fsdp" and prov["sharding"].origin is Origin.FILE
     assert prov["lora_r"].origin is Origin.REFPLAN
+
+
+def test_trl_bf16_false_on_a_bf16_load_is_a_run_without_autocast(tmp_path):
+    """``bf16: false`` (and no fp16) on a bfloat16 load: the Trainer runs no autocast, so PEFT's fp32
+    adapters get fp32 copies of their inputs -- not the bf16-autocast run the default gives."""
+    from refplan.act_dtypes import act_mode
+    from refplan.settings import train_spec_from_strings
+
+    path = _write(tmp_path, "dpo.yaml", "model_name_or_path: x\ndtype: bfloat16\nbf16: false\nuse_peft: true\n")
+    run = configs.read_config(path, method=Method.DPO, model_type="llama")
+    assert (run.settings["dtype"], run.settings["autocast"]) == ("bf16", "none")
+    pure = train_spec_from_strings("dpo", "unwrap", finetune="lora", dtype="bf16", autocast="none")
+    default = train_spec_from_strings("dpo", "unwrap", finetune="lora", dtype="bf16")
+    assert pure.no_autocast and pure.autocast is None and not default.no_autocast
+    assert not act_mode(pure).autocast and act_mode(default).autocast
+    # fp32 weights without autocast are the default already; a dtype and none together are refused
+    assert not train_spec_from_strings("dpo", "separate", dtype="fp32", autocast="none").no_autocast
+    with pytest.raises(PlanError, match="autocast"):
+        train_spec_from_strings("dpo", "separate", dtype="bf16", autocast="fp16", no_autocast=True)

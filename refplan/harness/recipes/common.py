@@ -106,7 +106,7 @@ def policy_and_reference(sc: Scenario, model_dir: str | Path):
 def training_args(sc: Scenario, out_dir: str | Path, max_length: int | None) -> dict:
     """Keyword arguments every TRL config of the bench gets."""
     train = sc.train
-    mixed = {train.dtype, train.autocast}
+    mixed = set() if train.no_autocast else {train.dtype, train.autocast}
     return dict(
         output_dir=str(out_dir),
         per_device_train_batch_size=train.batch,
