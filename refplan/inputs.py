@@ -28,12 +28,19 @@ class Inputs:
     strategies: tuple[Strategy, ...] | None
     config: object | None = None  # refplan.configs.run.ImportedRun
     warnings: tuple[str, ...] = field(default=())
+    #: --dataset: each method's derived padded length (refplan.seqlen); settings["seq"] is their largest
+    seq_by_method: dict = field(default_factory=dict)
+    #: --dataset: the line that says how seq was derived, for the table header
+    seq_note: str | None = None
 
     def configured(self, method: str, strategy: str) -> bool:
         return self.config is not None and self.config.configured(Method(method), Strategy(strategy))
 
     def provenance_record(self) -> dict:
-        return {k: v.record() for k, v in self.provenance.items()}
+        out = {k: v.record() for k, v in self.provenance.items()}
+        if self.config is not None:
+            out.update({k: {**src.record(), "value": v} for k, (v, src) in self.config.padding.items()})
+        return out
 
 
 def gather(*, model: str | None, config: str | None, flags: dict, methods, strategies,
@@ -111,3 +118,42 @@ def _spell(v) -> str:
     if isinstance(v, (tuple, list)):
         return ",".join(map(str, v))
     return "-" if v is None else str(getattr(v, "value", v))
+
+
+def with_dataset(inputs: Inputs, dataset: str, tokenizer: str | None, model: str | None, seq_typed: bool) -> Inputs:
+    """``seq`` derived from a ``.jsonl`` dataset as TRL pads it (refplan.seqlen), per method asked for."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from refplan import seqlen
+    from refplan.configs.defaults import TRL_VERSION
+
+    if seq_typed:
+        raise PlanError("--seq", "give --seq or --dataset, not both: --dataset derives seq from the examples")
+    if tokenizer is None and not (model and Path(model).expanduser().is_dir()):
+        raise PlanError("--tokenizer", "--dataset needs the model's tokenizer: give --tokenizer DIR (or --model DIR, "
+                                       "a local model directory)")
+    tok = seqlen.Tokenizer(tokenizer or model, "--tokenizer" if tokenizer else "--model")
+    pad = inputs.config.padding if inputs.config is not None else {}
+    padding = seqlen.Padding(pad.get("max_length", (1024,))[0], pad.get("truncation_mode", ("keep_start",))[0],
+                             pad.get("pad_to_multiple_of", (None,))[0])
+    derived, by_family = {}, {}
+    for m in inputs.methods or tuple(Method):
+        key = (seqlen.FAMILY[m], m is Method.KTO)
+        if key not in by_family:
+            by_family[key] = seqlen.derive(dataset, tok, m, padding, int(inputs.settings.get("batch", 1)))
+        derived[m] = by_family[key]
+    top = max(derived.values(), key=lambda d: d.seq)
+    detail = top.detail()
+    if inputs.config is None:
+        detail += f"; max_length is TRL {TRL_VERSION}'s default (give --config to read yours)"
+    if len({d.seq for d in derived.values()}) > 1:
+        detail += "; per method " + ", ".join(f"{m.value} {d.seq}" for m, d in derived.items())
+    settings, provenance = dict(inputs.settings), dict(inputs.provenance)
+    settings["seq"], provenance["seq"] = top.seq, Source(Origin.DERIVED, detail)
+    warnings = inputs.warnings
+    if inputs.config is not None and inputs.config.framework == "axolotl":
+        warnings += ("Axolotl drops the rows whose prompt + completion exceed sequence_len before TRL sees them "
+                     "(utils/data/rl.py drop_long_rl_seq); refplan replays TRL alone, so its seq is an upper bound",)
+    return replace(inputs, settings=settings, provenance=provenance, warnings=warnings,
+                   seq_by_method={m: d.seq for m, d in derived.items()}, seq_note=f"seq {top.seq}: {detail}")

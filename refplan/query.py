@@ -36,6 +36,8 @@ class EstimateQuery:
     strategies: tuple[Strategy, ...] | None = None  # None: every applicable strategy
     gpu: object | None = None  # refplan.gpus.GPU
     engine: Engine = Engine.FORMULA
+    #: --dataset: the padded length each method's TRL path gives the examples (refplan.seqlen)
+    seq_by_method: dict = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -101,7 +103,7 @@ def train_specs(query: EstimateQuery) -> tuple[list[TrainSpec], bool]:
             if strategies and strat not in strategies:
                 continue
             keeps_quant = strat in (Strategy.SEPARATE, Strategy.PRECOMPUTE)
-            specs.append(replace(base, method=meth, strategy=strat,
+            specs.append(replace(base, method=meth, strategy=strat, seq=query.seq_by_method.get(meth, base.seq),
                                  ref_quant=base.ref_quant if keeps_quant else Quant.NONE))
     if not specs:
         raise PlanError("--strategy", "no applicable method x strategy for these flags")

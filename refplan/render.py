@@ -120,6 +120,13 @@ def _config_lines(inputs) -> tuple[str, ...]:
     return tuple(lines)
 
 
+def seq_lines(inputs) -> tuple[str, ...]:
+    """The line that says how --dataset derived seq (refplan.seqlen)."""
+    from rich.markup import escape
+
+    return (escape(inputs.seq_note),) if getattr(inputs, "seq_note", None) else ()
+
+
 def estimate_output(inputs, rows: list[Estimate], engine: str = "formula", gpu=None, skipped_kto: bool = False,
                     notes: tuple[str, ...] = ()) -> Output:
     """The estimate table, JSON document and CSV rows, from the same :class:`Estimate` records
@@ -178,5 +185,5 @@ def estimate_output(inputs, rows: list[Estimate], engine: str = "formula", gpu=N
                  + ", ".join(f"{SHORT.get(c, c)} = {c}" for c in comps if SHORT.get(c, c) != c)
                  + ". GiB = 2^30 bytes.")
     return Output(document=doc, title=title, columns=tuple(columns), cells=tuple(cells), notes=tuple(lines),
-                  header_lines=_config_lines(inputs), csv_columns=tuple(csv_columns), csv_rows=tuple(csv_rows),
+                  header_lines=_config_lines(inputs) + seq_lines(inputs), csv_columns=tuple(csv_columns), csv_rows=tuple(csv_rows),
                   width=max(120, 62 + 10 * len(comps)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from refplan.fit import FitAnswer, FitRow
 from refplan.output import Column, Output
-from refplan.render import _config_lines, model_record, settings_record
+from refplan.render import _config_lines, model_record, seq_lines, settings_record
 from refplan.units import GIB
 
 
@@ -64,4 +64,4 @@ def fit_output(inputs, answer: FitAnswer, gpu, skipped_kto: bool, vary: str) -> 
                  "beyond. GPUs: when it does not fit on one, the fewest GPUs and sharding (per rank). GiB = 2^30 bytes.")
     columns_csv = tuple(records[0]) if records else ()
     return Output(document=doc, title=title, columns=columns, cells=tuple(cells), notes=tuple(notes),
-                  header_lines=_config_lines(inputs), csv_columns=columns_csv, csv_rows=tuple(records), width=150)
+                  header_lines=_config_lines(inputs) + seq_lines(inputs), csv_columns=columns_csv, csv_rows=tuple(records), width=150)

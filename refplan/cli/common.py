@@ -87,6 +87,11 @@ def add_train_flags(p) -> None:
     for flag, help_text in TRAIN_SWITCHES:
         p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
     p.add_argument("--offline", action="store_true", help="never touch the network for --model")
+    p.add_argument("--dataset", default=None, metavar="FILE.jsonl",
+                   help="derive --seq from your examples as TRL 1.16 truncates (max_length) and pads them "
+                        "(prompt/chosen/rejected; KTO prompt/completion/label; message lists via the chat template)")
+    p.add_argument("--tokenizer", default=None, metavar="DIR", help="the tokenizer --dataset is read with (a local "
+                                                                    "directory; default: --model when it is one)")
 
 
 def typed_train_flags(args) -> dict:
@@ -106,7 +111,15 @@ def gather_inputs(args):
     from refplan.inputs import gather
     from refplan.methods import Method, Strategy
 
-    return gather(model=args.model, config=args.config, flags=typed_train_flags(args),
-                  methods=split_list(args.method, Method, "--method"),
-                  strategies=split_list(args.strategy, Strategy, "--strategy"), deepspeed=args.deepspeed,
-                  accelerate=args.accelerate_config, offline=True if args.offline else None)
+    inputs = gather(model=args.model, config=args.config, flags=typed_train_flags(args),
+                    methods=split_list(args.method, Method, "--method"),
+                    strategies=split_list(args.strategy, Strategy, "--strategy"), deepspeed=args.deepspeed,
+                    accelerate=args.accelerate_config, offline=True if args.offline else None)
+    if args.dataset is None:
+        if args.tokenizer is not None:
+            raise PlanError("--tokenizer", "reads --dataset; give --dataset FILE.jsonl too")
+        return inputs
+    from refplan.inputs import with_dataset
+
+    return with_dataset(inputs, args.dataset, args.tokenizer, args.model or getattr(inputs.config, "model", None),
+                        args.seq is not None)

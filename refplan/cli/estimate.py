@@ -37,7 +37,8 @@ def run(args) -> int:
     engine = Engine.parse(args.engine, "--engine")
     gpu = get_gpu(args.gpu) if args.gpu else None
     inputs = gather_inputs(args)
-    query = EstimateQuery(inputs.model, inputs.settings, inputs.methods, inputs.strategies, gpu, engine)
+    query = EstimateQuery(inputs.model, inputs.settings, inputs.methods, inputs.strategies, gpu, engine,
+                          seq_by_method=inputs.seq_by_method)
     if any(needs_trace(inputs.model, t) for t in train_specs(query)[0]):
         from refplan.errors import PlanError
 

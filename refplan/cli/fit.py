@@ -41,11 +41,15 @@ def run(args) -> int:
                                          "the longest length at batch N")
     if args.effective_batch is not None and args.effective_batch < 1:
         raise PlanError("--effective-batch", f"must be positive (got {args.effective_batch})")
+    if args.batch is not None and args.dataset is not None:
+        raise PlanError("--batch/--dataset", "give one: --dataset fixes the length and asks for the largest batch, "
+                                             "--batch N for the longest length at batch N")
     gpu = capacity_from_args(args.gpu, args.gpu_memory)
     inputs = gather_inputs(args)
     for w in inputs.warnings:
         sys.stderr.write(f"refplan: warning: {w}\n")
-    specs, skipped_kto = train_specs(EstimateQuery(inputs.model, inputs.settings, inputs.methods, inputs.strategies))
+    specs, skipped_kto = train_specs(EstimateQuery(inputs.model, inputs.settings, inputs.methods, inputs.strategies,
+                                                   seq_by_method=inputs.seq_by_method))
     answer = fit(inputs.model, specs, gpu.memory_bytes, args.effective_batch)
     vary = "seq" if args.batch is not None else "batch"
     emit(fit_output(inputs, answer, gpu, skipped_kto, vary), args.format)

@@ -80,7 +80,18 @@ def read(f: ConfigFile, method: Method | None = None, model_type: str | None = N
         res.warn(f"{f.name}: Axolotl keeps embeddings, lm_head and norms in fp32 for a full fine-tune with default "
                  "attention (loaders/model.py _configure_embedding_dtypes); refplan counts them in the load dtype")
     return ImportedRun(str(f.path), "axolotl", f.data.get("base_model"), (configured,), strategy, res.settings,
-                       res.provenance, tuple(res.warnings))
+                       res.provenance, tuple(res.warnings), padding=_padding(res))
+
+
+def _padding(res: Resolution) -> dict:
+    """Axolotl passes ``max_length = sequence_len`` (core/builders/base.py ``_set_base_training_args``) and
+    neither ``truncation_mode`` nor ``pad_to_multiple_of`` (core/builders/rl.py, trainers/dpo/__init__.py):
+    TRL's keep_start and 'auto' (None off Neuron) hold. Before TRL, Axolotl drops the rows whose prompt +
+    completion exceed sequence_len (utils/data/rl.py ``drop_long_rl_seq``)."""
+    return {"max_length": (res.settings["seq"], res.provenance["seq"]),
+            "truncation_mode": ("keep_start", framework_default(_AXO, "passes no truncation_mode: TRL's keep_start")),
+            "pad_to_multiple_of": (None, framework_default(_AXO, "passes no pad_to_multiple_of: TRL's auto -> None "
+                                                                 "off Neuron"))}
 
 
 def _precision(f: ConfigFile, res: Resolution) -> None:

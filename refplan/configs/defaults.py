@@ -46,7 +46,12 @@ TRL_DEFAULTS: dict[tuple[str, str], object] = {
         ("precompute_ref_batch_size", None),
         ("sync_ref_model", False),
         ("activation_offloading", False),
+        # "auto" resolves in __post_init__: 128 on Neuron, else None (dpo_config.py ~386, kto_config.py ~262)
+        ("pad_to_multiple_of", None),
     )},
+    # DataCollatorForPreference's truncation (dpo_config.py); KTO always keeps the start, ORPO/CPO truncate
+    # the completion only (refplan.seqlen)
+    ("DPOConfig", "truncation_mode"): "keep_start",
 }
 
 #: PEFT 0.21 ``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`` (peft/utils/constants.py): the

@@ -44,6 +44,9 @@ class ImportedRun:
     warnings: tuple[str, ...] = ()
     #: TrainSpec keys whose value the user's file (or a file it names) fixed
     notes: tuple[str, ...] = ()
+    #: what shapes a padded sequence, beside ``seq``: max_length, truncation_mode, pad_to_multiple_of ->
+    #: (value, Source) (refplan.seqlen replays them on a dataset)
+    padding: dict = field(default_factory=dict)
 
     def strategy_for(self, method: Method) -> Strategy:
         return self.strategy if (method.caps.needs_reference and self.strategy is not None) else Strategy.NONE

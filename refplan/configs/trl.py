@@ -21,11 +21,12 @@ keys do, else every method that reads the file is shown.
 from __future__ import annotations
 
 from refplan.configs import sharding as sh
-from refplan.configs.defaults import PEFT_DEFAULT_TARGETS, TRL_VERSION, trl_default, trl_where
+from refplan.configs.defaults import PEFT_DEFAULT_TARGETS, TRL_CONFIG_CLASS, TRL_VERSION, trl_default, trl_where
 from refplan.configs.run import ImportedRun, Resolution, derived, framework_default
 from refplan.configs.source import ConfigFile
 from refplan.errors import PlanError
 from refplan.methods import Method, Strategy
+from refplan.seqlen import round_up
 from refplan.settings import Optim
 
 #: keys only one method's config has (trl/trainer/kto_config.py, experimental/cpo/cpo_config.py)
@@ -87,9 +88,14 @@ def read(f: ConfigFile, method: Method | None = None, model_type: str | None = N
     batch, src = _value(f, res, "per_device_train_batch_size", m)
     res.set("batch", batch, src)
     seq, src = _value(f, res, "max_length", m)
+    padding = _padding(f, m, seq, src)
     if seq is None:
         res.warn(f"{f.where('max_length')}: null means no truncation; the padded length is your longest "
-                 "example -- refplan uses --seq (default 1024)")
+                 "example -- refplan uses --seq (default 1024), or give --dataset")
+    elif padding["pad_to_multiple_of"][0]:
+        multiple = padding["pad_to_multiple_of"][0]
+        res.set("seq", round_up(seq, multiple), derived(
+            f"max_length {seq} ({src}) rounded up to pad_to_multiple_of {multiple} (trl/trainer/utils.py pad)"))
     else:
         res.set("seq", seq, src)
     ckpt = f.data.get("gradient_checkpointing", f.data.get("activation_checkpointing"))
@@ -117,7 +123,38 @@ def read(f: ConfigFile, method: Method | None = None, model_type: str | None = N
     # log-probs the fused head already returned and keeps nothing at any phase's peak -- measured on real
     # CPU steps (tests/harness/test_trace.py::test_dpo_sft_loss_term_adds_nothing_at_any_phase_peak)
     return ImportedRun(str(f.path), "trl", model, methods, strategy, res.settings, res.provenance,
-                       tuple(res.warnings))
+                       tuple(res.warnings), padding=padding)
+
+
+def _padding(f: ConfigFile, m: Method, max_length, max_src) -> dict:
+    """max_length, truncation_mode and pad_to_multiple_of as the method's config class resolves them."""
+    cls = TRL_CONFIG_CLASS[m]
+    mode, mode_src = "keep_start", framework_default("TRL", f"{TRL_VERSION} {cls} has no truncation_mode: the start "
+                                                            "is kept")
+    if cls == "DPOConfig":
+        mode, mode_src = _value(f, Resolution(), "truncation_mode", m)
+        if mode not in ("keep_start", "keep_end"):
+            raise f.error("truncation_mode", f"{mode!r}: TRL's collator accepts keep_start or keep_end "
+                                             "(dpo_trainer.py DataCollatorForPreference)")
+    multiple, mul_src = None, framework_default("TRL", f"{TRL_VERSION} {cls} pads to the longest in the batch, no "
+                                                       "pad_to_multiple_of")
+    if cls in ("DPOConfig", "KTOConfig"):
+        raw = f.data.get("pad_to_multiple_of", "auto")
+        if raw == "auto":
+            mul_src = (derived(f"{f.where('pad_to_multiple_of')} auto -> None off Neuron ({cls}.__post_init__)")
+                       if f.has("pad_to_multiple_of") else framework_default("TRL", trl_where(m, "pad_to_multiple_of")[4:]
+                                                                              + " ('auto': None off Neuron)"))
+        elif raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            mul_src = f.source("pad_to_multiple_of")
+        elif isinstance(raw, int) and not isinstance(raw, bool) and raw >= 1:
+            multiple, mul_src = raw, f.source("pad_to_multiple_of")
+        else:
+            raise f.error("pad_to_multiple_of", f"must be a positive whole number, auto or null (got {raw!r})")
+    elif f.has("pad_to_multiple_of"):
+        raise f.error("pad_to_multiple_of", f"TRL {TRL_VERSION}'s {cls} has no such field, and TrlParser refuses a "
+                                            "key none declares")
+    return {"max_length": (max_length, max_src), "truncation_mode": (mode, mode_src),
+            "pad_to_multiple_of": (multiple, mul_src)}
 
 
 def _precision(f: ConfigFile, res: Resolution, m: Method) -> None:

@@ -280,3 +280,52 @@ def test_trl_bf16_false_on_a_bf16_load_is_a_run_without_autocast(tmp_path):
     assert not train_spec_from_strings("dpo", "separate", dtype="fp32", autocast="none").no_autocast
     with pytest.raises(PlanError, match="autocast"):
         train_spec_from_strings("dpo", "separate", dtype="bf16", autocast="fp16", no_autocast=True)
+
+
+def test_padding_fields_exist_only_where_refplan_reads_them(tmp_path):
+    """truncation_mode is DPOConfig's alone; pad_to_multiple_of DPOConfig's and KTOConfig's ("auto" -> None off
+    Neuron); ORPOConfig / CPOConfig have neither (their trainers truncate the completion only)."""
+    classes = _installed_trl_classes()
+    names = {n: {f.name for f in dataclasses.fields(c)} for n, c in classes.items()}
+    assert "truncation_mode" in names["DPOConfig"]
+    assert not {"truncation_mode"} & (names["KTOConfig"] | names["ORPOConfig"] | names["CPOConfig"])
+    assert "pad_to_multiple_of" in names["DPOConfig"] and "pad_to_multiple_of" in names["KTOConfig"]
+    assert not {"pad_to_multiple_of"} & (names["ORPOConfig"] | names["CPOConfig"])
+    fields = {f.name: f for f in dataclasses.fields(classes["DPOConfig"])}
+    assert fields["pad_to_multiple_of"].default == "auto"  # resolved to None off Neuron (the TRL_DEFAULTS test)
+    assert classes["DPOConfig"](output_dir=str(tmp_path), use_cpu=True, pad_to_multiple_of="64").pad_to_multiple_of == 64
+
+
+def test_trl_pad_to_multiple_of_rounds_the_planned_seq_up(tmp_path):
+    path = _write(tmp_path, "dpo.yaml", """\
+        model_name_or_path: x
+        max_length: 1000
+        pad_to_multiple_of: 64
+        truncation_mode: keep_end
+        """)
+    run = configs.read_config(path, method=Method.DPO)
+    assert run.settings["seq"] == 1024 and run.provenance["seq"].origin is Origin.DERIVED
+    assert "max_length 1000" in run.provenance["seq"].detail and "pad_to_multiple_of 64" in run.provenance["seq"].detail
+    assert run.padding["max_length"][0] == 1000 and run.padding["truncation_mode"][0] == "keep_end"
+    assert run.padding["pad_to_multiple_of"] == (64, run.padding["pad_to_multiple_of"][1])
+    assert str(run.padding["pad_to_multiple_of"][1]) == "dpo.yaml:3 pad_to_multiple_of"
+    plain = configs.read_config(_write(tmp_path, "d2.yaml", "model_name_or_path: x\n"), method=Method.KTO)
+    assert plain.settings["seq"] == 1024 and plain.padding["pad_to_multiple_of"][0] is None
+    assert "auto" in str(plain.padding["pad_to_multiple_of"][1])
+    assert plain.padding["truncation_mode"][0] == "keep_start"
+
+
+def test_trl_padding_keys_refused_where_trl_refuses_them(tmp_path):
+    with pytest.raises(PlanError, match="keep_start or keep_end"):
+        configs.read_config(_write(tmp_path, "a.yaml", "model_name_or_path: x\ntruncation_mode: middle\n"),
+                            method=Method.DPO)
+    with pytest.raises(PlanError, match="no such field"):
+        configs.read_config(_write(tmp_path, "b.yaml", "model_name_or_path: x\npad_to_multiple_of: 8\n"),
+                            method=Method.ORPO)
+
+
+def test_axolotl_passes_no_padding_keys_trl_defaults_hold(tmp_path):
+    path = _write(tmp_path, "axo.yaml", "base_model: x\nrl: dpo\nsequence_len: 700\n")
+    run = configs.read_config(path)
+    assert run.padding["max_length"][0] == 700 and run.padding["pad_to_multiple_of"][0] is None
+    assert run.padding["truncation_mode"][0] == "keep_start" and "Axolotl" in str(run.padding["truncation_mode"][1])
