@@ -135,12 +135,14 @@ def _embedding_moments(step: _Step, remaining: int, acc_grads: int, residual_gra
     """The embedding's backward, after every layer's: with tied fp32 embeddings the out-of-place sum of its
     two gradients; with a trainable embedding its own gradient made last; nothing under PEFT."""
     model, train = step.model, step.train
-    if model.lm_head is None and not train.finetune.peft and act.act_mode(train).w == act.FP32:
-        # tied embeddings, fp32 weights: autograd sums the head's gradient (returned by TRL's
-        # autograd.Function) and embedding_dense_backward's out of place -- three [V, h] fp32
-        # tensors at once before the sum is accumulated into .grad
+    m = act.act_mode(train)
+    if model.lm_head is None and not train.finetune.peft and (m.w == act.FP32 or not m.autocast):
+        # tied embeddings, fp32 weights (or 16-bit weights without autocast): autograd sums the head's
+        # gradient (returned by TRL's autograd.Function) and embedding_dense_backward's out of place --
+        # three [V, h] tensors in the weights' dtype at once before the sum is accumulated into .grad
+        # (16-bit: CPU trace of a SimPO bf16 --autocast none burst, peak at the embedding's add)
         return [("embedding", {"activations": remaining,
-                               "activation grads": 2 * model.vocab_size * model.token_dim * act.FP32,
+                               "activation grads": 2 * model.vocab_size * model.token_dim * m.w,
                                "gradients": acc_grads})]
     if not train.finetune.peft:
         # a trainable embedding's backward: every gradient made, its own last, while the embedding

@@ -101,46 +101,81 @@ def fused_head_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows
     return out
 
 
+def loss_dtype_bytes(train: TrainSpec) -> int:
+    """Element size of the tensors ORPO / CPO's losses build from the logits: fp32 under mixed precision
+    -- accelerate wraps the prepared model's forward in ``convert_outputs_to_fp32`` (accelerator.py
+    ``prepare_model``, ``native_amp``), so ``outputs.logits`` reaches the losses as an fp32 copy -- and
+    for fp32 runs; the compute dtype when a 16-bit run has no autocast (``--autocast none``: no
+    mixed precision, no conversion; measured: ORPO LoRA bf16 bursts, bench/validate_precision.py)."""
+    m = act_mode(train)
+    return FP32 if m.autocast or m.a == FP32 else m.a
+
+
+def full_logits_head_cast_bytes(model: ModelSpec, train: TrainSpec) -> int:
+    """ORPO / CPO call the LM head as a plain linear: under autocast from fp32 weights its weight is cast
+    to the compute dtype for the matmul, and ``mm`` keeps that [V, h] copy for the gradient of its input
+    (the head's input requires grad in training) until the head's backward -- trainable or frozen
+    (a trainable one's cast also sits in autocast's cache, the same storage). Measured: CPU trace of
+    SimPO fp32 + bf16 autocast bursts, full and LoRA (``policy forward / post / _to_copy``)."""
+    m = act_mode(train)
+    if not m.autocast or m.w == m.a:
+        return 0
+    return model.vocab_size * model.token_dim * m.a
+
+
+def _slice_backward_peak(train: TrainSpec) -> bool:
+    """The log-prob path's backward peaks at the logits' ``slice_backward`` (the per-consumer gradients
+    of the full logits) rather than in ``selective_log_softmax``'s gather backward: 16-bit compute on
+    CUDA, and 16-bit compute without autocast anywhere (bf16 logits take ``selective_log_softmax``'s
+    per-row path, whose backward is one row at a time)."""
+    m = act_mode(train)
+    return m.a != FP32 and (train.device == "cuda" or not m.autocast)
+
+
 def full_logits_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """ORPO / CPO (orpo_trainer.py / cpo_trainer.py ``concatenated_forward``) keep for backward:
     the LM head's input [rows, S, h] (when the head is trainable), the full ``outputs.logits`` [rows, S, V] in compute dtype,
     ORPO's chosen NLL (cross-entropy's log-softmax output over [B, S-1, V], fp32), and, when the
     logits are not fp32, ``selective_log_softmax``'s per-row log-softmax outputs [rows, S-1, V]."""
     s, v, a = train.seq, model.vocab_size, act_mode(train).a
-    if train.device == "cuda" and a != FP32:
+    cast = full_logits_head_cast_bytes(model, train)
+    if _slice_backward_peak(train):
         # CUDA autocast runs log_softmax / cross_entropy in fp32 on casts of the logits; by the
         # backward peak (see full_logits_backward_transient_bytes) those are freed -- measured on
-        # an H200 (reports/gpu/diagnose.json): only the head's input (when trainable) remains
-        return 0 if train.finetune.peft else rows * s * model.token_dim * a
-    saved = rows * s * v * a
+        # an H200 (reports/gpu/diagnose.json): only the head's input (when trainable) remains. A
+        # 16-bit run without autocast frees them too (CPU trace and bursts: peak at slice_backward)
+        return cast + (0 if train.finetune.peft else rows * s * model.token_dim * a)
+    saved = rows * s * v * a + cast
     if not train.finetune.peft:
         saved += rows * s * model.token_dim * a  # a frozen LM head (PEFT) needs no input for backward
     if model.structure.final_softcap:
         saved += rows * s * v * a  # Gemma's cap: tanh(logits / cap) is kept for backward
     if train.method.value == "orpo":
-        saved += (rows // 2) * (s - 1) * v * FP32
+        saved += (rows // 2) * (s - 1) * v * loss_dtype_bytes(train)
     if a != FP32:
         saved += rows * (s - 1) * v * a
     return saved
 
 
 def full_logits_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Forward: one [rows, S-1, V] fp32 shifted copy while the losses are formed."""
-    return rows * (train.seq - 1) * model.vocab_size * FP32
+    """Forward: one [rows, S-1, V] shifted copy (fp32 but without autocast) while the losses are formed."""
+    return rows * (train.seq - 1) * model.vocab_size * loss_dtype_bytes(train)
 
 
 def full_logits_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """Backward peak of the log-prob path: in ``selective_log_softmax``'s gather backward three
     [rows, S-1, V] fp32 tensors are alive at once -- the stacked logsumexp gradient, gather's
     ``new_zeros`` and its ``scatter_add`` result (measured: peak op aten.scatter_add)."""
-    if train.device == "cuda" and act_mode(train).a != FP32:
+    if _slice_backward_peak(train):
         # CUDA + autocast (H200, reports/gpu/diagnose.json, ORPO LoRA peak at aten.add): the fp32
         # gradients of the [rows, S, V] logits from each consumer's ``logits[:, :-1]`` slice
         # (``slice_backward``) and their sum -- ORPO has two consumers (NLL and log-probs), so
-        # three tensors; SimPO/CPO without the NLL term has one slice and its upstream gradient
+        # three tensors; SimPO/CPO without the NLL term has one slice and its upstream gradient.
+        # Without autocast the logits stay in the 16-bit compute dtype and so do their gradients
+        # (CPU trace of an ORPO LoRA bf16 burst: 2 slice_backward + 1 add of [8, 96, 1235] bf16)
         n = 3 if train.method.value == "orpo" else 2
-        return n * rows * train.seq * model.vocab_size * FP32
-    return 3 * rows * (train.seq - 1) * model.vocab_size * FP32
+        return n * rows * train.seq * model.vocab_size * loss_dtype_bytes(train)
+    return 3 * rows * (train.seq - 1) * model.vocab_size * loss_dtype_bytes(train)
 
 
 def reference_forward_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int, layer_extra: int = 0) -> int:
