@@ -60,7 +60,7 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
 
 
 #: inputs fed by a norm output (the residual dtype), as opposed to a matmul output
-_NORM_FED = (Input.ATTN_IN, Input.MLP_IN, Input.ROUTER_IN)
+_NORM_FED = (Input.ATTN_IN, Input.MLP_IN, Input.ROUTER_IN, Input.Q_LATENT, Input.KV_LATENT)
 
 
 def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> list[tuple]:
@@ -77,16 +77,21 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.autocast)
     widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size, Input.ROUTER_IN: model.hidden_size,
               Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
-              Input.ATTN_OUT: model.q_dim}
+              Input.ATTN_OUT: model.o_dim}
+    if model.structure.mla:
+        mla = dict(model.structure.mla)
+        widths.update({Input.Q_LATENT: mla["q_lora_rank"] or 0, Input.KV_LATENT: mla["kv_lora_rank"]})
     if layer.moe is not None:
         by_input.pop(Input.MLP_HIDDEN, None)  # routed / shared experts keep their own (see _moe_saved)
     if not train.finetune.peft:
         by_input.pop(Input.ATTN_OUT, None)
     if model.structure.shared_block_norm and Input.MLP_IN in by_input:
         by_input[Input.ATTN_IN] = by_input.get(Input.ATTN_IN, []) + by_input.pop(Input.MLP_IN)
-    if Input.ROUTER_IN in by_input and Input.MLP_IN in by_input and not model.structure.router_fp32:
+    if Input.ROUTER_IN in by_input and Input.MLP_IN in by_input and (not model.structure.router_fp32
+                                                                      or m.a == FP32):
         # a router that does not cast its input reads the very tensor the shared experts read
-        # (Qwen2-MoE: ``hidden_states.view(-1, h)`` feeds the gate, the experts and the shared expert)
+        # (Qwen2-MoE: ``hidden_states.view(-1, h)`` feeds the gate, the experts and the shared expert;
+        # DeepSeek-V2's ``hidden_states.type(torch.float32)`` is that tensor when it is fp32)
         by_input[Input.MLP_IN] = by_input.pop(Input.ROUTER_IN) + by_input[Input.MLP_IN]
     return [(inp, tuple(lins), widths[inp], inp in _NORM_FED) for inp, lins in by_input.items() if inp in widths]
 
@@ -111,6 +116,10 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
             total += (len(lins) if per_matmul else 1) * width * m.a
             continue
         n = sum(1 for l in lins if model.wraps(l, train.lora_targets))
+        # a bare-parameter router (transformers 5.x MoE: ``gate.weight``) is wrapped by PEFT's
+        # ParamWrapper, which adds its delta to the weight: no LoRA B input per token
+        n_b = n - sum(1 for l in lins if l.role is Role.ROUTER and model.structure.experts_fused_3d
+                      and model.wraps(l, train.lora_targets))
         # adapters in the activations' dtype read the input itself (no cast, under autocast or not)
         shared = m.adapter == m.a and (not m.autocast or m.w == m.a or not norm_fed)
         # the width of an input SDPA already keeps (o_proj's), counted there when LoRA A shares it
@@ -123,14 +132,14 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
         if n == 0:
             continue
         if shared:
-            total += own * m.a + n * train.lora_r * m.a
+            total += own * m.a + n_b * train.lora_r * m.a
         elif not m.autocast:
-            total += n * (width + train.lora_r) * m.adapter
+            total += n * width * m.adapter + n_b * train.lora_r * m.adapter
         else:
             # PEFT casts the input to the fp32 adapter dtype, autocast casts it back for lora_A
             # (or autocast casts an fp32 norm output for bf16 adapters): each wrapped linear keeps
             # its own compute-dtype copy, and B keeps A's output
-            total += n * (width + train.lora_r) * m.a
+            total += (n * width + n_b * train.lora_r) * m.a
     return total
 
 
@@ -220,6 +229,20 @@ def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:
             + _norm_saved(model, model.kv_dim, m, True, model.num_kv_heads if per_head else 1))
 
 
+def _mla_norms_saved(model: ModelSpec, m: ActMode) -> int:
+    """MLA's latent RMSNorms (DeepSeek-V2): q_a_layernorm on q_a_proj's output (when q_lora_rank is
+    set) and kv_a_layernorm on the kv_nope split of kv_a_proj_with_mqa's output -- in fp32 its
+    ``to(float32)`` is the split view itself, which keeps the whole output (kv_lora_rank + the rope
+    dims) alive (measured: bench/layer_inventory.py's DeepSeek-V2 configs, fp32)."""
+    if not model.structure.mla:
+        return 0
+    mla = dict(model.structure.mla)
+    total = _norm_saved(model, mla["kv_lora_rank"], m)
+    if m.a == FP32:
+        total += mla["qk_rope_head_dim"] * FP32
+    return total + (_norm_saved(model, mla["q_lora_rank"], m) if mla["q_lora_rank"] else 0)
+
+
 def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) -> int:
     """The norms around the sublayers, by placement: pre (before attention and before the MLP),
     sandwich (pre and post of each), post (after each only); a parallel block's second LayerNorm
@@ -266,7 +289,7 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
     """
     m = act_mode(train)
     total = _block_norms_saved(model, layer, m, input_requires_grad)
-    total += _qk_norms_saved(model, m)
+    total += _qk_norms_saved(model, m) + _mla_norms_saved(model, m)
     total += _attention_saved(model, layer, train, m, layer_idx)
     total += _mlp_saved(model, layer, train, m)
     total += _functional_dropout_saved(model, train, m)
@@ -276,7 +299,8 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
 def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
     """Routed MoE as transformers 5.x runs it (``grouped_mm_experts_forward``, experts stored as
     3-D parameters), per token, k = experts per token:
-      router softmax (E fp32), top-k indices (k int64) and normalized weights (k fp32 + a sum),
+      router softmax (E fp32), top-k indices (k int64) and, where the router renormalizes them, the
+      top-k weights (k fp32 + a sum),
       the sort / floor_divide / index / scatter bookkeeping (int64 and int32, ~36 bytes per k),
       grouped gate_up output (k x 2i), act(gate) (k x i) and the down projection output (k x h)
       kept for the routing-weight multiply; when the experts' weights take a gradient, also the
@@ -286,7 +310,7 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
     Checked against bench/layer_inventory.py (Mixtral, Qwen3-MoE)."""
     moe = layer.moe
     k, h, i = moe.top_k, model.hidden_size, moe.expert_intermediate
-    per = moe.num_experts * FP32 + FP32 + k * (FP32 + 36)
+    per = moe.num_experts * FP32 + k * 36 + ((FP32 + k * FP32) if moe.normalized else 0)
     # grouped_mm is not an autocast op: transformers casts its input to the experts' weight dtype
     # (``input.to(weight.dtype)``, integrations/moe.py ``_grouped_mm``), so the experts' tensors are
     # in the weights' dtype -- fp32 under autocast from fp32 weights (measured: layer_inventory, Mixtral)
@@ -298,13 +322,17 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
         # in its targets) keep neither the gathered rows nor act * up
         per += k * (h + i) * e
     if moe.shared_intermediate:
-        per += 4 * moe.shared_intermediate * m.a  # gated shared MLP: gate, act(gate), up, act * up
+        # gated shared MLP: gate, act(gate), up, and act * up for the down projection's weight gradient
+        # (a frozen, unwrapped one under PEFT keeps none: measured, DeepSeek-V2 LoRA)
+        down = layer.first(Role.SHARED_DOWN)
+        down_kept = not train.finetune.peft or (down is not None and model.wraps(down, train.lora_targets))
+        per += (3 + down_kept) * moe.shared_intermediate * m.a
         if moe.shared_gated:
             # ``sigmoid(shared_expert_gate(x)) * shared_expert(x)``: the multiply keeps the shared
             # output [h] and the sigmoid its output [1] (Qwen2MoeSparseMoeBlock.forward)
             per += (h + 1) * m.a
-        else:
-            per += h * m.a  # the shared MLP's input, as DeepSeek-V2 was first modelled
+        # DeepSeek-V2's shared MLP reads the MoE block's input itself (``residuals = hidden_states``):
+        # counted with the MLP's input group
     return per
 
 

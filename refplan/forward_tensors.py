@@ -110,6 +110,10 @@ def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     no layer rotates (all NoPE)."""
     if model.structure.positions is not Positions.ROPE or len(model.structure.nope_layers) == model.num_layers:
         return 0
+    if model.structure.mla:
+        # DeepSeek-V2: one complex64 table ``torch.polar(ones, freqs)`` [1, S, rope / 2] whatever the
+        # dtype, applied to q_pe and k_pe only
+        return train.seq * dict(model.structure.mla)["qk_rope_head_dim"] * 4
     rot = model.head_dim
     pct = model.structure.rotary_fraction
     if pct:

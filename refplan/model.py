@@ -24,7 +24,9 @@ class Input(str, enum.Enum):
     MLP_IN = "mlp-in"  # the pre-MLP norm output
     ROUTER_IN = "router-in"  # the MoE router's input (the same norm output, kept by the router)
     MLP_HIDDEN = "mlp-hidden"  # act(gate) * up, or act(fc_in): the down projection's input
-    INTERNAL = "internal"  # inside a block the activation model accounts for itself (MLA up-projections, experts)
+    Q_LATENT = "q-latent"  # MLA: q_a_layernorm's output, q_b_proj's input (q_lora_rank wide)
+    KV_LATENT = "kv-latent"  # MLA: kv_a_layernorm's output, kv_b_proj's input (kv_lora_rank wide)
+    INTERNAL = "internal"  # inside a block the activation model accounts for itself (experts)
 
 
 class Role(str, enum.Enum):
@@ -72,6 +74,7 @@ class Role(str, enum.Enum):
 _ROLE_INPUT = {
     Role.Q: Input.ATTN_IN, Role.K: Input.ATTN_IN, Role.V: Input.ATTN_IN, Role.QKV: Input.ATTN_IN,
     Role.Q_A: Input.ATTN_IN, Role.KV_A: Input.ATTN_IN, Role.O: Input.ATTN_OUT,
+    Role.Q_B: Input.Q_LATENT, Role.KV_B: Input.KV_LATENT,
     Role.MLP_GATE: Input.MLP_IN, Role.MLP_UP: Input.MLP_IN, Role.MLP_GATE_UP: Input.MLP_IN,
     Role.MLP_IN: Input.MLP_IN, Role.SHARED_GATE: Input.MLP_IN, Role.SHARED_UP: Input.MLP_IN,
     Role.SHARED_EXPERT_GATE: Input.MLP_IN, Role.ROUTER: Input.ROUTER_IN, Role.MLP_DOWN: Input.MLP_HIDDEN,
@@ -121,6 +124,9 @@ class MoE:
     #: the shared experts' output is scaled by a per-token sigmoid gate before it joins the routed
     #: output (Qwen2-MoE: ``sigmoid(shared_expert_gate(x)) * shared_expert(x)``)
     shared_gated: bool = False
+    #: the router renormalizes its top-k weights (``/= sum``: the divide keeps the k weights and the
+    #: sum): Mixtral always, Qwen2/3-MoE under ``norm_topk_prob``, DeepSeek-V2 never (it only scales)
+    normalized: bool = True
 
 
 @dataclass(frozen=True)
@@ -353,6 +359,11 @@ class ModelSpec:
     @property
     def q_dim(self) -> int:
         return self.num_heads * self.head_dim
+
+    @property
+    def o_dim(self) -> int:
+        """Width of attention's output (o_proj's input): heads x the value head dim (MLA's own)."""
+        return self.num_heads * (self.v_head_dim or self.head_dim)
 
     @staticmethod
     def wraps(lin: Linear, targets: tuple[str, ...]) -> bool:

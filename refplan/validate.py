@@ -21,40 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from refplan.methods import Finetune, Method, Strategy, applicable_strategies
-from refplan.validate_shapes import odd_shape
-
-#: families of the validation matrix and why each is there
-FAMILIES = {
-    "llama": "baseline decoder, GQA",
-    "mistral": "sliding-window attention (explicit mask, repeat_kv)",
-    "qwen2": "tied embeddings, q/k/v bias",
-    "gemma2": "head_dim != hidden/heads, sandwich norms, eager soft-capped attention",
-    "phi3": "fused qkv and gate_up projections",
-    "gpt_neox": "LayerNorm, parallel residual, partial rotary, fused qkv",
-    "qwen3": "per-head q/k RMSNorm",
-    "olmo2": "post-sublayer norms, full-width q/k norms",
-}
-#: formula families validated on request (``refplan validate --families``); the default matrix keeps
-#: the eight above so that a seed draws the same scenarios as before they were added
-MORE_FAMILIES = {
-    "starcoder2": "LayerNorm with bias, plain c_fc/c_proj MLP, GQA with biases, sliding window",
-    "qwen2_moe": "routed experts (frozen under LoRA) beside a shared expert with a sigmoid gate, dense layers",
-    "falcon": "fused query_key_value, own SDPA call with an always-built mask; new decoder (K/V expanded, "
-              "one or two LayerNorms), multi-query (math kernel) and multi-head layouts, parallel or sequential, "
-              "RoPE or ALiBi",
-    "gpt_bigcode": "multi-query attention through a fused c_attn (views), learned positions, LayerNorm, "
-                   "a [n_positions, n_positions] boolean buffer in every copy",
-    "bloom": "ALiBi, LayerNorm on the embeddings, eager-only own attention math, custom GELU",
-    "opt": "learned positions (offset 2, ids per row), ReLU MLP, config dropout that TRL leaves on, "
-           "OPT-350m's projected embeddings and post-norm layers",
-    "phi": "parallel block on one LayerNorm, partial rotary (cat: head-major q), per-head q/k LayerNorms, "
-           "Python gelu_new, LM head bias",
-    "granite": "Llama layout with embedding / residual / attention / logits multipliers",
-    "cohere": "parallel block on one Python fp32 LayerNorm, per-head q/k norms, interleaved fp32 rotary, "
-              "logit scale",
-    "stablelm": "LayerNorm, partial rotary (cat), per-head q/k LayerNorm modules, sequential or parallel block",
-    "smollm3": "Llama layout with NoPE layers (no rotation every n-th layer), sliding window on NoPE layers",
-}
+from refplan.validate_shapes import FAMILIES, MORE_FAMILIES, odd_shape  # noqa: F401 (re-exported)
 
 TARGET_MEDIAN_PCT = 3.0
 TARGET_WORST_PCT = 8.0
@@ -303,8 +270,8 @@ def run(n: int = 160, seed: int = 0, out: Path = Path("reports"), timeout_s: flo
             "key": key, "case": c.name, "family": c.family, "method": c.method, "strategy": c.strategy,
             "finetune": c.finetune, "grad_ckpt": c.grad_ckpt, "batch": c.batch, "seq": c.seq,
             "lora_r": c.lora_r, **({"quant": c.quant_label, **c.kbit_columns} if quantized else {}),
-            "layers": c.config.get("num_hidden_layers"),
-            "hidden": c.config.get("hidden_size"), "status": row.get("status"),
+            "layers": c.config.get("num_hidden_layers", c.config.get("n_layer")),
+            "hidden": c.config.get("hidden_size", c.config.get("n_embd")), "status": row.get("status"),
             "measured_bytes": meas, "estimated_bytes": est, "error_pct": err, "est_peak_phase": phase,
             "measured_precompute_bytes": row.get("peak_precompute_bytes") or "",
             "measured_train_bytes": row.get("peak_train_bytes") or "",

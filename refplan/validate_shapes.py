@@ -7,6 +7,48 @@ from __future__ import annotations
 import random
 
 
+#: families of the validation matrix and why each is there
+FAMILIES = {
+    "llama": "baseline decoder, GQA",
+    "mistral": "sliding-window attention (explicit mask, repeat_kv)",
+    "qwen2": "tied embeddings, q/k/v bias",
+    "gemma2": "head_dim != hidden/heads, sandwich norms, eager soft-capped attention",
+    "phi3": "fused qkv and gate_up projections",
+    "gpt_neox": "LayerNorm, parallel residual, partial rotary, fused qkv",
+    "qwen3": "per-head q/k RMSNorm",
+    "olmo2": "post-sublayer norms, full-width q/k norms",
+}
+#: formula families validated on request (``refplan validate --families``); the default matrix keeps
+#: the eight above so that a seed draws the same scenarios as before they were added
+MORE_FAMILIES = {
+    "starcoder2": "LayerNorm with bias, plain c_fc/c_proj MLP, GQA with biases, sliding window",
+    "qwen2_moe": "routed experts (frozen under LoRA) beside a shared expert with a sigmoid gate, dense layers",
+    "falcon": "fused query_key_value, own SDPA call with an always-built mask; new decoder (K/V expanded, "
+              "one or two LayerNorms), multi-query (math kernel) and multi-head layouts, parallel or sequential, "
+              "RoPE or ALiBi",
+    "gpt_bigcode": "multi-query attention through a fused c_attn (views), learned positions, LayerNorm, "
+                   "a [n_positions, n_positions] boolean buffer in every copy",
+    "bloom": "ALiBi, LayerNorm on the embeddings, eager-only own attention math, custom GELU",
+    "opt": "learned positions (offset 2, ids per row), ReLU MLP, config dropout that TRL leaves on, "
+           "OPT-350m's projected embeddings and post-norm layers",
+    "phi": "parallel block on one LayerNorm, partial rotary (cat: head-major q), per-head q/k LayerNorms, "
+           "Python gelu_new, LM head bias",
+    "granite": "Llama layout with embedding / residual / attention / logits multipliers",
+    "cohere": "parallel block on one Python fp32 LayerNorm, per-head q/k norms, interleaved fp32 rotary, "
+              "logit scale",
+    "stablelm": "LayerNorm, partial rotary (cat), per-head q/k LayerNorm modules, sequential or parallel block",
+    "smollm3": "Llama layout with NoPE layers (no rotation every n-th layer), sliding window on NoPE layers",
+    "mixtral": "Mistral attention with routed experts on every layer (fused 3-D experts, grouped_mm), sliding window",
+    "qwen3_moe": "Qwen3 attention (per-head q/k norms) with routed experts every n-th layer, dense MLP layers",
+    "gemma": "Gemma RMSNorm (1 + weight, fp32), sqrt(hidden)-scaled tied embeddings, GELU-tanh gated MLP",
+    "gemma3_text": "Gemma 2 sandwich norms with per-head q/k norms, sliding / global layer pattern, "
+                   "query_pre_attn_scalar, optional soft-capping (eager)",
+    "deepseek_v2": "multi-head latent attention (q / kv low-rank projections, rope + nope head parts, own V "
+                   "width), routed plus shared experts after first_k_dense_replace dense layers, fp32 router",
+    "gpt2": "Conv1D projections with biases, fused c_attn views, learned positions, LayerNorm, Python gelu_new",
+}
+
+
 def _shape_qwen2(rng: random.Random, cfg: dict, heads: int, kv: int, head_dim: int | None) -> None:
     cfg["tie_word_embeddings"] = rng.random() < 0.7
 
@@ -153,6 +195,85 @@ def _shape_qwen3_olmo2(rng: random.Random, cfg: dict, heads: int, kv: int, head_
     cfg["head_dim"] = head_dim or 16
 
 
+def _experts(rng: random.Random) -> tuple[int, int]:
+    """Routed experts and top-k; expert widths are multiples of 8 (grouped_mm's 16-byte row strides)."""
+    n_exp = rng.choice([2, 3, 4, 6])
+    return n_exp, rng.randint(1, min(n_exp, 3))
+
+
+def _shape_mixtral(rng: random.Random, cfg: dict, heads: int, kv: int, head_dim: int | None) -> None:
+    cfg["num_local_experts"], cfg["num_experts_per_tok"] = _experts(rng)
+    cfg["intermediate_size"] = rng.choice([16, 24, 40, 64, 128])  # the experts' width
+    cfg["sliding_window"] = rng.choice([None, None, 16, 64])
+    cfg["tie_word_embeddings"] = rng.random() < 0.3
+    cfg["head_dim"] = head_dim or 16
+
+
+def _shape_qwen3_moe(rng: random.Random, cfg: dict, heads: int, kv: int, head_dim: int | None) -> None:
+    cfg["num_experts"], cfg["num_experts_per_tok"] = _experts(rng)
+    cfg["moe_intermediate_size"] = rng.choice([16, 24, 40, 64])
+    deep = cfg["num_hidden_layers"] >= 2  # at least one MoE layer (TRL's aux loss indexes router logits)
+    cfg["decoder_sparse_step"] = rng.choice([1, 1, 2]) if deep else 1
+    cfg["mlp_only_layers"] = [0] if deep and rng.random() < 0.3 else []
+    cfg["norm_topk_prob"] = rng.random() < 0.5
+    cfg["attention_bias"] = rng.random() < 0.3
+    cfg["use_sliding_window"] = rng.random() < 0.3
+    cfg["sliding_window"] = rng.choice([16, 64])
+    cfg["tie_word_embeddings"] = rng.random() < 0.3
+    cfg["head_dim"] = head_dim or 16
+
+
+def _shape_gemma(rng: random.Random, cfg: dict, heads: int, kv: int, head_dim: int | None) -> None:
+    cfg["head_dim"] = head_dim or 16  # the config's default is 256
+    cfg["attention_bias"] = rng.random() < 0.3
+    cfg["tie_word_embeddings"] = rng.random() < 0.7
+
+
+def _shape_gemma3_text(rng: random.Random, cfg: dict, heads: int, kv: int, head_dim: int | None) -> None:
+    cfg["head_dim"] = head_dim or 16
+    cfg["query_pre_attn_scalar"] = rng.choice([cfg["head_dim"], 2 * cfg["head_dim"]])
+    cfg["sliding_window"] = rng.choice([16, 64, 4096])
+    cfg["sliding_window_pattern"] = rng.choice([2, 3, 6])  # transformers turns it into layer_types
+    cfg["attention_bias"] = rng.random() < 0.2
+    cfg["tie_word_embeddings"] = rng.random() < 0.7
+    cfg["attn_logit_softcapping"] = rng.choice([None, None, 50.0])  # soft-capped scores: eager attention
+    cfg["final_logit_softcapping"] = rng.choice([None, 30.0])
+
+
+def _shape_deepseek_v2(rng: random.Random, cfg: dict, heads: int, kv: int, head_dim: int | None) -> None:
+    cfg.pop("num_key_value_heads")  # MLA: every head has its own K/V, expanded from the latent
+    cfg.pop("head_dim", None)
+    cfg["q_lora_rank"] = rng.choice([None, 12, 16, 24])
+    cfg["kv_lora_rank"] = rng.choice([8, 12, 16, 24])
+    cfg["qk_nope_head_dim"] = rng.choice([4, 8, 12, 16])
+    cfg["qk_rope_head_dim"] = rng.choice([4, 8])
+    cfg["v_head_dim"] = rng.choice([4, 8, 12, 16])
+    cfg["n_routed_experts"], cfg["num_experts_per_tok"] = _experts(rng)
+    cfg["moe_intermediate_size"] = rng.choice([16, 24, 40])
+    cfg["n_shared_experts"] = rng.choice([1, 2])
+    cfg["first_k_dense_replace"] = rng.randint(0, cfg["num_hidden_layers"] - 1)  # at least one MoE layer
+    cfg["norm_topk_prob"] = rng.random() < 0.5
+    cfg["attention_bias"] = rng.random() < 0.3
+    cfg["mlp_bias"] = rng.random() < 0.3
+    cfg["tie_word_embeddings"] = rng.random() < 0.3
+
+
+def _shape_gpt2(rng: random.Random, cfg: dict, heads: int, kv: int, head_dim: int | None) -> None:
+    for key in ("num_key_value_heads", "head_dim"):
+        cfg.pop(key, None)
+    # GPT-2's own key names (the family reads them; transformers maps hidden_size etc. onto them)
+    cfg["n_embd"] = heads * rng.choice([8, 12, 16, 20, 24, 32])
+    del cfg["hidden_size"]
+    cfg["n_head"] = cfg.pop("num_attention_heads")
+    cfg["n_layer"] = cfg.pop("num_hidden_layers")
+    cfg["n_positions"] = cfg.pop("max_position_embeddings")
+    inner = cfg.pop("intermediate_size")
+    cfg["n_inner"] = inner if rng.random() < 0.5 else None  # None: 4 x n_embd
+    cfg["scale_attn_weights"] = rng.random() < 0.8
+    cfg["scale_attn_by_inverse_layer_idx"] = rng.random() < 0.3
+    cfg["tie_word_embeddings"] = rng.random() < 0.8
+
+
 _FAMILY_SHAPES = {
     "qwen2": _shape_qwen2,
     "mistral": _shape_mistral,
@@ -171,6 +292,12 @@ _FAMILY_SHAPES = {
     "smollm3": _shape_smollm3,
     "qwen3": _shape_qwen3_olmo2,
     "olmo2": _shape_qwen3_olmo2,
+    "mixtral": _shape_mixtral,
+    "qwen3_moe": _shape_qwen3_moe,
+    "gemma": _shape_gemma,
+    "gemma3_text": _shape_gemma3_text,
+    "deepseek_v2": _shape_deepseek_v2,
+    "gpt2": _shape_gpt2,
 }
 
 

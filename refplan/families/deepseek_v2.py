@@ -70,7 +70,8 @@ def build(r) -> dict:
             raise PlanError(r.where, "missing key 'num_experts_per_tok' (MoE layers need it)")
         # n_shared_experts 0 still builds the (zero-width) shared MLP, as transformers does
         shared = gated_mlp(h, e_inter * n_shared, mlp_bias, shared=True)
-        moe = MoE(num_experts=n_exp, top_k=top_k, expert_intermediate=e_inter, shared_intermediate=e_inter * n_shared)
+        moe = MoE(num_experts=n_exp, top_k=top_k, expert_intermediate=e_inter, shared_intermediate=e_inter * n_shared,
+                  normalized=False)
         layers.append(Layer(attn + routed_experts(h, n_exp, e_inter) + shared, norms, 0, moe))
     has_experts = any(layer.moe is not None for layer in layers)
     notes = (("moe_layer_freq_ignored", r.raw("moe_layer_freq")),) if has_experts and r.raw("moe_layer_freq") != 1 else ()

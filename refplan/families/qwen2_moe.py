@@ -29,7 +29,7 @@ DEFAULTS = {
     "tie_word_embeddings": False, "use_sliding_window": False, "sliding_window": 4096, "max_window_layers": 28,
     "layer_types": None, "decoder_sparse_step": 1, "moe_intermediate_size": 1408,
     "shared_expert_intermediate_size": 5632, "num_experts_per_tok": 4, "num_experts": 60,
-    "mlp_only_layers": None, "qkv_bias": True,
+    "mlp_only_layers": None, "qkv_bias": True, "norm_topk_prob": False,
 }
 
 
@@ -42,7 +42,8 @@ def build(r) -> dict:
     if n_exp > 0:
         e_inter, s_inter = r.int("moe_intermediate_size"), r.int("shared_expert_intermediate_size")
         moe = MoE(num_experts=n_exp, top_k=r.int("num_experts_per_tok"), expert_intermediate=e_inter,
-                  shared_intermediate=s_inter, shared_gated=True)
+                  shared_intermediate=s_inter, shared_gated=True,
+                  normalized=r.bool("norm_topk_prob"))
         shared = gated_mlp(h, s_inter, False, shared=True) + (
             Linear("shared_expert_gate", Role.SHARED_EXPERT_GATE, h, 1),)
         routed = tuple(replace(l, lora_target=False) for l in routed_experts(h, n_exp, e_inter))

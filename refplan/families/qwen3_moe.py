@@ -13,7 +13,7 @@ DEFAULTS = {
     "intermediate_size": 6144, "num_key_value_heads": 4, "head_dim": None, "tie_word_embeddings": False,
     "hidden_act": "silu", "attention_bias": False, "use_sliding_window": False, "sliding_window": 4096,
     "decoder_sparse_step": 1, "moe_intermediate_size": 768, "num_experts_per_tok": 8,
-    "num_experts": 128, "mlp_only_layers": None,
+    "num_experts": 128, "mlp_only_layers": None, "norm_topk_prob": False,
 }
 
 
@@ -26,7 +26,8 @@ def build(r) -> dict:
     dense = sparse = Mlp(gated_mlp(h, inter, False), inter)
     if n_exp > 0:
         e_inter = r.int("moe_intermediate_size")
-        moe = MoE(num_experts=n_exp, top_k=r.int("num_experts_per_tok"), expert_intermediate=e_inter)
+        moe = MoE(num_experts=n_exp, top_k=r.int("num_experts_per_tok"), expert_intermediate=e_inter,
+                  normalized=r.bool("norm_topk_prob"))
         sparse = Mlp(routed_experts(h, n_exp, e_inter), 0, moe)
     mlps = [sparse if (i not in only and (i + 1) % step == 0) else dense for i in range(n_layers)]
     has_experts = any(m.moe is not None for m in mlps)
