@@ -69,7 +69,8 @@ def main(argv=None) -> int:
                         "method": c.method, "strategy": c.strategy, "finetune": c.finetune,
                         "grad_ckpt": c.grad_ckpt, "batch": c.batch, "seq": c.seq, "status": row.get("status"),
                         "measured_bytes": meas, "estimated_bytes": est,
-                        "error_pct": None if not meas else 100.0 * (est - meas) / meas, "est_peak_phase": phase,
+                        "error_pct": None if not meas or row.get("status") != "ok" else 100.0 * (est - meas) / meas,
+                        "est_peak_phase": phase, "error": row.get("error") or "",
                         "config": json.dumps(c.config, sort_keys=True)})
     summary = v.summarize(results)
     _write(results, summary, out, a)
