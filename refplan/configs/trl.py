@@ -43,9 +43,17 @@ _UNMODELLED = {
     "activation_offloading": "moves saved activations to CPU",
     "use_liger_kernel": "replaces the loss and log-prob kernels",
     "lora_target_parameters": "wraps bare parameters",
-    "torch_empty_cache_steps": "empties the CUDA cache (reserved, not allocated, memory)",
     "context_parallel_size": "splits sequences over GPUs",
     "sequence_parallel_size": "splits sequences over GPUs",
+}
+
+
+#: keys that change what a GPU shows but not the allocated peak refplan plans (one note line each)
+_ALLOCATOR_ONLY = {
+    "torch_empty_cache_steps": "empties the CUDA caching allocator every N steps (transformers Trainer."
+                               "training_step -> accelerate clear_device_cache -> torch.cuda.empty_cache, after "
+                               "compute_loss): the allocated peak refplan plans is unchanged; reserved memory, what "
+                               "nvidia-smi shows, falls back toward it each time, at a speed cost",
 }
 
 
@@ -119,6 +127,9 @@ def read(f: ConfigFile, method: Method | None = None, model_type: str | None = N
     for key, what in _UNMODELLED.items():
         if f.has(key) and f.data[key] not in (False, 0, [], None):
             res.warn(f"{f.where(key)}: {what}; refplan does not model it yet, the estimate leaves it out")
+    for key, what in _ALLOCATOR_ONLY.items():
+        if f.has(key) and f.data[key] not in (False, 0, [], None):
+            res.warn(f"{f.where(key)}: {what}")
     # loss_type lists with 'sft' (an NLL on the chosen completions) need no term: it reads the per-token
     # log-probs the fused head already returned and keeps nothing at any phase's peak -- measured on real
     # CPU steps (tests/harness/test_trace.py::test_dpo_sft_loss_term_adds_nothing_at_any_phase_peak)

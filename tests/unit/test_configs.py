@@ -149,6 +149,21 @@ def test_unmodelled_memory_keys_warn_and_unknown_keys_are_quiet(tmp_path):
     assert not any("wandb" in w for w in run.warnings)
 
 
+def test_empty_cache_steps_is_said_to_change_reserved_memory_only(tmp_path):
+    """torch_empty_cache_steps calls the allocator's empty_cache between steps (transformers' Trainer): the
+    allocated peak is the same with or without it, so the estimate does not move and the note says why."""
+    import transformers
+
+    src = Path(transformers.__file__).with_name("trainer.py").read_text()
+    assert "torch_empty_cache_steps" in src and "clear_device_cache()" in src
+    path = _write(tmp_path, "e.yaml", "model_name_or_path: x\ntorch_empty_cache_steps: 4\n")
+    plain = _write(tmp_path, "p0.yaml", "model_name_or_path: x\n")
+    run = configs.read_config(path, method=Method.DPO, model_type="llama")
+    note = [w for w in run.warnings if "torch_empty_cache_steps" in w]
+    assert note and "allocated peak refplan plans is unchanged" in note[0] and "does not model" not in note[0]
+    assert run.settings == configs.read_config(plain, method=Method.DPO, model_type="llama").settings
+
+
 def test_trl_method_from_keys_else_every_method(tmp_path):
     kto = _write(tmp_path, "k.yaml", "model_name_or_path: x\ndesirable_weight: 1.0\n")
     assert configs.read_config(kto, model_type="llama").methods == (Method.KTO,)
