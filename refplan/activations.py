@@ -39,6 +39,8 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
       weight is trainable.
     - RMSNorm, gemma style (``Gemma*RMSNorm``: ``y = norm(x.float()) * (1 + weight.float())``):
       x32, rsqrt, and y in fp32 when the weight is trainable.
+    - RMSNorm, OLMo 2 style (``Olmo2RMSNorm``: ``(weight * y32).to(dtype)``): likewise x32, rsqrt
+      and the fp32 y the weight's gradient reads (measured: bench/layer_inventory.py, OLMo 2 bf16).
     - LayerNorm (``native_layer_norm``): its input, mean and rstd (fp32 per row).
     - Cohere's Python LayerNorm: two copies of the centred fp32 input, rsqrt, and y in fp32 when
       the weight is trainable.
@@ -55,7 +57,7 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
         return 2 * width * FP32 + FP32 * rows_per_token + (0 if m.weights_frozen else width * FP32)
     saved = width * FP32 + FP32 * rows_per_token
     if not m.weights_frozen:
-        saved += width * (FP32 if style is NormStyle.RMS_GEMMA else m.w)
+        saved += width * (FP32 if style in (NormStyle.RMS_GEMMA, NormStyle.RMS_FP32_PRODUCT) else m.w)
     return saved
 
 

@@ -106,7 +106,8 @@ def outer_linears_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> 
 def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """cos and sin tables [1, S, rotary_dim] computed once per forward and saved by every
     layer's RoPE multiply (transformers ``*RotaryEmbedding``: ``cos.to(dtype=x.dtype)``, x the
-    hidden states), in the residual stream's dtype: fp32 under autocast from fp32 weights; none when
+    hidden states), in the residual stream's dtype: fp32 under autocast from fp32 weights -- always
+    fp32 where the family skips that cast (:attr:`Structure.rope_tables_fp32`, OLMo 2); none when
     no layer rotates (all NoPE)."""
     if model.structure.positions is not Positions.ROPE or len(model.structure.nope_layers) == model.num_layers:
         return 0
@@ -116,7 +117,7 @@ def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
         rot = int(model.head_dim * pct)
     # the tables are ``cat((freqs, freqs))`` over ``arange(0, rot, 2)``: an odd rotary width rounds up
     rot += rot % 2
-    return 2 * train.seq * rot * act_mode(train).w
+    return 2 * train.seq * rot * (4 if model.structure.rope_tables_fp32 else act_mode(train).w)
 
 
 def autocast_weight_cache_bytes(model: ModelSpec, train: TrainSpec, requires_grad: bool,

@@ -154,6 +154,9 @@ class NormStyle(str, enum.Enum):
     RMS = "rms"
     #: ``Gemma*RMSNorm``: ``norm(x.float()) * (1 + weight.float())`` -- the output is fp32 until cast
     RMS_GEMMA = "rms-gemma"
+    #: ``Olmo2RMSNorm``: ``(weight * (x32 * rsqrt(mean(x32^2) + eps))).to(dtype)`` -- the weight
+    #: multiplies the fp32 normalized input, so the multiply keeps that fp32 y for the weight's gradient
+    RMS_FP32_PRODUCT = "rms-fp32-product"
     #: ``nn.LayerNorm`` (``native_layer_norm``): input, mean and rstd saved
     LAYER = "layer"
     #: a LayerNorm written in Python in fp32, weight only (``CohereLayerNorm``: ``x32 - mean``,
@@ -228,6 +231,10 @@ class Structure:
     #: q and k are rebuilt by ``torch.cat((rotated, passed_through), dim=-1)`` (Phi, StableLM,
     #: GPT-NeoX), whatever the fraction: q reaches attention head-major and contiguous
     rotary_concat: bool = False
+    #: the rotary cos / sin tables stay fp32 whatever the activations' dtype (``Olmo2RotaryEmbedding``
+    #: returns ``emb.cos()`` without the ``.to(dtype=x.dtype)`` of the other families, and
+    #: ``apply_rotary_pos_emb`` casts q and k back after the fp32 multiply)
+    rope_tables_fp32: bool = False
     #: learned absolute positions (GPT-2 ``n_positions``): one more embedding tensor
     learned_positions: int = 0
     #: position ids computed per row from the attention mask (OPT: ``cumsum(mask) - 1``), so the
