@@ -30,7 +30,7 @@ from refplan.units import dtype_bytes
 
 
 def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: bool = True,
-                rows_per_token: int = 1) -> int:
+                rows_per_token: int = 1, input_bytes: int | None = None) -> int:
     """Bytes one normalization saves per token (its output is counted by whoever consumes it).
 
     - RMSNorm, llama style (``LlamaRMSNorm``: ``x32 = x.to(f32); y = x32 * rsqrt(mean(x32^2) + eps);
@@ -41,23 +41,31 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
       x32, rsqrt, and y in fp32 when the weight is trainable.
     - RMSNorm, OLMo 2 style (``Olmo2RMSNorm``: ``(weight * y32).to(dtype)``): likewise x32, rsqrt
       and the fp32 y the weight's gradient reads (measured: bench/layer_inventory.py, OLMo 2 bf16).
-    - LayerNorm (``native_layer_norm``): its input, mean and rstd (fp32 per row).
+    - LayerNorm (``native_layer_norm``): its input as is (CPU autocast does not cast layer_norm),
+      mean and rstd per row -- fp32, or the input's dtype on CPU when input and weight share it
+      (:attr:`ActMode.ln_stats_in_input_dtype`).
     - Cohere's Python LayerNorm: two copies of the centred fp32 input, rsqrt, and y in fp32 when
       the weight is trainable.
-    ``rows_per_token`` > 1 for per-head q/k norms (Qwen3, Gemma3).
+    ``rows_per_token`` > 1 for per-head q/k norms (Qwen3, Gemma3). ``input_bytes``: the input's
+    element size, the residual stream's (``m.w``) unless given -- q/k norms read a projection's
+    output, in the compute dtype: under autocast from fp32 weights the LayerNorm keeps that bf16
+    input and ``LlamaRMSNorm``'s ``y.to(input_dtype)`` is bf16 (measured: layer_inventory, Qwen3,
+    Phi and StableLM q/k norms, fp32-autocast).
     """
+    inb = m.w if input_bytes is None else input_bytes
     if not input_requires_grad:
         return 0
     style = model.structure.norm
     if style is NormStyle.LAYER:
-        return width * m.w + 2 * FP32 * rows_per_token
+        stats = inb if (m.ln_stats_in_input_dtype and inb == m.w) else FP32
+        return width * inb + 2 * stats * rows_per_token
     if style is NormStyle.LAYER_FP32_PY:
         # ``x - mean`` is computed twice (for the variance's pow and for the normalization's
         # multiply) and each keeps its own copy
         return 2 * width * FP32 + FP32 * rows_per_token + (0 if m.weights_frozen else width * FP32)
     saved = width * FP32 + FP32 * rows_per_token
     if not m.weights_frozen:
-        saved += width * (FP32 if style in (NormStyle.RMS_GEMMA, NormStyle.RMS_FP32_PRODUCT) else m.w)
+        saved += width * (FP32 if style in (NormStyle.RMS_GEMMA, NormStyle.RMS_FP32_PRODUCT) else inb)
     return saved
 
 
@@ -218,8 +226,9 @@ def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:
     if qk is QKNorm.NONE:
         return 0
     per_head = qk is QKNorm.PER_HEAD
-    return (_norm_saved(model, model.q_dim, m, True, model.num_heads if per_head else 1)
-            + _norm_saved(model, model.kv_dim, m, True, model.num_kv_heads if per_head else 1))
+    # the norms read q_proj / k_proj outputs: compute-dtype inputs
+    return (_norm_saved(model, model.q_dim, m, True, model.num_heads if per_head else 1, m.a)
+            + _norm_saved(model, model.kv_dim, m, True, model.num_kv_heads if per_head else 1, m.a))
 
 
 def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) -> int:
@@ -236,7 +245,7 @@ def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) ->
     if not st.parallel_residual:
         return total + _norm_saved(model, h, m)  # post_attention_layernorm on the residual sum
     if st.norm is NormStyle.LAYER and not st.shared_block_norm:
-        total += 2 * FP32
+        total += 2 * (m.w if m.ln_stats_in_input_dtype else FP32)
     return total
 
 
