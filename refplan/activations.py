@@ -12,7 +12,7 @@ Conventions used below, per token of one decoder layer:
 
 from __future__ import annotations
 
-from refplan.act_dtypes import FP32, ActMode, act_mode  # noqa: F401  (re-exported)
+from refplan.act_dtypes import FP32, ActMode, act_mode, linear_out_bytes  # noqa: F401  (re-exported)
 from refplan.attention import (  # noqa: F401  (re-exported)
     _attention_saved,
     _mask_kinds,
@@ -257,6 +257,10 @@ def _mlp_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
         return _moe_saved(model, layer, train, m)
     style = model.structure.mlp
     per = {MlpStyle.GATED: 3, MlpStyle.PLAIN: 1, MlpStyle.PLAIN_PY_GELU: 4, MlpStyle.PLAIN_RELU: 1}[style]
+    if style is MlpStyle.PLAIN:
+        # the activation keeps fc_in's output in that linear's output dtype (fp32 for Falcon's biased
+        # linears under autocast from fp32 weights: linear_out_bytes)
+        return layer.mlp_intermediate * linear_out_bytes(model, layer.first(Role.MLP_IN), m)
     return per * layer.mlp_intermediate * m.a
 
 

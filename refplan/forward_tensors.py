@@ -7,6 +7,7 @@ sequences. Split from :mod:`refplan.activations`, whose helpers it reads.
 from __future__ import annotations
 
 from refplan.activations import FP32, _mask_kinds, _norm_saved, _own_sdpa, act_mode, attention_impl
+from refplan.attention import _alibi_mask_cast
 from refplan.model import ModelSpec, Positions, Role
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
@@ -41,10 +42,13 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     if impl == "falcon":
         s, a = train.seq, act_mode(train).a
         if model.structure.positions is Positions.ALIBI:
-            # FalconModel.forward folds the ALiBi biases into one float [rows, heads, S, S] mask:
-            # the same tensor in every layer, kept by the SDPA call (none under the math kernel or
-            # eager, which add it) and by checkpointed layers
-            return rows * model.num_heads * s * s * a if (_own_sdpa(model, train) or train.grad_ckpt) else 0
+            # FalconModel.forward folds the ALiBi biases into one float [rows, heads, S, S] mask in the
+            # embeddings' dtype: the same tensor in every layer, kept by the SDPA call (none under the
+            # math kernel or eager, which add it; none when autocast casts it, each layer keeping its
+            # own cast: _alibi_mask_cast) and by checkpointed layers
+            m = act_mode(train)
+            kept = (_own_sdpa(model, train) and not _alibi_mask_cast(model, m)) or train.grad_ckpt
+            return rows * model.num_heads * s * s * m.w if kept else 0
         # built every forward (``mask_always``); on CPU each layer's SDPA call keeps its own float
         # copy (_attention_saved), on CUDA one saved mask is assumed as on the standard path; else
         # the mask is kept only as the input of checkpointed layers: boolean (masking_utils

@@ -249,6 +249,10 @@ class Structure:
     #: causal without one (Falcon: ``create_causal_mask(..., allow_is_causal_skip=False)``)
     mask_always: bool = False
     parallel_residual: bool = False
+    #: linears add their bias in an op of their own after the matmul (``FalconLinear.forward``:
+    #: ``input @ self.weight.T + self.bias``): the add is no autocast op, so under autocast from fp32
+    #: weights a biased linear's output is the bf16 product promoted to fp32 (:func:`linear_out_bytes`)
+    bias_after_matmul: bool = False
     #: attention and MLP read one shared norm output in a parallel block (one LayerNorm per layer)
     shared_block_norm: bool = False
     embed_scale: float | None = None  # embeddings multiplied by sqrt(hidden_size) (Gemma)
