@@ -87,7 +87,8 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.autocast)
     widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size, Input.ROUTER_IN: model.hidden_size,
               Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
-              Input.ATTN_OUT: model.q_dim}
+              Input.ATTN_OUT: model.q_dim,
+              Input.SHARED_HIDDEN: layer.moe.shared_intermediate if layer.moe is not None else 0}
     if layer.moe is not None:
         by_input.pop(Input.MLP_HIDDEN, None)  # routed / shared experts keep their own (see _moe_saved)
     if not train.finetune.peft:
@@ -120,11 +121,22 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
             per_matmul = m.autocast and m.w != m.a and norm_fed
             total += (len(lins) if per_matmul else 1) * width * m.a
             continue
-        n = sum(1 for l in lins if model.wraps(l, train.lora_targets))
+        wrapped = [l for l in lins if model.wraps(l, train.lora_targets)]
+        pw = sum(1 for l in wrapped if param_wrapped(layer, l))
+        n = len(wrapped) - pw
         # adapters in the activations' dtype read the input itself (no cast, under autocast or not)
         shared = m.adapter == m.a and (not m.autocast or m.w == m.a or not norm_fed)
         # the width of an input SDPA already keeps (o_proj's), counted there when LoRA A shares it
         own = 0 if (inp is Input.ATTN_OUT and (m.a == FP32 or (shared and m.autocast))) else width
+        if pw:
+            # a ParamWrapper (MoE router) merges its adapters into the weight (lora_merged_weight_bytes)
+            # and PEFT never casts its input: the matmul on the merged weight keeps that input for the
+            # weight's gradient, as a trainable linear does (measured: layer_inventory, Mixtral LoRA
+            # bf16-noautocast: the router keeps the bf16 norm output, no fp32 copy)
+            per_matmul = m.autocast and m.w != m.a and norm_fed
+            total += (pw if per_matmul else 1) * width * m.a
+            if shared and not per_matmul:
+                own = 0  # LoRA A on the same tensor reads the very copy counted here
         if m.base_keeps_input and not m.autocast and (input_requires_grad or inp is not Input.ATTN_IN):
             # kept by the 8-bit base whether or not LoRA wraps the linear -- when autograd records it:
             # the first layer's norm output does not require grad under a frozen embedding
@@ -169,9 +181,42 @@ def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -
     dtype (measured: bench/layer_inventory.py on Mixtral; trace on Qwen3-30B-A3B)."""
     if not train.finetune.peft:
         return 0
+    w, m = dtype_bytes(train.dtype), act_mode(train)
+    # the router's ``F.linear`` is an autocast op: under autocast it keeps its compute-dtype cast of
+    # the merged weight, not the merged weight itself (grouped_mm, the experts', is not one)
+    router = m.a if m.autocast else w
+    return sum(l.count * l.in_features * l.out_features * (w if l.count > 1 else router) for l in layer.linears
+               if model.wraps(l, train.lora_targets) and param_wrapped(layer, l))
+
+
+def param_wrapped(layer: Layer, lin: Linear) -> bool:
+    """PEFT wraps this linear as a bare parameter (ParamWrapper: 3-D experts, an MoE router), not as a
+    LoRA ``Linear`` module."""
+    return lin.count > 1 or (layer.moe is not None and lin.role is Role.ROUTER)
+
+
+def lora_factor_casts_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """Copies of the LoRA factors PEFT's ParamWrapper (MoE experts and router) keeps for backward:
+    experts fold ``B @ A`` into the weight with one ``baddbmm`` (``_LoraFactorsProxy``, autocast
+    disabled) on factors handed over in the weight's dtype (``get_delta_factors``: ``lhs.to(param.dtype),
+    rhs.to(param.dtype)``), so each is a copy when the weights' dtype is not the adapters' (a bf16
+    load, fp32 adapters), autocast or not; a one-matrix wrapper (the router) builds its delta with
+    ``weight_B @ weight_A`` (``Linear.get_delta_weight``), which autocast casts and keeps only under
+    autocast. Measured: bench/layer_inventory.py, Mixtral LoRA bf16 and bf16-noautocast."""
+    if not train.finetune.peft:
+        return 0
+    m = act_mode(train)
     w = dtype_bytes(train.dtype)
-    return sum(l.count * l.in_features * l.out_features * w for l in layer.linears
-               if model.wraps(l, train.lora_targets) and (l.count > 1 or (layer.moe is not None and l.role is Role.ROUTER)))
+    total = 0
+    for l in layer.linears:
+        if not model.wraps(l, train.lora_targets):
+            continue
+        factors = l.count * l.lora_rank_mult * train.lora_r * (l.in_features + l.out_features)
+        if l.count > 1 and w != m.adapter:
+            total += factors * w
+        elif l.count == 1 and layer.moe is not None and l.role is Role.ROUTER and m.autocast and m.adapter != m.a:
+            total += factors * m.a
+    return total
 
 
 def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec,
@@ -184,7 +229,7 @@ def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec,
     embedding's output) takes none, so the frozen linears reading it keep no copy
     (``input_requires_grad`` False; measured: bench/layer_inventory.py, fp32-autocast LoRA)."""
     m = act_mode(train)
-    merged = (lora_merged_weight_bytes(model, layer, train)
+    merged = (lora_merged_weight_bytes(model, layer, train) + lora_factor_casts_bytes(model, layer, train)
               + lora_adapter_copies_bytes(model, layer, train, input_requires_grad))
     if not m.autocast or m.w == m.a or train.policy_quant is not Quant.NONE:
         return merged  # bitsandbytes' k-bit matmuls are custom ops that autocast does not cast
@@ -313,7 +358,11 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
         # in its targets) keep neither the gathered rows nor act * up
         per += k * (h + i) * e
     if moe.shared_intermediate:
-        per += 4 * moe.shared_intermediate * m.a  # gated shared MLP: gate, act(gate), up, act * up
+        # gated shared MLP: gate, act(gate), up; act * up is the shared down projection's input,
+        # counted with the linears' inputs (Input.SHARED_HIDDEN): kept by a trainable down, by its
+        # LoRA A under PEFT (an fp32 copy without autocast), by nothing when PEFT leaves it frozen
+        # (measured: layer_inventory, Qwen2-MoE LoRA bf16-noautocast)
+        per += 3 * moe.shared_intermediate * m.a
         if moe.shared_gated:
             # ``sigmoid(shared_expert_gate(x)) * shared_expert(x)``: the multiply keeps the shared
             # output [h] and the sigmoid its output [1] (Qwen2MoeSparseMoeBlock.forward)

@@ -63,7 +63,8 @@ def mlp_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec) 
     its linears keep of their inputs (the MLP input and hidden activation)."""
     m = act_mode(train)
     return _mlp_saved(model, layer, train, m) + _linear_inputs_saved(model, layer, train, m,
-                                                                     (Input.MLP_IN, Input.MLP_HIDDEN))
+                                                                     (Input.MLP_IN, Input.MLP_HIDDEN,
+                                                                                        Input.SHARED_HIDDEN))
 
 
 def norm_saved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:

@@ -24,6 +24,7 @@ class Input(str, enum.Enum):
     MLP_IN = "mlp-in"  # the pre-MLP norm output
     ROUTER_IN = "router-in"  # the MoE router's input (the same norm output, kept by the router)
     MLP_HIDDEN = "mlp-hidden"  # act(gate) * up, or act(fc_in): the down projection's input
+    SHARED_HIDDEN = "shared-hidden"  # a shared expert's act(gate) * up: its down projection's input
     INTERNAL = "internal"  # inside a block the activation model accounts for itself (MLA up-projections, experts)
 
 
@@ -75,6 +76,7 @@ _ROLE_INPUT = {
     Role.MLP_GATE: Input.MLP_IN, Role.MLP_UP: Input.MLP_IN, Role.MLP_GATE_UP: Input.MLP_IN,
     Role.MLP_IN: Input.MLP_IN, Role.SHARED_GATE: Input.MLP_IN, Role.SHARED_UP: Input.MLP_IN,
     Role.SHARED_EXPERT_GATE: Input.MLP_IN, Role.ROUTER: Input.ROUTER_IN, Role.MLP_DOWN: Input.MLP_HIDDEN,
+    Role.SHARED_DOWN: Input.SHARED_HIDDEN,
 }
 
 
