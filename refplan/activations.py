@@ -82,9 +82,10 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     by_input: dict[Input, list] = {}
     for lin in layer.linears:
         by_input.setdefault(lin.role.input, []).append(lin)
-    # ReLU keeps its output, the down projection's input (see _mlp_saved) -- unless PEFT under
-    # autocast gives each wrapped linear its own compute-dtype copy
-    hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.autocast)
+    # ReLU keeps its output, the down projection's input (see _mlp_saved) -- unless PEFT gives LoRA A its
+    # own copy: fp32 adapters, cast to by PEFT (and back by autocast) (measured: layer_inventory, OPT
+    # LoRA bf16-noautocast: fc2's lora_A keeps an fp32 copy of the ReLU output)
+    hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.adapter != m.a)
     widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size, Input.ROUTER_IN: model.hidden_size,
               Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
               Input.ATTN_OUT: model.q_dim,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from refplan.activations import FP32, _mask_kinds, _norm_saved, _own_sdpa, act_mode, attention_impl
 from refplan.attention import _alibi_mask_cast
 from refplan.model import ModelSpec, Positions, Role
+from refplan.settings import Quant
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -92,7 +93,9 @@ def outer_linears_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> 
     for a trainable weight (under autocast from fp32 weights, a compute-dtype copy of the input and
     of the weight), or, for a LoRA-wrapped one, what :func:`_linear_inputs_saved` counts for a group of
     one -- the input (a compute-dtype copy under autocast) and A's output. ``project_in``'s input is
-    the frozen embedding's output under PEFT: it needs nothing unless wrapped."""
+    the frozen embedding's output under PEFT: it needs nothing unless wrapped. Under PEFT with
+    autocast, also autocast's kept casts of the fp32 adapters and (from fp32 weights) of a frozen
+    weight whose input takes a gradient (project_out's)."""
     m = act_mode(train)
     tokens = rows * train.seq
     total = 0
@@ -102,8 +105,18 @@ def outer_linears_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> 
             total += tokens * width * m.a
             if m.autocast and m.w != m.a:
                 total += lin.in_features * lin.out_features * m.a
-        elif model.wraps(lin, train.lora_targets):
+            continue
+        # project_in reads the frozen embedding's output: no input gradient, so its matmuls keep no
+        # weight for one (as activations.layer_weight_copies_bytes for a first layer under PEFT)
+        input_grad = lin.role is not Role.PROJECT_IN
+        if model.wraps(lin, train.lora_targets):
             total += tokens * ((width + train.lora_r) * m.a if m.autocast else (width + train.lora_r) * FP32)
+            if m.autocast and m.adapter != m.a:
+                # autocast's casts of the fp32 adapters, kept by their matmuls: B's always, A's for A's
+                # input gradient (measured: layer_inventory, OPT-350m layout LoRA bf16 / fp32-autocast)
+                total += lin.lora_rank_mult * train.lora_r * ((width if input_grad else 0) + lin.out_features) * m.a
+        if input_grad and m.autocast and m.w != m.a and train.policy_quant is Quant.NONE:
+            total += lin.in_features * lin.out_features * m.a  # the frozen weight's cast, for the input gradient
     return total
 
 
