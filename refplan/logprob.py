@@ -101,31 +101,53 @@ def fused_head_backward_transient_bytes(model: ModelSpec, train: TrainSpec, rows
     return out
 
 
+def _logits_stay_16bit(train: TrainSpec) -> bool:
+    """A 16-bit run without mixed precision (``bf16 = fp16 = False``, TrainSpec ``autocast="none"``):
+    accelerate converts the model's outputs to fp32 only under mixed precision
+    (``convert_outputs_to_fp32`` around the autocast forward), so ORPO's / CPO's losses then run on the
+    16-bit logits themselves: cross-entropy's log-softmax output and the backward's gradients are
+    16-bit, not fp32 (measured: validate_precision ORPO bursts in bf16-noautocast, +68..+180 %
+    with the fp32 terms)."""
+    m = act_mode(train)
+    return m.a != FP32 and not m.autocast
+
+
 def full_logits_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """ORPO / CPO (orpo_trainer.py / cpo_trainer.py ``concatenated_forward``) keep for backward:
     the LM head's input [rows, S, h] (when the head is trainable), the full ``outputs.logits`` [rows, S, V] in compute dtype,
-    ORPO's chosen NLL (cross-entropy's log-softmax output over [B, S-1, V], fp32), and, when the
+    ORPO's chosen NLL (cross-entropy's log-softmax output over [B, S-1, V], fp32 -- the logits' 16-bit
+    dtype when they stay 16-bit: :func:`_logits_stay_16bit`), and, when the
     logits are not fp32, ``selective_log_softmax``'s per-row log-softmax outputs [rows, S-1, V]."""
     s, v, a = train.seq, model.vocab_size, act_mode(train).a
-    if train.device == "cuda" and a != FP32:
+    if train.device == "cuda" and a != FP32 and not _logits_stay_16bit(train):
         # CUDA autocast runs log_softmax / cross_entropy in fp32 on casts of the logits; by the
         # backward peak (see full_logits_backward_transient_bytes) those are freed -- measured on
         # an H200 (reports/gpu/diagnose.json): only the head's input (when trainable) remains
         return 0 if train.finetune.peft else rows * s * model.token_dim * a
-    saved = rows * s * v * a
+    # the logits themselves -- except on 16-bit logits, where selective_log_softmax's per-row
+    # log_softmax keeps only its outputs, cross-entropy its log-softmax output, and nothing keeps the
+    # logits once TRL's loss returns (measured: ORPO bf16-noautocast bursts, and the same losses on
+    # bf16 logits under refplan's tracker)
+    saved = 0 if _logits_stay_16bit(train) else rows * s * v * a
     if not train.finetune.peft:
         saved += rows * s * model.token_dim * a  # a frozen LM head (PEFT) needs no input for backward
     if model.structure.final_softcap:
         saved += rows * s * v * a  # Gemma's cap: tanh(logits / cap) is kept for backward
     if train.method.value == "orpo":
-        saved += (rows // 2) * (s - 1) * v * FP32
+        saved += (rows // 2) * (s - 1) * v * (a if _logits_stay_16bit(train) else FP32)
     if a != FP32:
         saved += rows * (s - 1) * v * a
     return saved
 
 
 def full_logits_transient_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
-    """Forward: one [rows, S-1, V] fp32 shifted copy while the losses are formed."""
+    """Forward: one [rows, S-1, V] fp32 shifted copy while the losses are formed. On 16-bit logits
+    (:func:`_logits_stay_16bit`) only ORPO's cross-entropy copies its shifted chosen half
+    (``logits[..., :-1, :].contiguous()``), in the logits' dtype; ``selective_log_softmax`` works one
+    row at a time (measured: TRL's ORPO / SimPO losses on bf16 logits under refplan's tracker)."""
+    if _logits_stay_16bit(train):
+        orpo = train.method.value == "orpo"
+        return (rows // 2) * (train.seq - 1) * model.vocab_size * act_mode(train).a if orpo else 0
     return rows * (train.seq - 1) * model.vocab_size * FP32
 
 
@@ -133,6 +155,13 @@ def full_logits_backward_transient_bytes(model: ModelSpec, train: TrainSpec, row
     """Backward peak of the log-prob path: in ``selective_log_softmax``'s gather backward three
     [rows, S-1, V] fp32 tensors are alive at once -- the stacked logsumexp gradient, gather's
     ``new_zeros`` and its ``scatter_add`` result (measured: peak op aten.scatter_add)."""
+    if _logits_stay_16bit(train):
+        # the logits' gradient [rows, S, V] (slice_backward of each loss's shifted view), and for
+        # ORPO the cross-entropy's log-softmax gradient beside it, all in the logits' 16-bit dtype
+        # (measured: TRL's ORPO / SimPO losses on bf16 logits under refplan's tracker)
+        a = act_mode(train).a
+        nll = (rows // 2) * (train.seq - 1) * model.vocab_size * a if train.method.value == "orpo" else 0
+        return rows * train.seq * model.vocab_size * a + nll
     if train.device == "cuda" and act_mode(train).a != FP32:
         # CUDA + autocast (H200, reports/gpu/diagnose.json, ORPO LoRA peak at aten.add): the fp32
         # gradients of the [rows, S, V] logits from each consumer's ``logits[:, :-1]`` slice
