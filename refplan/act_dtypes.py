@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from refplan.model import Linear, ModelSpec
 from refplan.settings import Quant
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
@@ -32,6 +33,11 @@ class ActMode:
     #: gradient (``MatMul8bitFp`` / ``MatMul8bitLt``: ``ctx.A = A`` / ``ctx.tensors = (.., A)``); a
     #: 4-bit base keeps only its packed weight (``MatMul4Bit``: ``ctx.tensors = (None, B)``)
     base_keeps_input: bool = False
+    #: ``native_layer_norm`` on CPU returns its mean and rstd in the parameters' dtype -- the input's,
+    #: or fp32 when a 16-bit input meets fp32 weights (ATen ``layer_norm_cpu``: ``param_scalar_type``);
+    #: CUDA's kernel keeps them in fp32 (its accumulate type). Measured: bench/layer_inventory.py,
+    #: bf16 LayerNorm families keep bf16 [rows, S, 1] mean / rstd
+    ln_stats_in_input_dtype: bool = False
 
 
 def act_mode(train: TrainSpec) -> ActMode:
@@ -47,4 +53,14 @@ def act_mode(train: TrainSpec) -> ActMode:
     # False on a 16-bit load): then PEFT casts each LoRA input up to its fp32 adapters, nothing casts back
     return ActMode(a=a, weights_frozen=train.finetune.peft, w=w, autocast=a != FP32 and not train.no_autocast,
                    adapter=dtype_bytes(adapter_dtype(train)) if train.finetune.peft else FP32,
-                   base_keeps_input=train.policy_quant is Quant.INT8)
+                   base_keeps_input=train.policy_quant is Quant.INT8, ln_stats_in_input_dtype=train.device == "cpu")
+
+
+def linear_out_bytes(model: ModelSpec, lin: Linear | None, m: ActMode) -> int:
+    """Bytes per element of a linear's output: the compute dtype -- or the weights' dtype for a biased
+    linear that adds its bias after the matmul (:attr:`Structure.bias_after_matmul`, Falcon): the
+    bf16 product plus an fp32 bias promotes to fp32 under autocast from fp32 weights (measured:
+    bench/layer_inventory.py, Falcon fp32-autocast: the GELU keeps an fp32 input)."""
+    if lin is not None and lin.bias and model.structure.bias_after_matmul:
+        return max(m.a, m.w)
+    return m.a

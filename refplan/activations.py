@@ -12,7 +12,7 @@ Conventions used below, per token of one decoder layer:
 
 from __future__ import annotations
 
-from refplan.act_dtypes import FP32, ActMode, act_mode  # noqa: F401  (re-exported)
+from refplan.act_dtypes import FP32, ActMode, act_mode, linear_out_bytes  # noqa: F401  (re-exported)
 from refplan.attention import (  # noqa: F401  (re-exported)
     _attention_saved,
     _mask_kinds,
@@ -30,7 +30,7 @@ from refplan.units import dtype_bytes
 
 
 def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: bool = True,
-                rows_per_token: int = 1) -> int:
+                rows_per_token: int = 1, input_bytes: int | None = None) -> int:
     """Bytes one normalization saves per token (its output is counted by whoever consumes it).
 
     - RMSNorm, llama style (``LlamaRMSNorm``: ``x32 = x.to(f32); y = x32 * rsqrt(mean(x32^2) + eps);
@@ -39,23 +39,33 @@ def _norm_saved(model: ModelSpec, width: int, m: ActMode, input_requires_grad: b
       weight is trainable.
     - RMSNorm, gemma style (``Gemma*RMSNorm``: ``y = norm(x.float()) * (1 + weight.float())``):
       x32, rsqrt, and y in fp32 when the weight is trainable.
-    - LayerNorm (``native_layer_norm``): its input, mean and rstd (fp32 per row).
+    - RMSNorm, OLMo 2 style (``Olmo2RMSNorm``: ``(weight * y32).to(dtype)``): likewise x32, rsqrt
+      and the fp32 y the weight's gradient reads (measured: bench/layer_inventory.py, OLMo 2 bf16).
+    - LayerNorm (``native_layer_norm``): its input as is (CPU autocast does not cast layer_norm),
+      mean and rstd per row -- fp32, or the input's dtype on CPU when input and weight share it
+      (:attr:`ActMode.ln_stats_in_input_dtype`).
     - Cohere's Python LayerNorm: two copies of the centred fp32 input, rsqrt, and y in fp32 when
       the weight is trainable.
-    ``rows_per_token`` > 1 for per-head q/k norms (Qwen3, Gemma3).
+    ``rows_per_token`` > 1 for per-head q/k norms (Qwen3, Gemma3). ``input_bytes``: the input's
+    element size, the residual stream's (``m.w``) unless given -- q/k norms read a projection's
+    output, in the compute dtype: under autocast from fp32 weights the LayerNorm keeps that bf16
+    input and ``LlamaRMSNorm``'s ``y.to(input_dtype)`` is bf16 (measured: layer_inventory, Qwen3,
+    Phi and StableLM q/k norms, fp32-autocast).
     """
+    inb = m.w if input_bytes is None else input_bytes
     if not input_requires_grad:
         return 0
     style = model.structure.norm
     if style is NormStyle.LAYER:
-        return width * m.w + 2 * FP32 * rows_per_token
+        stats = inb if (m.ln_stats_in_input_dtype and inb == m.w) else FP32
+        return width * inb + 2 * stats * rows_per_token
     if style is NormStyle.LAYER_FP32_PY:
         # ``x - mean`` is computed twice (for the variance's pow and for the normalization's
         # multiply) and each keeps its own copy
         return 2 * width * FP32 + FP32 * rows_per_token + (0 if m.weights_frozen else width * FP32)
     saved = width * FP32 + FP32 * rows_per_token
     if not m.weights_frozen:
-        saved += width * (FP32 if style is NormStyle.RMS_GEMMA else m.w)
+        saved += width * (FP32 if style in (NormStyle.RMS_GEMMA, NormStyle.RMS_FP32_PRODUCT) else inb)
     return saved
 
 
@@ -72,12 +82,14 @@ def _input_groups(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) 
     by_input: dict[Input, list] = {}
     for lin in layer.linears:
         by_input.setdefault(lin.role.input, []).append(lin)
-    # ReLU keeps its output, the down projection's input (see _mlp_saved) -- unless PEFT under
-    # autocast gives each wrapped linear its own compute-dtype copy
-    hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.autocast)
+    # ReLU keeps its output, the down projection's input (see _mlp_saved) -- unless PEFT gives LoRA A its
+    # own copy: fp32 adapters, cast to by PEFT (and back by autocast) (measured: layer_inventory, OPT
+    # LoRA bf16-noautocast: fc2's lora_A keeps an fp32 copy of the ReLU output)
+    hidden_kept_by_act = model.structure.mlp is MlpStyle.PLAIN_RELU and not (train.finetune.peft and m.adapter != m.a)
     widths = {Input.ATTN_IN: model.hidden_size, Input.MLP_IN: model.hidden_size, Input.ROUTER_IN: model.hidden_size,
               Input.MLP_HIDDEN: 0 if hidden_kept_by_act else layer.mlp_intermediate,
-              Input.ATTN_OUT: model.o_dim}
+              Input.ATTN_OUT: model.o_dim,
+              Input.SHARED_HIDDEN: layer.moe.shared_intermediate if layer.moe is not None else 0}
     if model.structure.mla:
         mla = dict(model.structure.mla)
         widths.update({Input.Q_LATENT: mla["q_lora_rank"] or 0, Input.KV_LATENT: mla["kv_lora_rank"]})
@@ -115,15 +127,22 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
             per_matmul = m.autocast and m.w != m.a and norm_fed
             total += (len(lins) if per_matmul else 1) * width * m.a
             continue
-        n = sum(1 for l in lins if model.wraps(l, train.lora_targets))
-        # a bare-parameter router (transformers 5.x MoE: ``gate.weight``) is wrapped by PEFT's
-        # ParamWrapper, which adds its delta to the weight: no LoRA B input per token
-        n_b = n - sum(1 for l in lins if l.role is Role.ROUTER and model.structure.experts_fused_3d
-                      and model.wraps(l, train.lora_targets))
+        wrapped = [l for l in lins if model.wraps(l, train.lora_targets)]
+        pw = sum(1 for l in wrapped if param_wrapped(layer, l))
+        n = len(wrapped) - pw
         # adapters in the activations' dtype read the input itself (no cast, under autocast or not)
         shared = m.adapter == m.a and (not m.autocast or m.w == m.a or not norm_fed)
         # the width of an input SDPA already keeps (o_proj's), counted there when LoRA A shares it
         own = 0 if (inp is Input.ATTN_OUT and (m.a == FP32 or (shared and m.autocast))) else width
+        if pw:
+            # a ParamWrapper (MoE router) merges its adapters into the weight (lora_merged_weight_bytes)
+            # and PEFT never casts its input: the matmul on the merged weight keeps that input for the
+            # weight's gradient, as a trainable linear does (measured: layer_inventory, Mixtral LoRA
+            # bf16-noautocast: the router keeps the bf16 norm output, no fp32 copy)
+            per_matmul = m.autocast and m.w != m.a and norm_fed
+            total += (pw if per_matmul else 1) * width * m.a
+            if shared and not per_matmul:
+                own = 0  # LoRA A on the same tensor reads the very copy counted here
         if m.base_keeps_input and not m.autocast and (input_requires_grad or inp is not Input.ATTN_IN):
             # kept by the 8-bit base whether or not LoRA wraps the linear -- when autograd records it:
             # the first layer's norm output does not require grad under a frozen embedding
@@ -132,14 +151,14 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
         if n == 0:
             continue
         if shared:
-            total += own * m.a + n_b * train.lora_r * m.a
+            total += own * m.a + n * train.lora_r * m.a
         elif not m.autocast:
-            total += n * width * m.adapter + n_b * train.lora_r * m.adapter
+            total += n * (width + train.lora_r) * m.adapter
         else:
             # PEFT casts the input to the fp32 adapter dtype, autocast casts it back for lora_A
             # (or autocast casts an fp32 norm output for bf16 adapters): each wrapped linear keeps
             # its own compute-dtype copy, and B keeps A's output
-            total += (n * width + n_b * train.lora_r) * m.a
+            total += n * (width + train.lora_r) * m.a
     return total
 
 
@@ -168,9 +187,42 @@ def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -
     dtype (measured: bench/layer_inventory.py on Mixtral; trace on Qwen3-30B-A3B)."""
     if not train.finetune.peft:
         return 0
+    w, m = dtype_bytes(train.dtype), act_mode(train)
+    # the router's ``F.linear`` is an autocast op: under autocast it keeps its compute-dtype cast of
+    # the merged weight, not the merged weight itself (grouped_mm, the experts', is not one)
+    router = m.a if m.autocast else w
+    return sum(l.count * l.in_features * l.out_features * (w if l.count > 1 else router) for l in layer.linears
+               if model.wraps(l, train.lora_targets) and param_wrapped(layer, l))
+
+
+def param_wrapped(layer: Layer, lin: Linear) -> bool:
+    """PEFT wraps this linear as a bare parameter (ParamWrapper: 3-D experts, an MoE router), not as a
+    LoRA ``Linear`` module."""
+    return lin.count > 1 or (layer.moe is not None and lin.role is Role.ROUTER)
+
+
+def lora_factor_casts_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -> int:
+    """Copies of the LoRA factors PEFT's ParamWrapper (MoE experts and router) keeps for backward:
+    experts fold ``B @ A`` into the weight with one ``baddbmm`` (``_LoraFactorsProxy``, autocast
+    disabled) on factors handed over in the weight's dtype (``get_delta_factors``: ``lhs.to(param.dtype),
+    rhs.to(param.dtype)``), so each is a copy when the weights' dtype is not the adapters' (a bf16
+    load, fp32 adapters), autocast or not; a one-matrix wrapper (the router) builds its delta with
+    ``weight_B @ weight_A`` (``Linear.get_delta_weight``), which autocast casts and keeps only under
+    autocast. Measured: bench/layer_inventory.py, Mixtral LoRA bf16 and bf16-noautocast."""
+    if not train.finetune.peft:
+        return 0
+    m = act_mode(train)
     w = dtype_bytes(train.dtype)
-    return sum(l.count * l.in_features * l.out_features * w for l in layer.linears
-               if model.wraps(l, train.lora_targets) and (l.count > 1 or (layer.moe is not None and l.role is Role.ROUTER)))
+    total = 0
+    for l in layer.linears:
+        if not model.wraps(l, train.lora_targets):
+            continue
+        factors = l.count * l.lora_rank_mult * train.lora_r * (l.in_features + l.out_features)
+        if l.count > 1 and w != m.adapter:
+            total += factors * w
+        elif l.count == 1 and layer.moe is not None and l.role is Role.ROUTER and m.autocast and m.adapter != m.a:
+            total += factors * m.a
+    return total
 
 
 def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec,
@@ -183,7 +235,7 @@ def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec,
     embedding's output) takes none, so the frozen linears reading it keep no copy
     (``input_requires_grad`` False; measured: bench/layer_inventory.py, fp32-autocast LoRA)."""
     m = act_mode(train)
-    merged = (lora_merged_weight_bytes(model, layer, train)
+    merged = (lora_merged_weight_bytes(model, layer, train) + lora_factor_casts_bytes(model, layer, train)
               + lora_adapter_copies_bytes(model, layer, train, input_requires_grad))
     if not m.autocast or m.w == m.a or train.policy_quant is not Quant.NONE:
         return merged  # bitsandbytes' k-bit matmuls are custom ops that autocast does not cast
@@ -225,8 +277,9 @@ def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:
     if qk is QKNorm.NONE:
         return 0
     per_head = qk is QKNorm.PER_HEAD
-    return (_norm_saved(model, model.q_dim, m, True, model.num_heads if per_head else 1)
-            + _norm_saved(model, model.kv_dim, m, True, model.num_kv_heads if per_head else 1))
+    # the norms read q_proj / k_proj outputs: compute-dtype inputs
+    return (_norm_saved(model, model.q_dim, m, True, model.num_heads if per_head else 1, m.a)
+            + _norm_saved(model, model.kv_dim, m, True, model.num_kv_heads if per_head else 1, m.a))
 
 
 def _mla_norms_saved(model: ModelSpec, m: ActMode) -> int:
@@ -257,7 +310,7 @@ def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) ->
     if not st.parallel_residual:
         return total + _norm_saved(model, h, m)  # post_attention_layernorm on the residual sum
     if st.norm is NormStyle.LAYER and not st.shared_block_norm:
-        total += 2 * FP32
+        total += 2 * (m.w if m.ln_stats_in_input_dtype else FP32)
     return total
 
 
@@ -269,6 +322,10 @@ def _mlp_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
         return _moe_saved(model, layer, train, m)
     style = model.structure.mlp
     per = {MlpStyle.GATED: 3, MlpStyle.PLAIN: 1, MlpStyle.PLAIN_PY_GELU: 4, MlpStyle.PLAIN_RELU: 1}[style]
+    if style is MlpStyle.PLAIN:
+        # the activation keeps fc_in's output in that linear's output dtype (fp32 for Falcon's biased
+        # linears under autocast from fp32 weights: linear_out_bytes)
+        return layer.mlp_intermediate * linear_out_bytes(model, layer.first(Role.MLP_IN), m)
     return per * layer.mlp_intermediate * m.a
 
 
@@ -322,17 +379,16 @@ def _moe_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> 
         # in its targets) keep neither the gathered rows nor act * up
         per += k * (h + i) * e
     if moe.shared_intermediate:
-        # gated shared MLP: gate, act(gate), up, and act * up for the down projection's weight gradient
-        # (a frozen, unwrapped one under PEFT keeps none: measured, DeepSeek-V2 LoRA)
-        down = layer.first(Role.SHARED_DOWN)
-        down_kept = not train.finetune.peft or (down is not None and model.wraps(down, train.lora_targets))
-        per += (3 + down_kept) * moe.shared_intermediate * m.a
+        # gated shared MLP: gate, act(gate), up; act * up is the shared down projection's input,
+        # counted with the linears' inputs (Input.SHARED_HIDDEN): kept by a trainable down, by its
+        # LoRA A under PEFT (an fp32 copy without autocast), by nothing when PEFT leaves it frozen
+        # (measured: layer_inventory, Qwen2-MoE LoRA bf16-noautocast)
+        per += 3 * moe.shared_intermediate * m.a
         if moe.shared_gated:
             # ``sigmoid(shared_expert_gate(x)) * shared_expert(x)``: the multiply keeps the shared
             # output [h] and the sigmoid its output [1] (Qwen2MoeSparseMoeBlock.forward)
             per += (h + 1) * m.a
-        # DeepSeek-V2's shared MLP reads the MoE block's input itself (``residuals = hidden_states``):
-        # counted with the MLP's input group
+        # DeepSeek-V2's shared MLP reads the MoE block's input itself: counted with the MLP's input group
     return per
 
 

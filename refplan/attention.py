@@ -4,7 +4,7 @@ a layer's saved tensors; same conventions (bytes, per token of rows x seq)."""
 
 from __future__ import annotations
 
-from refplan.act_dtypes import FP32, ActMode
+from refplan.act_dtypes import FP32, ActMode, linear_out_bytes
 from refplan.methods import Finetune
 from refplan.model import AttentionKernel, KVToAttention, Layer, ModelSpec, Positions, Role
 from refplan.spec import TrainSpec
@@ -68,6 +68,21 @@ def _own_sdpa(model: ModelSpec, train: TrainSpec) -> bool:
             and model.structure.kv_to_attention is not KVToAttention.BROADCAST)
 
 
+def _alibi_mask_cast(model: ModelSpec, m: ActMode) -> bool:
+    """Falcon's ALiBi mask is built in the embeddings' dtype (``build_alibi_tensor(...,
+    dtype=inputs_embeds.dtype)``): fp32 under autocast from fp32 weights, which each layer's SDPA
+    call casts to the compute dtype and keeps (measured: bench/layer_inventory.py, falcon-alibi
+    fp32-autocast: one bf16 [rows, heads, S, S] copy per layer)."""
+    return model.structure.positions is Positions.ALIBI and m.autocast and m.w != m.a
+
+
+def _math_upcast(model: ModelSpec, train: TrainSpec, m: ActMode) -> bool:
+    """Falcon's own SDPA call on a single broadcast K/V head runs torch's math kernel, in fp32 for
+    16-bit inputs."""
+    return (attention_impl(model, train) == "falcon" and train.attn.value != "eager" and m.a != FP32
+            and model.structure.kv_to_attention is KVToAttention.BROADCAST)
+
+
 def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode,
                      layer_idx: int | None = None) -> int:
     """What attention itself keeps, per token (projections' inputs excluded)."""
@@ -84,17 +99,29 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         rotated = model.structure.positions is Positions.ROPE
         if model.structure.kv_to_attention is KVToAttention.EXPANDED:
             qkv_saved = 3 * q
+        elif linear_out_bytes(model, layer.first(Role.QKV), m) != m.a:
+            # an fp32 fused output (biased FalconLinear under autocast): SDPA keeps its own
+            # compute-dtype casts of q, k and v, and neither the fused output nor the rotated copies
+            qkv_saved = q + 2 * kv
         elif rotated:
             qkv_saved = q + kv + (q + 2 * kv if fused else kv)
         else:
             qkv_saved = q + 2 * kv
         total = (qkv_saved + q) * m.a + heads * FP32
+        if _alibi_mask_cast(model, m):
+            total += heads * s * m.a  # this layer's compute-dtype cast of the fp32 ALiBi mask
         if rotated and train.device == "cpu":
             # the mask is boolean: on CPU, SDPA keeps its own float copy [rows, 1, S, S] from every
             # call (per token, one row of S; see the standard path below); with ALiBi the model
             # folds the biases into one float mask (mask_bytes)
             total += s * m.a
         return total
+    if _math_upcast(model, train, m):
+        # Falcon multi-query through SDPA's math kernel, which computes 16-bit inputs in fp32 (torch's
+        # math backend upcasts q, k and v unless allow_fp16_bf16_reduction_math_sdp): fp32 q (scaled),
+        # K and V expanded to every head, the fp32 softmax output; the output is cast back for o_proj
+        # (measured: bench/layer_inventory.py, falcon-multi-query bf16 and fp32-autocast)
+        return 3 * q * FP32 + heads * s * FP32 + o_in
     if impl in ("eager", "falcon"):
         # eager_attention_forward: matmul copies of q and of k, v expanded to all heads, the
         # softmax output (fp32 upcast, then cast back), soft-capped scores where capped

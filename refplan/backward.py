@@ -31,11 +31,10 @@ GPT-NeoX, Starcoder2 and Qwen3-MoE shapes, varying hidden, MLP width, heads, LoR
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from refplan.activations import (
     FP32,
-    ActMode,
     _linear_inputs_saved,
     _mlp_saved,
     _norm_saved,
@@ -64,7 +63,8 @@ def mlp_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec) 
     its linears keep of their inputs (the MLP input and hidden activation)."""
     m = act_mode(train)
     return _mlp_saved(model, layer, train, m) + _linear_inputs_saved(model, layer, train, m,
-                                                                     (Input.MLP_IN, Input.MLP_HIDDEN))
+                                                                     (Input.MLP_IN, Input.MLP_HIDDEN,
+                                                                                        Input.SHARED_HIDDEN))
 
 
 def norm_saved_bytes_per_token(model: ModelSpec, train: TrainSpec) -> int:
@@ -79,7 +79,7 @@ def norm_weight_operand_bytes_per_token(model: ModelSpec, train: TrainSpec) -> i
         return 0
     m = act_mode(train)
     h = model.hidden_size
-    return _norm_saved(model, h, m) - _norm_saved(model, h, ActMode(m.a, True, m.w, m.autocast))
+    return _norm_saved(model, h, m) - _norm_saved(model, h, replace(m, weights_frozen=True))
 
 
 

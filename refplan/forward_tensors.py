@@ -7,7 +7,9 @@ sequences. Split from :mod:`refplan.activations`, whose helpers it reads.
 from __future__ import annotations
 
 from refplan.activations import FP32, _mask_kinds, _norm_saved, _own_sdpa, act_mode, attention_impl
+from refplan.attention import _alibi_mask_cast
 from refplan.model import ModelSpec, Positions, Role
+from refplan.settings import Quant
 from refplan.spec import TrainSpec
 from refplan.units import dtype_bytes
 
@@ -41,10 +43,13 @@ def mask_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     if impl == "falcon":
         s, a = train.seq, act_mode(train).a
         if model.structure.positions is Positions.ALIBI:
-            # FalconModel.forward folds the ALiBi biases into one float [rows, heads, S, S] mask:
-            # the same tensor in every layer, kept by the SDPA call (none under the math kernel or
-            # eager, which add it) and by checkpointed layers
-            return rows * model.num_heads * s * s * a if (_own_sdpa(model, train) or train.grad_ckpt) else 0
+            # FalconModel.forward folds the ALiBi biases into one float [rows, heads, S, S] mask in the
+            # embeddings' dtype: the same tensor in every layer, kept by the SDPA call (none under the
+            # math kernel or eager, which add it; none when autocast casts it, each layer keeping its
+            # own cast: _alibi_mask_cast) and by checkpointed layers
+            m = act_mode(train)
+            kept = (_own_sdpa(model, train) and not _alibi_mask_cast(model, m)) or train.grad_ckpt
+            return rows * model.num_heads * s * s * m.w if kept else 0
         # built every forward (``mask_always``); on CPU each layer's SDPA call keeps its own float
         # copy (_attention_saved), on CUDA one saved mask is assumed as on the standard path; else
         # the mask is kept only as the input of checkpointed layers: boolean (masking_utils
@@ -88,7 +93,9 @@ def outer_linears_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> 
     for a trainable weight (under autocast from fp32 weights, a compute-dtype copy of the input and
     of the weight), or, for a LoRA-wrapped one, what :func:`_linear_inputs_saved` counts for a group of
     one -- the input (a compute-dtype copy under autocast) and A's output. ``project_in``'s input is
-    the frozen embedding's output under PEFT: it needs nothing unless wrapped."""
+    the frozen embedding's output under PEFT: it needs nothing unless wrapped. Under PEFT with
+    autocast, also autocast's kept casts of the fp32 adapters and (from fp32 weights) of a frozen
+    weight whose input takes a gradient (project_out's)."""
     m = act_mode(train)
     tokens = rows * train.seq
     total = 0
@@ -98,15 +105,26 @@ def outer_linears_saved_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> 
             total += tokens * width * m.a
             if m.autocast and m.w != m.a:
                 total += lin.in_features * lin.out_features * m.a
-        elif model.wraps(lin, train.lora_targets):
+            continue
+        # project_in reads the frozen embedding's output: no input gradient, so its matmuls keep no
+        # weight for one (as activations.layer_weight_copies_bytes for a first layer under PEFT)
+        input_grad = lin.role is not Role.PROJECT_IN
+        if model.wraps(lin, train.lora_targets):
             total += tokens * ((width + train.lora_r) * m.a if m.autocast else (width + train.lora_r) * FP32)
+            if m.autocast and m.adapter != m.a:
+                # autocast's casts of the fp32 adapters, kept by their matmuls: B's always, A's for A's
+                # input gradient (measured: layer_inventory, OPT-350m layout LoRA bf16 / fp32-autocast)
+                total += lin.lora_rank_mult * train.lora_r * ((width if input_grad else 0) + lin.out_features) * m.a
+        if input_grad and m.autocast and m.w != m.a and train.policy_quant is Quant.NONE:
+            total += lin.in_features * lin.out_features * m.a  # the frozen weight's cast, for the input gradient
     return total
 
 
 def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
     """cos and sin tables [1, S, rotary_dim] computed once per forward and saved by every
     layer's RoPE multiply (transformers ``*RotaryEmbedding``: ``cos.to(dtype=x.dtype)``, x the
-    hidden states), in the residual stream's dtype: fp32 under autocast from fp32 weights; none when
+    hidden states), in the residual stream's dtype: fp32 under autocast from fp32 weights -- always
+    fp32 where the family skips that cast (:attr:`Structure.rope_tables_fp32`, OLMo 2); none when
     no layer rotates (all NoPE)."""
     if model.structure.positions is not Positions.ROPE or len(model.structure.nope_layers) == model.num_layers:
         return 0
@@ -120,7 +138,7 @@ def rope_table_bytes(model: ModelSpec, train: TrainSpec, rows: int) -> int:
         rot = int(model.head_dim * pct)
     # the tables are ``cat((freqs, freqs))`` over ``arange(0, rot, 2)``: an odd rotary width rounds up
     rot += rot % 2
-    return 2 * train.seq * rot * act_mode(train).w
+    return 2 * train.seq * rot * (4 if model.structure.rope_tables_fp32 else act_mode(train).w)
 
 
 def autocast_weight_cache_bytes(model: ModelSpec, train: TrainSpec, requires_grad: bool,

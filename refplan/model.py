@@ -26,7 +26,8 @@ class Input(str, enum.Enum):
     MLP_HIDDEN = "mlp-hidden"  # act(gate) * up, or act(fc_in): the down projection's input
     Q_LATENT = "q-latent"  # MLA: q_a_layernorm's output, q_b_proj's input (q_lora_rank wide)
     KV_LATENT = "kv-latent"  # MLA: kv_a_layernorm's output, kv_b_proj's input (kv_lora_rank wide)
-    INTERNAL = "internal"  # inside a block the activation model accounts for itself (experts)
+    SHARED_HIDDEN = "shared-hidden"  # a shared expert's act(gate) * up: its down projection's input
+    INTERNAL = "internal"  # inside a block the activation model accounts for itself (MLA up-projections, experts)
 
 
 class Role(str, enum.Enum):
@@ -78,6 +79,7 @@ _ROLE_INPUT = {
     Role.MLP_GATE: Input.MLP_IN, Role.MLP_UP: Input.MLP_IN, Role.MLP_GATE_UP: Input.MLP_IN,
     Role.MLP_IN: Input.MLP_IN, Role.SHARED_GATE: Input.MLP_IN, Role.SHARED_UP: Input.MLP_IN,
     Role.SHARED_EXPERT_GATE: Input.MLP_IN, Role.ROUTER: Input.ROUTER_IN, Role.MLP_DOWN: Input.MLP_HIDDEN,
+    Role.SHARED_DOWN: Input.SHARED_HIDDEN,
 }
 
 
@@ -160,6 +162,9 @@ class NormStyle(str, enum.Enum):
     RMS = "rms"
     #: ``Gemma*RMSNorm``: ``norm(x.float()) * (1 + weight.float())`` -- the output is fp32 until cast
     RMS_GEMMA = "rms-gemma"
+    #: ``Olmo2RMSNorm``: ``(weight * (x32 * rsqrt(mean(x32^2) + eps))).to(dtype)`` -- the weight
+    #: multiplies the fp32 normalized input, so the multiply keeps that fp32 y for the weight's gradient
+    RMS_FP32_PRODUCT = "rms-fp32-product"
     #: ``nn.LayerNorm`` (``native_layer_norm``): input, mean and rstd saved
     LAYER = "layer"
     #: a LayerNorm written in Python in fp32, weight only (``CohereLayerNorm``: ``x32 - mean``,
@@ -234,6 +239,10 @@ class Structure:
     #: q and k are rebuilt by ``torch.cat((rotated, passed_through), dim=-1)`` (Phi, StableLM,
     #: GPT-NeoX), whatever the fraction: q reaches attention head-major and contiguous
     rotary_concat: bool = False
+    #: the rotary cos / sin tables stay fp32 whatever the activations' dtype (``Olmo2RotaryEmbedding``
+    #: returns ``emb.cos()`` without the ``.to(dtype=x.dtype)`` of the other families, and
+    #: ``apply_rotary_pos_emb`` casts q and k back after the fp32 multiply)
+    rope_tables_fp32: bool = False
     #: learned absolute positions (GPT-2 ``n_positions``): one more embedding tensor
     learned_positions: int = 0
     #: position ids computed per row from the attention mask (OPT: ``cumsum(mask) - 1``), so the
@@ -248,6 +257,10 @@ class Structure:
     #: causal without one (Falcon: ``create_causal_mask(..., allow_is_causal_skip=False)``)
     mask_always: bool = False
     parallel_residual: bool = False
+    #: linears add their bias in an op of their own after the matmul (``FalconLinear.forward``:
+    #: ``input @ self.weight.T + self.bias``): the add is no autocast op, so under autocast from fp32
+    #: weights a biased linear's output is the bf16 product promoted to fp32 (:func:`linear_out_bytes`)
+    bias_after_matmul: bool = False
     #: attention and MLP read one shared norm output in a parallel block (one LayerNorm per layer)
     shared_block_norm: bool = False
     embed_scale: float | None = None  # embeddings multiplied by sqrt(hidden_size) (Gemma)

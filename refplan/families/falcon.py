@@ -8,6 +8,9 @@ Attention (``FalconAttention.forward``): under ``sdpa`` the model calls
 multi-query hands one K/V head to SDPA, which broadcasts it in its math kernel (probabilities kept,
 as in eager attention); multi-head passes views of the fused output.
 
+``FalconLinear`` adds its bias after the matmul (``input @ self.weight.T + self.bias``), outside
+autocast's reach: :attr:`Structure.bias_after_matmul`.
+
 Checkpoints saved before the in-library port use ``model_type`` ``RefinedWebModel`` (7B layout) or
 ``RefinedWeb`` (40B layout, the new decoder architecture) and older key names. Source: transformers
 5.24 ``models/falcon``.
@@ -85,7 +88,8 @@ def build(r) -> dict:
     structure = Structure(norm=NormStyle.LAYER, mlp=MlpStyle.PLAIN, attention=AttentionKernel.OWN_MATH,
                           kv_to_attention=kv_to_attention, mask_always=True,
                           positions=Positions.ALIBI if r.bool("alibi") else Positions.ROPE,
-                          parallel_residual=parallel, shared_block_norm=parallel and len(norms) == 1)
+                          parallel_residual=parallel, shared_block_norm=parallel and len(norms) == 1,
+                          bias_after_matmul=True)
     return dict(
         hidden_size=h, num_layers=n_layers, num_heads=heads, num_kv_heads=kv, head_dim=hd,
         vocab_size=vocab, intermediate_size=ffn, tie_word_embeddings=r.bool("tie_word_embeddings"),
