@@ -11,7 +11,7 @@ three precision setups users have, as TRL 1.16 configures them:
 - ``bf16-noautocast``: weights in bf16, ``bf16`` and ``fp16`` both False (``--autocast none``: PEFT upcasts
   each adapter input to fp32).
 
-    python bench/validate_precision.py [--n 57] [--seed 0] [--families a,b] [--out reports/validate-precision]
+    python bench/validate_precision.py [--n 125] [--seed 0] [--families a,b] [--out reports/validate-precision]
 
 Writes ``accuracy.csv`` and ``accuracy.md`` (by family, by precision, largest errors). Exit 0 when
 median |error| <= 3 % and worst <= 8 %, else 1.
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     from refplan.harness.tiny import cache_dir
 
     p = argparse.ArgumentParser()
-    p.add_argument("--n", type=int, default=57)
+    p.add_argument("--n", type=int, default=125)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--families", default=None)
     p.add_argument("--out", default="reports/validate-precision")

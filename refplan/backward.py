@@ -312,7 +312,8 @@ def mlp_backward_grad_bytes_per_token(model: ModelSpec, layer: Layer, train: Tra
     MLP width, in the compute dtype (the MLP's tensors are autocast matmul outputs):
 
     - the gated product's backward (``act(gate) * up``, ``MulBackward0``): its incoming gradient
-      and the two it returns, 3 i; a plain MLP's activation backward, 2 i;
+      and the two it returns, 3 i; a plain MLP's activation backward, 2 i (BLOOM's Python GELU
+      backward: 6 i, :attr:`Structure.act_backward_live`);
     - LoRA on the down projection: the base layer's and the adapter path's input gradients and
       their sum, 3 i; before that, PEFT's cast backward (``ToCopyBackward0``) holds the gradient
       in the adapter dtype with the compute-dtype one, while the MLP output's gradient
@@ -322,7 +323,7 @@ def mlp_backward_grad_bytes_per_token(model: ModelSpec, layer: Layer, train: Tra
     m = act_mode(train)
     _, down = _mlp_roles(layer)
     i = down.in_features
-    points = [(3 if model.structure.mlp is MlpStyle.GATED else 2) * i * m.a]
+    points = [(3 if model.structure.mlp is MlpStyle.GATED else model.structure.act_backward_live) * i * m.a]
     if _lora_on(model, train, down):
         points.append(3 * i * m.a)
         cast = peft_input_cast_bytes(train, m.a)

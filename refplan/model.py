@@ -273,6 +273,10 @@ class Structure:
     router_fp32: bool = False
     #: MLA geometry (DeepSeek-V2), as a sorted tuple of (key, value)
     mla: tuple[tuple[str, object], ...] | None = None
+    #: tensors of the MLP width alive at the peak of a plain MLP's activation backward: the incoming
+    #: gradient and the one returned (2); BLOOM's ``GeLUFunction`` runs ``bloom_gelu_back`` in Python,
+    #: whose expression holds five intermediates of the width beside the incoming gradient (6)
+    act_backward_live: int = 2
     #: anything recorded for the reader but unused by the terms (multimodal wrapper, ignored keys)
     notes: tuple[tuple[str, object], ...] = ()
 

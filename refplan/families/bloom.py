@@ -41,8 +41,10 @@ def build(r) -> dict:
     )
     notes = (("pretraining_tp_slow_but_exact", r.raw("pretraining_tp")),) if (
         r.int("pretraining_tp") > 1 and r.bool("slow_but_exact")) else ()
+    # GeLUFunction.backward = bloom_gelu_back(g, x): tanh_out, 0.5 * x, 1 - tanh_out ** 2, the polynomial and
+    # their product alive at once beside g (measured: CPU trace, SimPO/ORPO full with checkpointing)
     structure = Structure(norm=NormStyle.LAYER, mlp=MlpStyle.PLAIN, positions=Positions.ALIBI,
-                          attention=AttentionKernel.EAGER_ONLY, notes=notes)
+                          attention=AttentionKernel.EAGER_ONLY, act_backward_live=6, notes=notes)
     return dict(
         hidden_size=h, num_layers=n_layers, num_heads=heads, num_kv_heads=heads, head_dim=h // heads,
         vocab_size=vocab, intermediate_size=4 * h, tie_word_embeddings=r.bool("tie_word_embeddings"),
