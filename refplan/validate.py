@@ -382,9 +382,11 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
         lines += ["", "## Not measured", ""] + [f"- {r.case} ({r.method}/{r.strategy}): {r.status}"
                                                  for r in failed.itertuples()]
     if not quantized:
+        from refplan.validate_sections import family_sections, precision_section
         from refplan.validate_sharded import sections_for_main_report
 
-        lines += _quantized_section(out / "validate-quantized") + sections_for_main_report(out)
+        lines += (family_sections(out) + precision_section(out) + _quantized_section(out / "validate-quantized")
+                  + sections_for_main_report(out))
     trace = out / "trace_check.md"
     if trace.exists():
         lines += ["", "## Real shapes: formula vs trace engine", "",
