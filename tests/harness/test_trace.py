@@ -96,7 +96,18 @@ LAYER_BACKWARD = [train(method="orpo", strategy="none", finetune=ft, dtype=dt, a
                                           ("lora", "fp32", "bf16", False), ("full", "bf16", None, False)]]
 
 
-@pytest.mark.parametrize("setup", LAYER_BACKWARD, ids=_ids(LAYER_BACKWARD))
+#: the trace engine keeps the first layer's frozen q/k/v weight casts (and LoRA A casts) under LoRA + fp32
+#: weights + autocast without checkpointing, 88 KB in every layer's backward here; a real CPU burst of this
+#: very setup (ORPO LoRA, llama h128 x 4 layers, seq 256) frees them: formula -0.008 % of the burst's
+#: peak, trace +0.056 % (refplan.activations.layer_weight_copies_bytes, input_requires_grad). Open: why
+#: the trace's first layer input takes a gradient.
+_TRACE_KEEPS_LAYER0_COPIES = "trace engine keeps layer 0's autocast weight copies that a real burst frees"
+LAYER_BACKWARD_CASES = [pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=_TRACE_KEEPS_LAYER0_COPIES))
+                        if s.finetune.value == "lora" and s.autocast is not None and not s.grad_ckpt else s
+                        for s in LAYER_BACKWARD]
+
+
+@pytest.mark.parametrize("setup", LAYER_BACKWARD_CASES, ids=_ids(LAYER_BACKWARD))
 def test_each_layer_backward_matches_the_trace(setup):
     """Each decoder layer's backward peak in the trace against the formula's moments of that layer
     (refplan.backward: the recompute's forward locals, the MLP's gradients, the norm's fp32 chain),
