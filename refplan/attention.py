@@ -5,8 +5,8 @@ a layer's saved tensors; same conventions (bytes, per token of rows x seq)."""
 from __future__ import annotations
 
 from refplan.act_dtypes import FP32, ActMode, linear_out_bytes
-from refplan.mla import mla_attention_saved
 from refplan.methods import Finetune
+from refplan.mla import mla_attention_saved
 from refplan.model import AttentionKernel, KVToAttention, Layer, ModelSpec, Positions, Role
 from refplan.spec import TrainSpec
 

@@ -1,12 +1,15 @@
-"""DeepSeek-V2's multi-head latent attention (MLA): what its attention keeps for backward, per token. Part
-of :mod:`refplan.activations` (through :mod:`refplan.attention`); same conventions (bytes, per token of
-rows x seq)."""
+"""DeepSeek-V2's own terms: what its multi-head latent attention (MLA) keeps for backward, and its fp32
+router's input. Part of :mod:`refplan.activations` (through :mod:`refplan.attention` for attention); same
+conventions (bytes, per token of rows x seq)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from refplan.act_dtypes import FP32, ActMode
-from refplan.model import ModelSpec
+from refplan.model import Input, Layer, ModelSpec, Role
 from refplan.spec import TrainSpec
+from refplan.units import dtype_bytes
 
 
 def mla_attention_saved(model: ModelSpec, train: TrainSpec, m: ActMode, impl: str, o_in: int, masked: bool) -> int:
@@ -43,3 +46,52 @@ def mla_attention_saved(model: ModelSpec, train: TrainSpec, m: ActMode, impl: st
         return (2 * q + v) * FP32 + heads * s * FP32 + o_in
     mask_copy = s * m.a if masked and train.device == "cpu" else 0
     return (2 * q + v_storage + v) * m.a + heads * FP32 + o_in + mask_copy
+
+
+def router_input_bytes(model: ModelSpec, inp: Input, m: ActMode) -> int:
+    """Bytes per element of what the linears reading ``inp`` keep: the compute dtype's, but for the
+    input of a router that runs in fp32 (:attr:`Structure.router_fp32`, ``DeepseekV2TopkRouter``:
+    ``F.linear(hidden_states.type(torch.float32), self.weight.type(torch.float32))``). Without autocast
+    a 16-bit input so gets an fp32 copy, which the linear keeps (trainable or PEFT-merged router
+    weight alike); under autocast F.linear casts it back to the compute dtype (measured:
+    bench/layer_inventory.py, DeepSeek-V2 bf16-noautocast: an fp32 [tokens, h] copy per MoE layer;
+    bf16: a bf16 one)."""
+    if inp is Input.ROUTER_IN and model.structure.router_fp32 and not m.autocast:
+        return FP32
+    return m.a
+
+
+def router_weight_bytes(model: ModelSpec, weight_bytes: int) -> int:
+    """Bytes per element of the router's weight: the model's, but fp32 for a router transformers keeps in
+    fp32 (``_keep_in_fp32_modules_strict = ["gate.weight"]``, :attr:`Structure.router_fp32`) -- so the
+    weight PEFT's ParamWrapper merges (``weight + B @ A``) and the matmul keeps is fp32 too, without
+    autocast (measured: bench/layer_inventory.py, DeepSeek-V2 LoRA bf16-noautocast)."""
+    return FP32 if model.structure.router_fp32 else weight_bytes
+
+
+def router_weight_cast_bytes(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMode) -> int:
+    """Autocast over 16-bit weights casts an fp32 router weight (:func:`router_weight_bytes`) to the
+    compute dtype for its ``F.linear``, which keeps the copy for its input's gradient: [E, h] per MoE
+    layer (measured: bench/layer_inventory.py, DeepSeek-V2 full bf16). A router PEFT wraps keeps its
+    cast merged weight instead (counted by ``lora_merged_weight_bytes``). Autocast from fp32 weights
+    casts every weight (counted by ``layer_weight_copies_bytes``)."""
+    router = layer.first(Role.ROUTER)
+    if (router is None or not model.structure.router_fp32 or not m.autocast or m.a == FP32
+            or dtype_bytes(train.dtype) == FP32 or (train.finetune.peft and model.wraps(router, train.lora_targets))):
+        return 0
+    return router.in_features * router.out_features * m.a
+
+
+def mla_norms_saved(model: ModelSpec, m: ActMode, norm_saved: Callable[..., int]) -> int:
+    """MLA's latent RMSNorms (DeepSeek-V2): q_a_layernorm on q_a_proj's output (when q_lora_rank is
+    set) and kv_a_layernorm on the kv_nope split of kv_a_proj_with_mqa's output -- in fp32 its
+    ``to(float32)`` is the split view itself, which keeps the whole output (kv_lora_rank + the rope
+    dims) alive (measured: bench/layer_inventory.py's DeepSeek-V2 configs, fp32). ``norm_saved``: what
+    one norm keeps (:func:`refplan.activations._norm_saved`)."""
+    if not model.structure.mla:
+        return 0
+    mla = dict(model.structure.mla)
+    total = norm_saved(model, mla["kv_lora_rank"], m)
+    if m.a == FP32:
+        total += mla["qk_rope_head_dim"] * FP32
+    return total + (norm_saved(model, mla["q_lora_rank"], m) if mla["q_lora_rank"] else 0)
