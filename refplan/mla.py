@@ -91,7 +91,9 @@ def mla_norms_saved(model: ModelSpec, m: ActMode, norm_saved: Callable[..., int]
     if not model.structure.mla:
         return 0
     mla = dict(model.structure.mla)
-    total = norm_saved(model, mla["kv_lora_rank"], m)
+    # they read projection outputs: compute-dtype inputs, so ``y.to(input_dtype)`` (kept for the weight's
+    # gradient) is bf16 under autocast from fp32 weights (measured: fp32-autocast, tensor by tensor)
+    total = norm_saved(model, mla["kv_lora_rank"], m, True, 1, m.a)
     if m.a == FP32:
         total += mla["qk_rope_head_dim"] * FP32
-    return total + (norm_saved(model, mla["q_lora_rank"], m) if mla["q_lora_rank"] else 0)
+    return total + (norm_saved(model, mla["q_lora_rank"], m, True, 1, m.a) if mla["q_lora_rank"] else 0)
