@@ -82,6 +82,22 @@ def router_weight_cast_bytes(model: ModelSpec, layer: Layer, train: TrainSpec, m
     return router.in_features * router.out_features * m.a
 
 
+def routed_grads_bytes(model: ModelSpec, layer: Layer, m: ActMode) -> int:
+    """Early in a routed-expert layer's backward, per token, when the routing weights are fp32 and the
+    experts are not (:attr:`Structure.router_fp32`: ``DeepseekV2TopkRouter``'s fp32 softmax and
+    ``topk_weights * routed_scaling_factor`` stay fp32): grouped_mm_experts_forward's
+    ``proj_out * sample_weights_g`` promotes to fp32, so the zero-filled buffer of the inverse
+    permutation's index backward, ``MulBackward0``'s gradient for the expert outputs and its full-width
+    product for the routing weights' gradient (summed to [k x tokens, 1] only after) are fp32
+    [k x tokens, h], and the first is cast back to the experts' dtype for grouped_mm's backward
+    (measured: validate_precision burst v3-014, DeepSeek-V2 SimPO LoRA bf16-noautocast, the live
+    tensors at the peak). 0 when the generic term applies (routing weights in the experts' dtype)."""
+    if layer.moe is None or not model.structure.router_fp32 or m.w == FP32:
+        return 0
+    kh = layer.moe.top_k * model.hidden_size
+    return 3 * kh * FP32 + kh * m.w
+
+
 def mla_norms_saved(model: ModelSpec, m: ActMode, norm_saved: Callable[..., int]) -> int:
     """MLA's latent RMSNorms (DeepSeek-V2): q_a_layernorm on q_a_proj's output (when q_lora_rank is
     set) and kv_a_layernorm on the kv_nope split of kv_a_proj_with_mqa's output -- in fp32 its
