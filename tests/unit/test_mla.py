@@ -10,7 +10,12 @@ from refplan import backward
 from refplan.act_dtypes import FP32
 from refplan.families import spec_from_config
 from refplan.methods import Finetune, Method, Strategy
-from refplan.mla import mla_attention_saved, router_input_bytes, router_weight_cast_bytes, routed_grads_bytes
+from refplan.mla import (
+    mla_attention_saved,
+    routed_grads_bytes,
+    router_input_bytes,
+    router_weight_cast_bytes,
+)
 from refplan.model import Input
 from refplan.spec import TrainSpec
 
@@ -24,8 +29,8 @@ def _train(ft: str = "full", device: str = "cpu", **precision) -> TrainSpec:
 
 def test_cpu_math_kernel_keeps_fp32_in_every_mode():
     # scaled q and k (60 each), the v copy (30) and the softmax (6 heads x 24) in fp32, + o_proj's input
-    for precision in (dict(dtype="fp32"), dict(dtype="bf16"), dict(dtype="bf16", autocast="none"),
-                      dict(dtype="fp32", autocast="bf16")):
+    for precision in ({"dtype": "fp32"}, {"dtype": "bf16"}, {"dtype": "bf16", "autocast": "none"},
+                      {"dtype": "fp32", "autocast": "bf16"}):
         train = _train(**precision)
         m = act.act_mode(train)
         assert mla_attention_saved(DS, train, m, "sdpa", 30 * m.a, False) == (2 * 60 + 30 + 6 * 24) * FP32 + 30 * m.a
