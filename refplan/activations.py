@@ -22,6 +22,7 @@ from refplan.attention import (  # noqa: F401  (re-exported)
     attention_masked,
 )
 from refplan.methods import Finetune
+from refplan.mla import mla_norms_saved, router_input_bytes, router_weight_bytes, router_weight_cast_bytes
 from refplan.model import Input, Layer, Linear, MlpStyle, ModelSpec, NormPlacement, NormStyle, QKNorm, Role
 from refplan.settings import Quant
 from refplan.spec import TrainSpec
@@ -123,9 +124,9 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
     for inp, lins, width, norm_fed in _input_groups(model, layer, train, m):
         if inputs is not None and inp not in inputs:
             continue
+        e = router_input_bytes(model, inp, m)  # m.a, but a DeepSeek-V2 router's fp32 copy without autocast
         if not train.finetune.peft:
-            per_matmul = m.autocast and m.w != m.a and norm_fed
-            total += (len(lins) if per_matmul else 1) * width * m.a
+            total += (len(lins) if m.autocast and m.w != m.a and norm_fed else 1) * width * e
             continue
         wrapped = [l for l in lins if model.wraps(l, train.lora_targets)]
         pw = sum(1 for l in wrapped if param_wrapped(layer, l))
@@ -140,7 +141,7 @@ def _linear_inputs_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: Ac
             # weight's gradient, as a trainable linear does (measured: layer_inventory, Mixtral LoRA
             # bf16-noautocast: the router keeps the bf16 norm output, no fp32 copy)
             per_matmul = m.autocast and m.w != m.a and norm_fed
-            total += (pw if per_matmul else 1) * width * m.a
+            total += (pw if per_matmul else 1) * width * e
             if shared and not per_matmul:
                 own = 0  # LoRA A on the same tensor reads the very copy counted here
         if m.base_keeps_input and not m.autocast and (input_requires_grad or inp is not Input.ATTN_IN):
@@ -190,7 +191,7 @@ def lora_merged_weight_bytes(model: ModelSpec, layer: Layer, train: TrainSpec) -
     w, m = dtype_bytes(train.dtype), act_mode(train)
     # the router's ``F.linear`` is an autocast op: under autocast it keeps its compute-dtype cast of
     # the merged weight, not the merged weight itself (grouped_mm, the experts', is not one)
-    router = m.a if m.autocast else w
+    router = m.a if m.autocast else router_weight_bytes(model, w)
     return sum(l.count * l.in_features * l.out_features * (w if l.count > 1 else router) for l in layer.linears
                if model.wraps(l, train.lora_targets) and param_wrapped(layer, l))
 
@@ -238,10 +239,14 @@ def layer_weight_copies_bytes(model: ModelSpec, layer: Layer, train: TrainSpec,
     merged = (lora_merged_weight_bytes(model, layer, train) + lora_factor_casts_bytes(model, layer, train)
               + lora_adapter_copies_bytes(model, layer, train, input_requires_grad))
     if not m.autocast or m.w == m.a or train.policy_quant is not Quant.NONE:
-        return merged  # bitsandbytes' k-bit matmuls are custom ops that autocast does not cast
+        # bitsandbytes' k-bit matmuls are custom ops that autocast does not cast
+        return merged + router_weight_cast_bytes(model, layer, train, m)
     frozen_input = train.finetune.peft and not input_requires_grad
+    # a router PEFT wraps as a parameter: autocast casts the merged weight (in ``merged``), not its own
     return merged + sum(l.in_features * l.out_features for l in layer.linears
-                        if l.count == 1 and not (frozen_input and _reads_layer_input(model, l))) * m.a
+                        if l.count == 1 and not (frozen_input and _reads_layer_input(model, l))
+                        and not (train.finetune.peft and model.wraps(l, train.lora_targets)
+                                 and param_wrapped(layer, l))) * m.a
 
 
 def _reads_layer_input(model: ModelSpec, lin: Linear) -> bool:
@@ -280,20 +285,6 @@ def _qk_norms_saved(model: ModelSpec, m: ActMode) -> int:
     # the norms read q_proj / k_proj outputs: compute-dtype inputs
     return (_norm_saved(model, model.q_dim, m, True, model.num_heads if per_head else 1, m.a)
             + _norm_saved(model, model.kv_dim, m, True, model.num_kv_heads if per_head else 1, m.a))
-
-
-def _mla_norms_saved(model: ModelSpec, m: ActMode) -> int:
-    """MLA's latent RMSNorms (DeepSeek-V2): q_a_layernorm on q_a_proj's output (when q_lora_rank is
-    set) and kv_a_layernorm on the kv_nope split of kv_a_proj_with_mqa's output -- in fp32 its
-    ``to(float32)`` is the split view itself, which keeps the whole output (kv_lora_rank + the rope
-    dims) alive (measured: bench/layer_inventory.py's DeepSeek-V2 configs, fp32)."""
-    if not model.structure.mla:
-        return 0
-    mla = dict(model.structure.mla)
-    total = _norm_saved(model, mla["kv_lora_rank"], m)
-    if m.a == FP32:
-        total += mla["qk_rope_head_dim"] * FP32
-    return total + (_norm_saved(model, mla["q_lora_rank"], m) if mla["q_lora_rank"] else 0)
 
 
 def _block_norms_saved(model: ModelSpec, layer: Layer, m: ActMode, irg: bool) -> int:
@@ -346,7 +337,7 @@ def layer_saved_bytes_per_token(model: ModelSpec, layer: Layer, train: TrainSpec
     """
     m = act_mode(train)
     total = _block_norms_saved(model, layer, m, input_requires_grad)
-    total += _qk_norms_saved(model, m) + _mla_norms_saved(model, m)
+    total += _qk_norms_saved(model, m) + mla_norms_saved(model, m, _norm_saved)
     total += _attention_saved(model, layer, train, m, layer_idx)
     total += _mlp_saved(model, layer, train, m)
     total += _functional_dropout_saved(model, train, m)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from refplan.act_dtypes import FP32, ActMode, linear_out_bytes
 from refplan.methods import Finetune
+from refplan.mla import mla_attention_saved
 from refplan.model import AttentionKernel, KVToAttention, Layer, ModelSpec, Positions, Role
 from refplan.spec import TrainSpec
 
@@ -90,7 +91,7 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
     impl = attention_impl(model, train)
     o_in = model.o_dim * m.a if _o_proj_input_kept(train, m) else 0
     if model.structure.mla:
-        return _mla_attention_saved(model, train, m, impl, o_in)
+        return mla_attention_saved(model, train, m, impl, o_in, attention_masked(model, train))
     fused = layer.first(Role.QKV) is not None
     if _own_sdpa(model, train):
         # FalconAttention.forward: q, k and v -- materialized at query width when expanded, else
@@ -159,34 +160,3 @@ def _attention_saved(model: ModelSpec, layer: Layer, train: TrainSpec, m: ActMod
         # so sdpa_attention_forward's ``transpose(1, 2).contiguous()`` is a copy (phi3, gpt_neox, phi)
         total += o_in
     return total + mask_copy
-
-
-def _mla_attention_saved(model: ModelSpec, train: TrainSpec, m: ActMode, impl: str, o_in: int) -> int:
-    """DeepSeek-V2's multi-head latent attention (``DeepseekV2Attention.forward``), per token, from the
-    per-head tensors on: ``query_states`` (``cat`` of q_nope and the rotated q_pe) and ``key_states``
-    (``new_empty`` + ``copy_`` of k_nope and the broadcast k_pe) are new head-major tensors at query
-    width; ``value_states`` is a split view of kv_b_proj's output, which so stays alive whole
-    (heads x (nope + v)). The latent norms and the up-projections' inputs are counted with the norms
-    and the linears' inputs.
-
-    - SDPA with equal q/k and v head dims (CPU flash kernel): q, k, the value's storage, the output
-      and its logsumexp, and the output's ``transpose(1, 2).contiguous()`` copy for o_proj (q reaches
-      SDPA head-major, so its output comes back head-major).
-    - SDPA on CPU with a v head dim of its own: the CPU flash kernel needs one head dim, so torch runs
-      its math kernel (``_scaled_dot_product_attention_math``): the scaled q, the scaled transposed k,
-      the softmax output [heads, S] (kept by the softmax and the second matmul) and a contiguous copy
-      of v (reshaped for bmm); the output's reshape for o_proj is o_proj's input (``o_in``).
-    - eager: matmul copies of q and k, the value's storage, the fp32 softmax (cast back when the
-      activations are 16-bit), the output's reshape for o_proj.
-    CUDA is not measured: it is counted as the flash form (its kernels take their own v head dim).
-    Measured: bench/layer_inventory.py's DeepSeek-V2 configs, fp32 on CPU, saved tensor by tensor."""
-    mla = dict(model.structure.mla)
-    q, heads, s, v = model.q_dim, model.num_heads, train.seq, model.o_dim
-    v_storage = heads * (mla["qk_nope_head_dim"] + mla["v_head_dim"])
-    if impl == "eager":
-        total = (2 * q + v_storage) * m.a + heads * s * FP32 + (heads * s * m.a if m.a != FP32 else 0)
-        return total + o_in
-    if train.device == "cpu" and model.head_dim != mla["v_head_dim"]:
-        return (2 * q + v) * m.a + heads * s * m.a + o_in
-    mask_copy = s * m.a if attention_masked(model, train) and train.device == "cpu" else 0
-    return (2 * q + v_storage + v) * m.a + heads * FP32 + o_in + mask_copy

@@ -43,6 +43,7 @@ from refplan.activations import (
     matmuls_save_input_as_is,
     peft_input_cast_bytes,
 )
+from refplan.mla import routed_grads_bytes
 from refplan.model import (
     Input,
     Layer,
@@ -404,7 +405,9 @@ def moe_backward_grad_bytes_per_token(model: ModelSpec, layer: Layer, train: Tra
     of the combining view), their product with the routing weights (``MulBackward0``) and the
     zero-filled buffer the gather's backward scatters into (``index_backward``:
     ``grad.new_zeros(...).index_put_(...)``), in the compute dtype. Measured with the trace engine
-    (Qwen3-MoE shape, fp32 and bf16). The rest of the experts' backward is not modelled."""
+    (Qwen3-MoE shape, fp32 and bf16). The rest of the experts' backward is not modelled. Routing
+    weights kept in fp32 (DeepSeek-V2) make the three fp32: :func:`refplan.mla.routed_grads_bytes`."""
     if layer.moe is None:
         return 0
-    return 3 * layer.moe.top_k * model.hidden_size * act_mode(train).a
+    m = act_mode(train)
+    return routed_grads_bytes(model, layer, m) or 3 * layer.moe.top_k * model.hidden_size * m.a
