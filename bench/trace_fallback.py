@@ -32,7 +32,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 from refplan.methods import Finetune, Method, applicable_strategies  # noqa: E402
-from refplan.validate import TARGET_MEDIAN_PCT, TARGET_WORST_PCT, Case, build_model_dir  # noqa: E402
+from refplan.validate import Case, build_model_dir  # noqa: E402
 
 
 def _gptj(rng, heads, head_dim, layers):
@@ -198,13 +198,12 @@ def _traced_at(spec) -> str:
 
 
 def write(results: list[dict], out: Path, argv: list[str], families: list[str]) -> dict:
-    from refplan.validate import _breakdown, _frame, _largest_errors, summarize
+    from refplan.validate import _breakdown, _frame, _largest_errors, summarize, summary_lines
 
     out.mkdir(parents=True, exist_ok=True)
     df = _frame(results)
     df.to_csv(out / "accuracy.csv", index=False, lineterminator="\r\n")
     s = summarize(results)
-    med, worst = s["median_abs_error_pct"], s["worst_abs_error_pct"]
     lines = [
         "# The trace fallback on families without a formula module (trace engine vs real TRL bursts, CPU)",
         "",
@@ -215,12 +214,7 @@ def write(results: list[dict], out: Path, argv: list[str], families: list[str]) 
         "measured = peak live tensor bytes over precompute and training, loading excluded. No formula term is "
         "involved.",
         "",
-        f"- scenarios: {s['scenarios']} ({s['measured']} measured, {s['failed']} failed)",
-        f"- families: {', '.join(s['families'])}",
-        f"- **median |error|: {med:.3f} %** (target {TARGET_MEDIAN_PCT} %)" if med is not None else "- no result",
-        f"- **worst |error|: {worst:.3f} %** (target {TARGET_WORST_PCT} %)" if worst is not None else "",
-        f"- within 3 %: {s['within_3pct']}, within 8 %: {s['within_8pct']}",
-        f"- verdict: {'PASS' if s['passes'] else 'FAIL'}",
+        *summary_lines(s),
         f"- extrapolated in depth (deeper than the two traced depths): {int((df['traced_at'] != 'full').sum())} of "
         f"{len(df)}; the rest traced at full depth",
         f"- trace time per row (the fallback's cost): median {df['trace_s'].median():.1f} s, "

@@ -343,13 +343,26 @@ def _largest_errors(df, n: int = 10) -> list[str]:
     return markdown_table(table).splitlines()
 
 
+def summary_lines(summary: dict) -> list[str]:
+    """The report's headline bullets from :func:`summarize`: counts, families, median and worst |error|
+    against the targets, the within-3/8 % counts and the verdict."""
+    med, worst = summary["median_abs_error_pct"], summary["worst_abs_error_pct"]
+    return [
+        f"- scenarios: {summary['scenarios']} ({summary['measured']} measured, {summary['failed']} failed)",
+        f"- families: {', '.join(summary['families'])}",
+        f"- **median |error|: {med:.3f} %** (target {TARGET_MEDIAN_PCT} %)" if med is not None else "- no result",
+        f"- **worst |error|: {worst:.3f} %** (target {TARGET_WORST_PCT} %)" if worst is not None else "",
+        f"- within 3 %: {summary['within_3pct']}, within 8 %: {summary['within_8pct']}",
+        f"- verdict: {'PASS' if summary['passes'] else 'FAIL'}",
+    ]
+
+
 def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: int,
                   families: tuple[str, ...] | None = None, quantized: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     df = _frame(results)
     df[list(results[0]) if results else ["key"]].to_csv(out / "accuracy.csv", index=False, lineterminator="\r\n")
     _scatter(df, out / "accuracy.png")
-    med, worst = summary["median_abs_error_pct"], summary["worst_abs_error_pct"]
     title = ("Planner accuracy on CPU, quantized: QLoRA and k-bit references (formula engine vs real TRL bursts)"
              if quantized else "Planner accuracy on CPU (formula engine vs real TRL bursts)")
     lines = [
@@ -361,12 +374,7 @@ def write_reports(results: list[dict], summary: dict, out: Path, seed: int, n: i
         "process; measured = peak live tensor bytes over precompute and training, loading excluded; "
         "estimate = `refplan estimate --device cpu` for the same settings).",
         "",
-        f"- scenarios: {summary['scenarios']} ({summary['measured']} measured, {summary['failed']} failed)",
-        f"- families: {', '.join(summary['families'])}",
-        f"- **median |error|: {med:.3f} %** (target {TARGET_MEDIAN_PCT} %)" if med is not None else "- no result",
-        f"- **worst |error|: {worst:.3f} %** (target {TARGET_WORST_PCT} %)" if worst is not None else "",
-        f"- within 3 %: {summary['within_3pct']}, within 8 %: {summary['within_8pct']}",
-        f"- verdict: {'PASS' if summary['passes'] else 'FAIL'}",
+        *summary_lines(summary),
         "",
         "![predicted vs measured](accuracy.png)",
         "",

@@ -24,15 +24,15 @@ def _rows(path: Path) -> list[dict]:
     return df[(df["status"] == "ok") & df["error_pct"].notna()].to_dict("records")
 
 
-def _per_family_table(rows: list[dict]) -> list[str]:
+def _table(rows: list[dict], key: str) -> list[str]:
+    """Markdown rows: n, median and worst |error| per value of ``key``."""
     import statistics
 
     by: dict[str, list[float]] = {}
     for r in rows:
-        by.setdefault(r["family"], []).append(abs(float(r["error_pct"])))
-    lines = ["| family | n | median abs err % | worst abs err % |", "|---|---|---|---|"]
-    lines += [f"| {f} | {len(e)} | {statistics.median(e):.3f} | {max(e):.3f} |" for f, e in sorted(by.items())]
-    return lines
+        by.setdefault(r[key], []).append(abs(float(r["error_pct"])))
+    lines = [f"| {key} | n | median abs err % | worst abs err % |", "|---|---|---|---|"]
+    return lines + [f"| {k} | {len(e)} | {statistics.median(e):.3f} | {max(e):.3f} |" for k, e in sorted(by.items())]
 
 
 def family_sections(reports: Path) -> list[str]:
@@ -49,7 +49,7 @@ def family_sections(reports: Path) -> list[str]:
     return ["", "## Every other formula family", "",
             f"The default matrix draws eight families; the other {len({r['family'] for r in rows})} are drawn "
             f"by {' and '.join(runs)}: {len(rows)} bursts, worst |error| {worst:.3f} % (targets 3 % median / "
-            "8 % worst per family).", "", *_per_family_table(rows)]
+            "8 % worst per family).", "", *_table(rows, "family")]
 
 
 def precision_section(reports: Path) -> list[str]:
@@ -62,14 +62,9 @@ def precision_section(reports: Path) -> list[str]:
     rows = _rows(path)
     if not rows:
         return []
-    by: dict[str, list[float]] = {}
-    for r in rows:
-        by.setdefault(r["precision"], []).append(abs(float(r["error_pct"])))
-    errs = [e for v in by.values() for e in v]
+    errs = [abs(float(r["error_pct"])) for r in rows]
     return ["", "## Mixed precision: the same shapes in 16 bits", "",
             "`python bench/validate_precision.py --n 125 --seed 0 --out reports/validate-precision` "
             "([validate-precision/accuracy.md](validate-precision/accuracy.md)): every formula family once per "
             f"method, each in one of TRL's three 16-bit setups; {len(rows)} bursts, median |error| "
-            f"{statistics.median(errs):.3f} %, worst {max(errs):.3f} %.", "",
-            "| precision | n | median abs err % | worst abs err % |", "|---|---|---|---|",
-            *[f"| {p} | {len(e)} | {statistics.median(e):.3f} | {max(e):.3f} |" for p, e in sorted(by.items())]]
+            f"{statistics.median(errs):.3f} %, worst {max(errs):.3f} %.", "", *_table(rows, "precision")]
